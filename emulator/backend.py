@@ -1,0 +1,82 @@
+"""What the OpenCL backend underneath the layer can do, asked directly (no layer) through the ICD loader.
+
+Used by `mali-hil doctor` and by reports, so a run can say e.g. that fp16 is emulated because PoCL lacks it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from dataclasses import dataclass
+from functools import cache
+
+from emulator.errors import BackendError
+
+_CL_PLATFORM_NAME, _CL_PLATFORM_VERSION = 0x0902, 0x0901
+_CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
+_CL_DEVICE_NAME, _CL_DEVICE_EXTENSIONS, _CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x102B, 0x1030, 0x1010
+_INSTALL_HINT = "apt-get install ocl-icd-libopencl1 pocl-opencl-icd"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    platform_name: str
+    platform_version: str
+    device_name: str
+    extensions: tuple[str, ...]
+    max_alloc: int  # the backend's own single-allocation limit (PoCL: 1 GiB here), which the layer cannot lift
+
+    @property
+    def has_fp16(self) -> bool:
+        return "cl_khr_fp16" in self.extensions
+
+    @property
+    def fp16_fidelity(self) -> str:
+        if self.has_fp16:
+            return "fp16: native (backend has cl_khr_fp16)"
+        return "fp16: emulated (backend lacks cl_khr_fp16)"
+
+
+def _info(fn, handle, param: int) -> bytes:
+    size = ctypes.c_size_t()
+    fn(handle, param, 0, None, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    fn(handle, param, size.value, buf, None)
+    return buf.raw
+
+
+@cache
+def backend_info() -> BackendInfo:
+    """The first OpenCL platform and device as the backend reports them. Call in a process without the layer."""
+    path = ctypes.util.find_library("OpenCL") or "libOpenCL.so.1"
+    try:
+        cl = ctypes.CDLL(path)
+    except OSError:
+        raise BackendError(f"no OpenCL ICD loader (libOpenCL.so.1) on this machine: {_INSTALL_HINT}") from None
+    count = ctypes.c_uint32()
+    if cl.clGetPlatformIDs(0, None, ctypes.byref(count)) != 0 or count.value == 0:
+        raise BackendError(f"the ICD loader finds no OpenCL platform (is PoCL installed?): {_INSTALL_HINT}")
+    platforms = (ctypes.c_void_p * count.value)()
+    cl.clGetPlatformIDs(count.value, platforms, None)
+    device = ctypes.c_void_p()
+    if (
+        cl.clGetDeviceIDs(
+            ctypes.c_void_p(platforms[0]), ctypes.c_uint64(_CL_DEVICE_TYPE_ALL), 1, ctypes.byref(device), None
+        )
+        != 0
+    ):
+        raise BackendError(f"the OpenCL platform has no device: {_INSTALL_HINT}")
+    platform = ctypes.c_void_p(platforms[0])
+    max_alloc = ctypes.c_uint64()
+    cl.clGetDeviceInfo(device, _CL_DEVICE_MAX_MEM_ALLOC_SIZE, 8, ctypes.byref(max_alloc), None)
+
+    def text(raw: bytes) -> str:
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    return BackendInfo(
+        platform_name=text(_info(cl.clGetPlatformInfo, platform, _CL_PLATFORM_NAME)),
+        platform_version=text(_info(cl.clGetPlatformInfo, platform, _CL_PLATFORM_VERSION)),
+        device_name=text(_info(cl.clGetDeviceInfo, device, _CL_DEVICE_NAME)),
+        extensions=tuple(text(_info(cl.clGetDeviceInfo, device, _CL_DEVICE_EXTENSIONS)).split()),
+        max_alloc=max_alloc.value,
+    )

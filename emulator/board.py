@@ -1,0 +1,121 @@
+"""An emulated Mali board: a profile plus a RAM budget, and the environment that puts a process on it.
+
+The OpenCL layer reads its identity and cap from a small ``key=value`` file named by ``MALI_HIL_LAYER_CONFIG``
+(C parses that in a dozen lines; TOML would need a library). ``OPENCL_LAYERS`` makes the ICD loader put the
+layer in front of PoCL; both must be set before the process makes its first OpenCL call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.errors import BackendError, BudgetError
+from emulator.profile import CL_ERRORS, Profile, format_size, load_profile
+
+CONFIG_ENV = "MALI_HIL_LAYER_CONFIG"
+STATS_FILE_ENV = "MALI_HIL_STATS_FILE"
+LAYERS_ENV = "OPENCL_LAYERS"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base) / "mali-hil"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def host_ram_bytes() -> int:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise BackendError("cannot read MemTotal from /proc/meminfo")
+
+
+def layer_config_text(profile: Profile) -> str:
+    over = 0 if profile.over_max_alloc == "accept" else CL_ERRORS[profile.over_max_alloc]
+    fields = {
+        "platform_name": profile.platform_name,
+        "platform_vendor": profile.platform_vendor,
+        "platform_version": profile.platform_version,
+        "device_name": profile.name,
+        "device_vendor": profile.vendor,
+        "vendor_id": profile.vendor_id,
+        "device_version": profile.version,
+        "driver_version": profile.driver_version,
+        "opencl_c_version": profile.opencl_c_version,
+        "extensions": " ".join(profile.extensions),
+        "global_mem": profile.global_mem,
+        "max_alloc": profile.max_alloc,
+        "max_work_group_size": profile.max_work_group_size,
+        "compute_units": profile.compute_units,
+        "max_clock_mhz": profile.max_clock_mhz,
+        "unified_memory": int(profile.unified_memory),
+        "oom_failure": profile.oom_failure.value,
+        "oom_error": CL_ERRORS[profile.oom_error],
+        "over_max_alloc": over,
+    }
+    return "".join(f"{k}={v}\n" for k, v in fields.items())
+
+
+def write_layer_config(profile: Profile) -> Path:
+    """Write (once per distinct content) the layer's config file and return its path."""
+    text = layer_config_text(profile)
+    path = cache_dir() / f"layer-{profile.key}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # atomic, so a parallel worker never reads half a file
+    return path
+
+
+@dataclass(frozen=True)
+class EmulatedBoard:
+    """A Mali board to run processes on: the device's identity and cap, and the RAM the job may use."""
+
+    profile: Profile
+    ram_budget: int  # bytes of RAM (host memory + device buffers: they are one on Mali) the job process may use
+
+    @classmethod
+    def from_spec(cls, spec: str, ram_budget: int | None = None) -> EmulatedBoard:
+        """``mali-g610:3GiB``: the profile on a 3 GiB board; the job's budget defaults to the whole board."""
+        profile = load_profile(spec)
+        budget = profile.board_ram if ram_budget is None else ram_budget
+        host = host_ram_bytes()
+        if budget > host:
+            raise BudgetError(
+                f"RAM budget {format_size(budget)} for {profile.spec} is larger than this machine's "
+                f"{format_size(host)}: the watchdog could never fire. Pick a smaller board, e.g. "
+                f"'{profile.key}:{max(1, host // (2 << 30))}GiB'"
+            )
+        if budget <= 0:
+            raise BudgetError(f"RAM budget must be positive, got {budget} bytes")
+        return cls(profile, budget)
+
+    def environ(self, stats_file: Path | None = None) -> dict[str, str]:
+        """The variables that put a new process on this board (add them to its environment)."""
+        from emulator.build import layer_path  # builds the layer on first use
+
+        env = {LAYERS_ENV: str(layer_path()), CONFIG_ENV: str(write_layer_config(self.profile))}
+        if stats_file is not None:
+            env[STATS_FILE_ENV] = str(stats_file)
+        return env
+
+    def activate(self, stats_file: Path | None = None) -> None:
+        """Put the *current* process on this board. Must run before its first OpenCL call."""
+        if _opencl_loaded():
+            raise BackendError(
+                "OpenCL is already initialised in this process, so the Mali layer can no longer be inserted: "
+                "call EmulatedBoard.activate() before importing code that touches OpenCL, or use "
+                "`mali-hil emulator run PROFILE -- CMD` to start a fresh process"
+            )
+        os.environ.update(self.environ(stats_file))
+
+
+def _opencl_loaded() -> bool:
+    # The ICD loader reads OPENCL_LAYERS once, when it first initialises; a mapped libOpenCL means it may have.
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        return any("libOpenCL" in line for line in maps)

@@ -1,0 +1,196 @@
+"""Mali device profiles: data files under ``emulator/profiles/``, parsed and checked once, here.
+
+A profile is a TOML file whose every field is ``{value, source}``. Nothing else in mali-hil branches on a
+GPU's name: a new GPU is one new file. ``NAME[:RAM]`` (``mali-g610:3GiB``) resizes the board; the device's
+global memory and max allocation keep the share of the board that the real dump showed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from emulator.errors import ProfileError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+# OpenCL error codes a profile may name; the layer gets the number.
+CL_ERRORS = {
+    "CL_OUT_OF_RESOURCES": -5,
+    "CL_OUT_OF_HOST_MEMORY": -6,
+    "CL_MEM_OBJECT_ALLOCATION_FAILURE": -4,
+    "CL_INVALID_BUFFER_SIZE": -61,
+}
+
+
+class OomFailure(enum.Enum):
+    """How the real driver fails when device memory runs out."""
+
+    ALLOC_ERROR = "alloc-error"  # clCreateBuffer returns an error code
+    ENQUEUE_ERROR = "enqueue-error"  # creation succeeds, the next enqueue fails
+    OOM_KILL = "oom-kill"  # nothing fails: the kernel's OOM killer ends the process
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """``3GiB`` -> 3221225472. Binary (KiB, MiB, GiB) and decimal (KB, MB, GB) units; bare numbers are bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ProfileError(f"cannot read memory size {text!r}: write a number and a unit, e.g. '3GiB', '512MiB'")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One Mali GPU as its driver describes itself, on a board with ``board_ram`` bytes of RAM."""
+
+    key: str  # file stem, e.g. "mali-g610"
+    platform_name: str
+    platform_vendor: str
+    platform_version: str
+    name: str
+    vendor: str
+    vendor_id: int
+    version: str
+    driver_version: str
+    opencl_c_version: str
+    extensions: tuple[str, ...]
+    global_mem: int
+    max_alloc: int
+    max_work_group_size: int
+    compute_units: int
+    max_clock_mhz: int
+    unified_memory: bool
+    board_ram: int
+    oom_failure: OomFailure
+    oom_error: str  # symbolic OpenCL error for alloc-error / enqueue-error
+    over_max_alloc: str  # "accept" or a symbolic OpenCL error
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def spec(self) -> str:
+        """The name that recreates this profile, RAM included."""
+        return f"{self.key}:{_compact_size(self.board_ram)}"
+
+    def with_ram(self, ram: int) -> Profile:
+        """The same GPU on a board with ``ram`` bytes: global memory and max alloc keep their share of the board."""
+        if ram <= 0:
+            raise ProfileError(f"board RAM must be positive, got {ram} bytes")
+        share = self.global_mem / self.board_ram
+        alloc_share = self.max_alloc / self.global_mem
+        global_mem = int(ram * share)
+        return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=int(global_mem * alloc_share))
+
+    def is_estimated(self, name: str) -> bool:
+        return self.sources.get(name, "").startswith("estimated")
+
+
+def _compact_size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+# (section, key) -> Profile field, expected type
+_FIELDS: dict[str, tuple[str, str, type]] = {
+    "board_ram": ("board", "ram", str),
+    "platform_name": ("platform", "name", str),
+    "platform_vendor": ("platform", "vendor", str),
+    "platform_version": ("platform", "version", str),
+    "name": ("device", "name", str),
+    "vendor": ("device", "vendor", str),
+    "vendor_id": ("device", "vendor_id", int),
+    "version": ("device", "version", str),
+    "driver_version": ("device", "driver_version", str),
+    "opencl_c_version": ("device", "opencl_c_version", str),
+    "extensions": ("device", "extensions", list),
+    "global_mem": ("device", "global_mem", int),
+    "max_alloc": ("device", "max_alloc", int),
+    "max_work_group_size": ("device", "max_work_group_size", int),
+    "compute_units": ("device", "compute_units", int),
+    "max_clock_mhz": ("device", "max_clock_mhz", int),
+    "unified_memory": ("device", "unified_memory", bool),
+    "oom_failure": ("oom", "failure", str),
+    "oom_error": ("oom", "error", str),
+    "over_max_alloc": ("oom", "over_max_alloc", str),
+}
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def parse_profile_file(path: Path) -> Profile:
+    """Read and check one profile file; every problem is a ProfileError naming the file and the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"profile file {path} is not readable TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for attr, (section, key, kind) in _FIELDS.items():
+        entry = data.get(section, {}).get(key)
+        where = f"[{section}] {key}"
+        if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
+            raise ProfileError(f'profile file {path}: {where} must be {{ value = ..., source = "..." }}')
+        value, source = entry["value"], entry["source"]
+        if not isinstance(source, str) or not source.strip():
+            raise ProfileError(f"profile file {path}: {where} needs a source (or 'estimated: <reason>')")
+        # bool is an int in Python; don't let `true` pass as a number or 1 as a flag
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ProfileError(f"profile file {path}: {where} must be a {kind.__name__}, got {value!r}")
+        values[attr], sources[attr] = value, source
+    values["extensions"] = tuple(values["extensions"])
+    if any(not isinstance(e, str) or "bf16" in e.lower() or "bfloat16" in e.lower() for e in values["extensions"]):
+        raise ProfileError(f"profile file {path}: extensions must be strings, never a bf16 one (no Mali has bf16)")
+    try:
+        values["oom_failure"] = OomFailure(values["oom_failure"])
+    except ValueError:
+        choices = ", ".join(f.value for f in OomFailure)
+        bad = values["oom_failure"]
+        raise ProfileError(f"profile file {path}: [oom] failure {bad!r} is not one of {choices}") from None
+    for attr in ("oom_error", "over_max_alloc"):
+        allowed = set(CL_ERRORS) | ({"accept"} if attr == "over_max_alloc" else set())
+        if values[attr] not in allowed:
+            raise ProfileError(f"profile file {path}: {_FIELDS[attr][0]} {attr} must be one of {sorted(allowed)}")
+    values["board_ram"] = parse_size(values["board_ram"])
+    if not 0 < values["max_alloc"] <= values["global_mem"] <= values["board_ram"]:
+        raise ProfileError(f"profile file {path}: need 0 < max_alloc <= global_mem <= board ram")
+    return Profile(key=path.stem, sources=sources, path=path, **values)
+
+
+def load_profile(spec: str) -> Profile:
+    """``NAME``, ``NAME:RAM`` or a path to a profile file (optionally ``PATH:RAM``)."""
+    name, sep, ram = spec.rpartition(":")
+    if not sep:
+        name, ram = spec, ""
+    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ProfileError(
+            f"unknown profile {name!r}: available profiles are {', '.join(available_profiles())} "
+            "(or give a path to a .toml profile file)"
+        )
+    profile = parse_profile_file(path)
+    return profile.with_ram(parse_size(ram)) if ram else profile

@@ -1,0 +1,80 @@
+"""The result record of one load job: the unit that tests, reports and the CLI all use.
+
+Statuses follow the board-farm convention of keeping *what happened to the job* apart from test pass/fail:
+``device-oom`` and ``oom-killed`` are results a test may expect; ``infra-error`` means the harness itself
+could not run the job (a dead worker, a missing backend) and says nothing about the loader.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    DEVICE_OOM = "device-oom"  # the device refused memory with an OpenCL error (cap or max alloc)
+    OOM_KILLED = "oom-killed"  # the board's RAM ran out and the process was SIGKILLed, as the OOM killer would
+    ERROR = "error"  # the loader raised something else (its type and message are kept)
+    TIMEOUT = "timeout"  # the job passed its time limit and was killed
+    INFRA_ERROR = "infra-error"  # the harness could not run the job at all
+
+
+@dataclass(frozen=True)
+class TensorDigest:
+    """What a loaded tensor looks like on the device, compact enough to compare across runs and devices."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str  # of the tensor's bytes with every NaN made the canonical quiet NaN of its sign
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    status: Status
+    loader: str
+    device: str
+    checkpoint: str
+    shard: tuple[int, int] | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    elapsed_s: float = 0.0
+    bytes_loaded: int = 0  # bytes of the tensors as they ended on the device
+    tensors: int = 0
+    device_peak_bytes: int | None = None  # from the layer's counters (None where no layer sees the device)
+    device_live_after: int | None = None  # live device bytes after the loader returned (its results included)
+    device_cap_bytes: int | None = None
+    device_failed_allocations: int | None = None
+    peak_anon_bytes: int | None = None  # RssAnon: what competes with device buffers for the board's RAM
+    peak_file_bytes: int | None = None  # RssFile: mmap'd checkpoint pages, reclaimable
+    peak_unified_bytes: int | None = None  # anon + shmem, the figure the RAM budget is enforced on
+    ram_budget_bytes: int | None = None
+    lru_cache: bool = True  # whether tinygrad's LRU buffer cache was on (it counts against device memory too)
+    fp16: str = ""  # "fp16: native ..." / "fp16: emulated ..."
+    backend: str = ""  # the OpenCL backend underneath, e.g. "PoCL 3.1"
+    enforcement: str = ""  # how the RAM budget was enforced: watchdog, cgroup, container
+    digests: dict[str, TensorDigest] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["shard"] = list(self.shard) if self.shard else None
+        data["digests"] = {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.digests.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadResult:
+        data = dict(data)
+        data["status"] = Status(data["status"])
+        data["shard"] = tuple(data["shard"]) if data.get("shard") else None
+        data["digests"] = {
+            k: TensorDigest(v["dtype"], tuple(v["shape"]), v["sha256"], v["nbytes"])
+            for k, v in (data.get("digests") or {}).items()
+        }
+        return cls(**data)
