@@ -1,0 +1,60 @@
+"""Make a test checkpoint for a model shape, and check any checkpoint: the two things the CLI offers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.checkpoints.errors import CheckpointWriteError, ModelError
+from harness.checkpoints.fill import FILL_DTYPES, make_fill
+from harness.checkpoints.index import Checkpoint, validate_checkpoint
+from harness.checkpoints.models import ModelConfig, get_model
+from harness.checkpoints.write import write_safetensors, write_sharded
+
+SINGLE_FILE_NAME = "model.safetensors"
+
+
+def make_checkpoint(
+    model: str | ModelConfig,
+    out: str | Path,
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    shards: int = 1,
+    dtype: str = "BF16",
+    fill: str = "normal",
+    layers: int | None = None,
+) -> Checkpoint:
+    """Write a checkpoint with ``model``'s tensors (scaled) and seeded values; return it, validated.
+
+    With ``shards == 1``, ``out`` is the ``.safetensors`` file (or an existing folder to put
+    ``model.safetensors`` in); with more, ``out`` is a folder that gets the shards and the index.
+    """
+    config = get_model(model).scaled(scale, layers=layers)
+    if dtype not in FILL_DTYPES:
+        raise ModelError(f"cannot make a {dtype} checkpoint; choose one of: {', '.join(FILL_DTYPES)}")
+    if type(shards) is not int or shards < 1:
+        raise ModelError(f"shards must be a positive integer, not {shards!r}")
+    values = make_fill(fill, seed=seed)
+    specs = config.specs(dtype)
+    metadata = {
+        "format": "pt",  # what Hugging Face loaders expect to find
+        "mali_hil.model": config.name,
+        "mali_hil.fill": fill,
+        "mali_hil.seed": str(seed),
+    }
+    out = Path(out)
+    if shards == 1:
+        target = out / SINGLE_FILE_NAME if out.is_dir() else out
+        if target.suffix != ".safetensors":
+            raise CheckpointWriteError(target, "a single-file checkpoint needs a path ending in .safetensors")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(target, specs, values, metadata)
+        return validate_checkpoint(target)
+    if out.exists() and not out.is_dir():
+        raise CheckpointWriteError(out, f"a {shards}-shard checkpoint is written into a folder, and this is a file")
+    return validate_checkpoint(write_sharded(out, specs, values, shards, metadata))
+
+
+def check_checkpoint(path: str | Path) -> Checkpoint:
+    """Validate a ``.safetensors`` file, a shard index, or a folder holding one; raise the error it breaks."""
+    return validate_checkpoint(path)

@@ -1,0 +1,180 @@
+"""Strict validation of one safetensors file, reading only its prefix and header.
+
+The checks and their order follow the reference reader (huggingface/safetensors, Rust, 0.8):
+
+1. file shorter than 8 bytes                                   -> HeaderTooSmallError
+2. header length N > 100,000,000                               -> HeaderTooLargeError
+3. 8 + N past the end of the file                              -> InvalidHeaderLengthError
+4. header not UTF-8                                            -> InvalidHeaderError
+5. header not JSON of the right shape                          -> InvalidHeaderDeserializationError
+   (refined: DuplicateKeyError, UnknownDtypeError, InvalidMetadataError)
+6. then, for each tensor in (start, end) order:
+   offsets do not start at 0 / leave a gap / overlap / end < start -> InvalidOffsetError
+   element count or bit size overflows 64 bits                 -> ValidationOverflowError
+   sub-byte tensor not a whole number of bytes                 -> MisalignedSliceError
+   end - start != size from shape and dtype                    -> TensorInvalidInfoError
+7. last tensor does not end at the end of the file             -> MetadataIncompleteBufferError
+
+The buffer itself is never read: a 16 GB checkpoint is validated by reading a few kilobytes.
+Values are not checked (NaN and Inf are legal tensor contents).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.checkpoints.errors import (
+    CheckpointNotFoundError,
+    HeaderTooLargeError,
+    HeaderTooSmallError,
+    InvalidHeaderLengthError,
+    InvalidOffsetError,
+    MetadataIncompleteBufferError,
+    MisalignedSliceError,
+    TensorInvalidInfoError,
+    ValidationOverflowError,
+)
+from harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo, parse_header
+
+MAX_HEADER_SIZE = 100_000_000
+PREFIX_SIZE = 8
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A valid safetensors file: where its buffer starts and what it holds (tensors in offset order)."""
+
+    path: Path
+    header_size: int
+    file_size: int
+    tensors: tuple[TensorInfo, ...]
+    metadata: Mapping[str, str] | None
+
+    @property
+    def data_start(self) -> int:
+        """File offset of the byte buffer (tensor offsets are relative to it)."""
+        return PREFIX_SIZE + self.header_size
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.file_size - self.data_start
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.tensors)
+
+    def tensor(self, name: str) -> TensorInfo:
+        for info in self.tensors:
+            if info.name == name:
+                return info
+        raise KeyError(f"{self.path} has no tensor {name!r}")
+
+
+def validate(path: str | Path) -> CheckpointInfo:
+    """Check one ``.safetensors`` file; return what it holds or raise the ``CheckpointError`` it breaks."""
+    path = Path(path)
+    header_size, file_size, raw = _read_header(path)
+    header = parse_header(raw, path)
+    tensors = tuple(sorted(header.tensors, key=lambda t: (t.start, t.end, t.name)))
+    buffer_end = check_tensors(tensors, path)
+    if PREFIX_SIZE + header_size + buffer_end != file_size:
+        raise MetadataIncompleteBufferError(
+            path,
+            f"tensors end at file byte {PREFIX_SIZE + header_size + buffer_end} but the file has {file_size} bytes",
+            expected=file_size,
+            actual=PREFIX_SIZE + header_size + buffer_end,
+        )
+    return CheckpointInfo(path, header_size, file_size, tensors, header.metadata)
+
+
+def check_tensors(tensors: tuple[TensorInfo, ...], path: str | Path) -> int:
+    """Run the per-tensor checks on tensors sorted by offsets; return where the buffer ends."""
+    position = 0
+    for info in tensors:
+        if info.start != position or info.end < info.start:
+            raise InvalidOffsetError(
+                path,
+                f"tensor {info.name!r} has data_offsets [{info.start}, {info.end}] but the previous tensor ends"
+                f" at {position}",
+                tensor=info.name,
+                expected=position,
+                actual=info.start,
+            )
+        position = info.end
+        size = _byte_size(info, path)
+        if info.end - info.start != size:
+            raise TensorInvalidInfoError(
+                path,
+                f"tensor {info.name!r} ({info.dtype}, shape {list(info.shape)}) needs {size} bytes but its"
+                f" data_offsets [{info.start}, {info.end}] span {info.end - info.start}",
+                tensor=info.name,
+                expected=size,
+                actual=info.end - info.start,
+            )
+    return position
+
+
+def _byte_size(info: TensorInfo, path: str | Path) -> int:
+    """Bytes the tensor needs, with the reference reader's 64-bit overflow and whole-byte checks."""
+    count = 1
+    for dim in info.shape:
+        count *= dim
+        if count > U64_MAX:
+            raise ValidationOverflowError(
+                path,
+                f"tensor {info.name!r} shape {list(info.shape)} has more than 2**64 - 1 elements",
+                tensor=info.name,
+            )
+    bits = count * DTYPE_BITS[info.dtype]
+    if bits > U64_MAX:
+        raise ValidationOverflowError(
+            path,
+            f"tensor {info.name!r} ({info.dtype}, shape {list(info.shape)}) is more than 2**64 - 1 bits",
+            tensor=info.name,
+        )
+    if bits % 8:
+        raise MisalignedSliceError(
+            path,
+            f"tensor {info.name!r} ({info.dtype}, shape {list(info.shape)}) is {bits} bits, not whole bytes",
+            tensor=info.name,
+            expected=bits + (-bits % 8),
+            actual=bits,
+        )
+    return bits // 8
+
+
+def _read_header(path: Path) -> tuple[int, int, bytes]:
+    """(header length, file size, header bytes), reading nothing past the header."""
+    try:
+        with path.open("rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            if file_size < PREFIX_SIZE:
+                raise HeaderTooSmallError(
+                    path, f"file is {file_size} bytes long", expected=PREFIX_SIZE, actual=file_size
+                )
+            header_size = int.from_bytes(handle.read(PREFIX_SIZE), "little")
+            if header_size > MAX_HEADER_SIZE:
+                raise HeaderTooLargeError(
+                    path, f"header length prefix is {header_size}", expected=MAX_HEADER_SIZE, actual=header_size
+                )
+            if PREFIX_SIZE + header_size > file_size:
+                raise InvalidHeaderLengthError(
+                    path,
+                    f"header length prefix is {header_size} but only {file_size - PREFIX_SIZE} bytes follow it",
+                    expected=file_size - PREFIX_SIZE,
+                    actual=header_size,
+                )
+            raw = handle.read(header_size)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise CheckpointNotFoundError(exc.errno, f"no safetensors file at {path} ({exc.strerror})") from None
+    if len(raw) != header_size:  # the file shrank while we read it
+        raise InvalidHeaderLengthError(
+            path,
+            f"header length prefix is {header_size} but only {len(raw)} bytes could be read",
+            expected=len(raw),
+            actual=header_size,
+        )
+    return header_size, file_size, raw

@@ -1,0 +1,108 @@
+"""``mali-hil checkpoint make|check``: write seeded test checkpoints, and validate any checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from harness.checkpoints import (
+    FILL_DTYPES,
+    FILL_KINDS,
+    MODELS,
+    Checkpoint,
+    CheckpointError,
+    check_checkpoint,
+    make_checkpoint,
+)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "checkpoint",
+        help="make and check safetensors checkpoints",
+        description="Make seeded safetensors checkpoints shaped like real models, and validate checkpoints.",
+    )
+    actions = parser.add_subparsers(dest="checkpoint_action", required=True, metavar="ACTION")
+
+    make = actions.add_parser(
+        "make",
+        help="write a checkpoint shaped like a model",
+        description="Write a checkpoint with a model's Hugging Face tensor names and shapes and seeded values.",
+    )
+    make.add_argument("--model", required=True, help=f"model shape: {', '.join(MODELS)}")
+    make.add_argument("--scale", type=_positive_float, default=1.0, help="shrink hidden/intermediate/vocab by S")
+    make.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the values (default 0)")
+    make.add_argument("--shards", type=_positive_int, default=1, help="number of shard files (default 1)")
+    make.add_argument("--dtype", choices=FILL_DTYPES, default="BF16", help="tensor dtype (default BF16)")
+    make.add_argument("--fill", choices=FILL_KINDS, default="normal", help="values (default normal)")
+    make.add_argument("--layers", type=_positive_int, default=None, help="override the layer count")
+    make.add_argument("out", metavar="OUT", type=Path, help=".safetensors file, or a folder when --shards > 1")
+    make.set_defaults(func=_make)
+
+    check = actions.add_parser(
+        "check",
+        help="validate a checkpoint",
+        description="Validate a .safetensors file, a *.safetensors.index.json with its shards, or a folder "
+        "holding one. Prints 'ok: ...' (exit 0) or 'invalid: <Error>: ...' (exit 1).",
+    )
+    check.add_argument("file", metavar="FILE", type=Path)
+    check.set_defaults(func=_check)
+
+
+def _make(args: argparse.Namespace) -> int:
+    checkpoint = make_checkpoint(
+        args.model,
+        args.out,
+        scale=args.scale,
+        seed=args.seed,
+        shards=args.shards,
+        dtype=args.dtype,
+        fill=args.fill,
+        layers=args.layers,
+    )
+    where = checkpoint.index or checkpoint.files[0]
+    print(f"wrote {_summary(checkpoint)}: {where}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        checkpoint = check_checkpoint(args.file)
+    except CheckpointError as exc:
+        print(f"invalid: {type(exc).__name__}: {exc}")
+        return 1
+    print(f"ok: {_summary(checkpoint)}")
+    return 0
+
+
+def _summary(checkpoint: Checkpoint) -> str:
+    files = len(checkpoint.files)
+    return f"{len(checkpoint.tensors)} tensors, {checkpoint.total_bytes} bytes, {files} file(s)"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value

@@ -1,0 +1,187 @@
+"""``mali-hil emulator list|info|run``: the emulated Mali boards, what OpenCL shows on one, running a command on one.
+
+``emulator run`` exits with the command's own exit code when it exited by itself (128+N when a signal N other
+than an OOM kill ended it, as shells report it), 137 (128+SIGKILL, what a shell shows for "Killed") when it was
+OOM-killed, 124 (as timeout(1)) when it ran past ``--timeout``, and 2 for mali-hil's own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from emulator.errors import MaliHilError
+from emulator.profile import available_profiles, format_size, load_profile, parse_size
+
+if TYPE_CHECKING:
+    from emulator.launcher import BoardRun
+
+EXIT_OOM_KILLED = 137
+EXIT_TIMEOUT = 124
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "emulator",
+        help="list emulated Mali boards, inspect one through OpenCL, run a command on one",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="emulator_action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="the Mali profiles and their boards")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_list)
+
+    info = actions.add_parser(
+        "info",
+        help="clinfo-like view of the emulated device, queried through OpenCL on the board",
+        description="Start a process on the board and ask OpenCL (pyopencl, through the ICD loader and the "
+        "mali-hil layer) what it sees: the same answers tinygrad gets.",
+    )
+    info.add_argument("board", metavar="PROFILE[:RAM]", help="e.g. mali-g610 or mali-g610:3GiB")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_info)
+
+    run = actions.add_parser(
+        "run",
+        help="run a command on an emulated board (RAM budget enforced)",
+        description=__doc__,
+        usage="mali-hil emulator run PROFILE[:RAM] [--ram-budget SIZE] [--timeout S] [--json] -- CMD ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("board", metavar="PROFILE[:RAM]", help="e.g. mali-g610:3GiB")
+    run.add_argument(
+        "--ram-budget", type=_size, default=None, metavar="SIZE", help="RAM the job may use (default: the board's RAM)"
+    )
+    run.add_argument("--timeout", type=_seconds, default=None, metavar="S", help="wall-clock limit in seconds")
+    run.add_argument("--json", action="store_true", help="print the run record as JSON, as the last line of stdout")
+    run.add_argument("cmd", nargs="+", metavar="CMD", help="the command, after --")
+    run.set_defaults(func=_run)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"timeout must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = []
+    for key in available_profiles():
+        p = load_profile(key)
+        rows.append(
+            {
+                "profile": key,
+                "device": p.name,
+                "board_ram": p.board_ram,
+                "global_mem": p.global_mem,
+                "max_alloc": p.max_alloc,
+                "oom_failure": p.oom_failure.value,
+                "estimated_fields": sum(p.is_estimated(name) for name in p.sources),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    header = ("PROFILE", "DEVICE", "BOARD RAM", "GLOBAL MEM", "MAX ALLOC", "OOM FAILURE", "ESTIMATED")
+    table = [header] + [
+        (
+            r["profile"],
+            r["device"],
+            format_size(r["board_ram"]),
+            format_size(r["global_mem"]),
+            format_size(r["max_alloc"]),
+            r["oom_failure"],
+            f"{r['estimated_fields']} fields",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from emulator.board import EmulatedBoard
+    from emulator.info import describe, render
+
+    described = describe(EmulatedBoard.from_spec(args.board))
+    print(json.dumps(described) if args.json else render(described))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from emulator.board import EmulatedBoard
+    from emulator.launcher import run_on_board
+
+    cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
+    if not cmd:
+        raise MaliHilError("no command to run: give it after --, e.g. `mali-hil emulator run mali-g610 -- python x.py`")
+    board = EmulatedBoard.from_spec(args.board, args.ram_budget)
+    sys.stdout.flush()  # our own output must not come out after the job's
+    run = run_on_board(board, cmd, timeout=args.timeout)
+    print(verdict_line(run), file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(run.to_dict()), flush=True)
+    return exit_code(run)
+
+
+def verdict_line(run: BoardRun) -> str:
+    """One line saying how a BoardRun ended, for people."""
+    from emulator.launcher import RunStatus
+
+    peak, limit = format_size(run.peak_unified_bytes), format_size(run.ram_limit)
+    what = "budget" if run.enforcement != "container" else "container limit"
+    if run.status is RunStatus.OOM_KILLED:
+        if run.peak_unified_bytes > run.ram_limit:
+            detail = f"peak unified {peak} > {what} {limit}"
+        elif run.device is not None and run.device.failed_allocations:
+            detail = (
+                f"device memory past the {format_size(run.device.cap_bytes)} cap, killed by the layer as the "
+                f"OOM killer would; peak unified {peak} of {what} {limit}"
+            )
+        else:
+            detail = f"killed by the kernel at the {run.enforcement} limit; peak unified seen {peak} of {what} {limit}"
+    elif run.status is RunStatus.TIMEOUT:
+        detail = f"killed after {run.timeout:g} s; peak unified {peak} of {what} {limit}"
+    else:
+        ended = f"exit {run.returncode}" if run.returncode >= 0 else f"killed by {_signal_name(-run.returncode)}"
+        detail = (
+            f"{ended}, peak unified {peak} of {what} {limit}, "
+            f"file-backed {format_size(run.peak_file_bytes)}, {run.elapsed:.2f} s"
+        )
+    return f"mali-hil: {run.status.value} ({detail})"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_code(run: BoardRun) -> int:
+    """The shell-style exit code for a BoardRun (see the module docstring)."""
+    from emulator.launcher import RunStatus
+
+    if run.status is RunStatus.OOM_KILLED:
+        return EXIT_OOM_KILLED
+    if run.status is RunStatus.TIMEOUT:
+        return EXIT_TIMEOUT
+    return run.returncode if run.returncode >= 0 else 128 - run.returncode

@@ -1,0 +1,17 @@
+"""Harness errors; all share emulator.errors.MaliHilError as their root."""
+
+from __future__ import annotations
+
+from emulator.errors import MaliHilError
+
+
+class JobSpecError(MaliHilError, ValueError):
+    """A job's parameters (shard range, sizes, dtype) are invalid."""
+
+
+class DeviceSpecError(MaliHilError, ValueError):
+    """A --device value names no known device kind or is malformed."""
+
+
+class WorkerError(MaliHilError, RuntimeError):
+    """The device-side worker could not be started or spoke out of protocol."""

@@ -1,0 +1,195 @@
+"""The device-side worker: runs load jobs in its own process, so an OOM kill or a driver crash can't take the
+test process down. One protocol for every device: JSON lines in on stdin, JSON lines out on the process's
+original stdout (everything the loaders print is sent to stderr instead). A warm worker serves many jobs;
+between jobs it drops every tensor and tinygrad's buffer cache, so each job starts from the same baseline.
+
+    -> {"op": "load", "job": {...LoadJob...}}      <- {"op": "result", "result": {...LoadResult...}}
+    -> {"op": "exit"}
+    <- {"op": "hello", ...} once, when ready
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from typing import IO, Any
+
+from emulator.errors import MaliHilError
+from harness.digest import Digest
+from harness.jobs import LoadJob
+from harness.meter import MemoryMeter
+from harness.results import LoadResult, Status, TensorDigest
+
+DEVICE = "CL"
+_DIGEST_CHUNK = 16 << 20
+# OpenCL errors that mean "out of device memory" when raised at enqueue (profiles with enqueue-error)
+_OOM_CODES = ("CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY", "CL_MEM_OBJECT_ALLOCATION_FAILURE")
+
+
+def _layer_stats() -> Any | None:
+    """The layer's counters, or None where no layer sits in front of the device (`--device=local`)."""
+    try:
+        from emulator.stats import read_layer_stats
+
+        return read_layer_stats()
+    except MaliHilError:
+        return None
+
+
+def _reset_layer() -> None:
+    if _layer_stats() is not None:
+        from emulator.stats import reset_layer_stats
+
+        reset_layer_stats()
+
+
+def _backend_facts() -> dict[str, str]:
+    from tinygrad import Device
+
+    dev = Device[DEVICE]
+    fp16 = "cl_khr_fp16" in dev.device_exts
+    return {
+        "device_name": dev.device_name,
+        "fp16": "fp16: native (backend has cl_khr_fp16)" if fp16 else "fp16: emulated (backend lacks cl_khr_fp16)",
+        "backend": os.environ.get("MALI_HIL_BACKEND", ""),
+    }
+
+
+def _digest(tensor: Any) -> TensorDigest:
+    """Read a device tensor back in bounded chunks (never a whole host copy) and digest it."""
+    import numpy as np
+    from tinygrad.helpers import _to_np_dtype
+
+    buf = tensor.uop.base.realized
+    np_dtype = _to_np_dtype(tensor.dtype)
+    itemsize = tensor.dtype.itemsize
+    digest = Digest()
+    step = max(1, _DIGEST_CHUNK // itemsize)
+    for start in range(0, buf.size, step):
+        count = min(step, buf.size - start)
+        view = buf.view(count, buf.dtype, start * itemsize).ensure_allocated()
+        digest.update(np.frombuffer(view.as_memoryview(), dtype=np_dtype))
+    return TensorDigest(tensor.dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
+
+
+def _classify(exc: BaseException, stats: Any | None) -> Status:
+    if isinstance(exc, MemoryError):
+        return Status.DEVICE_OOM
+    text = str(exc)
+    refused = stats is not None and (stats.failed_allocations or stats.overcommitted_bytes)
+    if isinstance(exc, RuntimeError) and refused and any(code in text for code in _OOM_CODES):
+        return Status.DEVICE_OOM
+    return Status.ERROR
+
+
+def _oom_message(exc: BaseException, stats: Any | None) -> str:
+    if stats is None:
+        return str(exc)
+    needed = getattr(stats, "last_failed_bytes", 0)
+    available = max(0, stats.cap_bytes - stats.live_bytes)
+    return f"{exc} (needed {needed} bytes, available {available} of the {stats.cap_bytes}-byte device memory)"
+
+
+def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
+    """Run one job in this process and describe it; never raises for anything the loader does."""
+    from tinygrad import Device
+    from tinygrad.helpers import Context
+
+    from harness.checkpoints import validate_checkpoint
+    from harness.loaders import LoadOptions, get_loader
+
+    base: dict[str, Any] = {
+        "loader": job.loader,
+        "device": facts["device_name"],
+        "checkpoint": job.checkpoint,
+        "shard": job.shard,
+        "lru_cache": job.lru,
+        "fp16": facts["fp16"],
+        "backend": facts["backend"],
+    }
+    started = time.monotonic()
+    try:
+        loader = get_loader(job.loader)
+        checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation
+        options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
+    except MaliHilError as exc:
+        return LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
+    _reset_layer()
+    meter = MemoryMeter().start()
+    tensors: dict[str, Any] = {}
+    failure: BaseException | None = None
+    try:
+        with Context(LRU=int(job.lru)):
+            tensors = loader.load(checkpoint, DEVICE, options)
+            Device[DEVICE].synchronize()
+    except Exception as exc:  # the loader is the system under test: anything it raises is a result
+        failure = exc
+    memory = meter.stop()
+    elapsed = time.monotonic() - started
+    stats = _layer_stats()
+    figures: dict[str, Any] = {
+        "elapsed_s": elapsed,
+        "peak_anon_bytes": memory.peaks.anon_bytes,
+        "peak_file_bytes": memory.peaks.file_bytes,
+        "peak_unified_bytes": memory.peaks.unified_bytes,
+    }
+    if stats is not None:
+        figures.update(
+            device_peak_bytes=stats.peak_bytes,
+            device_live_after=stats.live_bytes,
+            device_cap_bytes=stats.cap_bytes,
+            device_failed_allocations=stats.failed_allocations,
+        )
+    if failure is not None:
+        status = _classify(failure, stats)
+        message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else str(failure)
+        if status is Status.ERROR:
+            traceback.print_exception(failure, file=sys.stderr)
+        _cleanup(tensors)
+        return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
+    digests = {name: _digest(t) for name, t in tensors.items()} if job.digests else {}
+    loaded = sum(t.nbytes() for t in tensors.values())
+    _cleanup(tensors)
+    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=len(tensors), digests=digests, **base, **figures)
+
+
+def _cleanup(tensors: dict[str, Any]) -> None:
+    from tinygrad import Device
+
+    tensors.clear()
+    gc.collect()
+    Device[DEVICE].synchronize()
+    Device[DEVICE].allocator.free_cache()  # cached buffers would count against the next job's device memory
+
+
+def serve(inbox: IO[str], outbox: IO[str]) -> None:
+    def send(message: dict[str, Any]) -> None:
+        outbox.write(json.dumps(message) + "\n")
+        outbox.flush()
+
+    facts = _backend_facts()
+    send({"op": "hello", "pid": os.getpid(), **facts})
+    for line in inbox:
+        request = json.loads(line)
+        if request.get("op") == "exit":
+            break
+        if request.get("op") == "load":
+            result = run_job(LoadJob.from_dict(request["job"]), facts)
+            send({"op": "result", "result": result.to_dict()})
+        else:
+            send({"op": "error", "message": f"unknown op {request.get('op')!r}"})
+
+
+def main() -> None:
+    # The protocol owns the real stdout; loaders and tinygrad print progress, which goes to stderr instead.
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin, outbox)
+
+
+if __name__ == "__main__":
+    main()
