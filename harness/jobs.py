@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.errors import JobSpecError
-
-DEFAULT_CHUNK_BYTES = 64 << 20
+from harness.loaders.base import DEFAULT_CHUNK_BYTES
 
 
 @dataclass(frozen=True)

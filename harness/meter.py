@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from emulator.memory import MemoryPeaks, peak_rss, read_process_memory
+from emulator.memory import MemoryPeaks, ProcessMemory, peak_rss, read_process_memory
 
 
 def reset_hwm() -> bool:
@@ -26,6 +26,7 @@ def reset_hwm() -> bool:
 
 @dataclass(frozen=True)
 class JobMemory:
+    baseline: ProcessMemory  # at the job's start: the interpreter, tinygrad, PoCL, earlier jobs' leftovers
     peaks: MemoryPeaks
     hwm_bytes: int  # the kernel's peak of total RSS over the job
 
@@ -37,6 +38,7 @@ class MemoryMeter:
         self._interval = interval
         self._stop = threading.Event()
         self._peaks = MemoryPeaks()
+        self._baseline = ProcessMemory()
         self._thread = threading.Thread(target=self._run, name="mali-hil-meter", daemon=True)
 
     def _sample(self) -> None:
@@ -48,7 +50,8 @@ class MemoryMeter:
 
     def start(self) -> MemoryMeter:
         reset_hwm()
-        self._sample()
+        self._baseline = read_process_memory(os.getpid())
+        self._peaks = self._peaks.update(self._baseline)
         self._thread.start()
         return self
 
@@ -56,4 +59,4 @@ class MemoryMeter:
         self._stop.set()
         self._thread.join()
         self._sample()
-        return JobMemory(self._peaks, peak_rss(os.getpid()))
+        return JobMemory(self._baseline, self._peaks, peak_rss(os.getpid()))

@@ -50,6 +50,7 @@ class LoadResult:
     peak_anon_bytes: int | None = None  # RssAnon: what competes with device buffers for the board's RAM
     peak_file_bytes: int | None = None  # RssFile: mmap'd checkpoint pages, reclaimable
     peak_unified_bytes: int | None = None  # anon + shmem, the figure the RAM budget is enforced on
+    ram_baseline_bytes: int | None = None  # unified bytes when the job started (interpreter, tinygrad, PoCL)
     ram_budget_bytes: int | None = None
     lru_cache: bool = True  # whether tinygrad's LRU buffer cache was on (it counts against device memory too)
     fp16: str = ""  # "fp16: native ..." / "fp16: emulated ..."
@@ -60,6 +61,13 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @property
+    def ram_growth_bytes(self) -> int | None:
+        """What the job itself added to the board's RAM at its peak: the figure a loader's RAM bound predicts."""
+        if self.peak_unified_bytes is None or self.ram_baseline_bytes is None:
+            return None
+        return self.peak_unified_bytes - self.ram_baseline_bytes
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -60,19 +60,24 @@ def _backend_facts() -> dict[str, str]:
 
 
 def _digest(tensor: Any) -> TensorDigest:
-    """Read a device tensor back in bounded chunks (never a whole host copy) and digest it."""
+    """Read a device tensor back in bounded chunks and digest it (runs after the job's memory was measured)."""
     import numpy as np
-    from tinygrad.helpers import _to_np_dtype
+    from tinygrad.dtype import _to_np_dtype
 
-    buf = tensor.uop.base.realized
-    np_dtype = _to_np_dtype(tensor.dtype)
-    itemsize = tensor.dtype.itemsize
+    from harness.loaders._device import read_at
+    from harness.loaders.base import LoaderError
+
+    np_dtype = np.dtype(_to_np_dtype(tensor.dtype))
     digest = Digest()
-    step = max(1, _DIGEST_CHUNK // itemsize)
-    for start in range(0, buf.size, step):
-        count = min(step, buf.size - start)
-        view = buf.view(count, buf.dtype, start * itemsize).ensure_allocated()
-        digest.update(np.frombuffer(view.as_memoryview(), dtype=np_dtype))
+    try:
+        step = max(1, _DIGEST_CHUNK // np_dtype.itemsize) * np_dtype.itemsize
+        total = tensor.numel() * np_dtype.itemsize
+        for offset in range(0, total, step):
+            chunk = np.empty(min(step, total - offset) // np_dtype.itemsize, dtype=np_dtype)
+            digest.update(read_at(tensor, offset, chunk))
+    except LoaderError:  # a view, not a whole buffer (a user's loader may return one): read it whole
+        digest = Digest()
+        digest.update(tensor.numpy().reshape(-1))
     return TensorDigest(tensor.dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
 
 
@@ -136,6 +141,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         "peak_anon_bytes": memory.peaks.anon_bytes,
         "peak_file_bytes": memory.peaks.file_bytes,
         "peak_unified_bytes": memory.peaks.unified_bytes,
+        "ram_baseline_bytes": memory.baseline.unified,
     }
     if stats is not None:
         figures.update(
@@ -152,9 +158,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         _cleanup(tensors)
         return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
     digests = {name: _digest(t) for name, t in tensors.items()} if job.digests else {}
-    loaded = sum(t.nbytes() for t in tensors.values())
+    loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
-    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=len(tensors), digests=digests, **base, **figures)
+    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, **base, **figures)
 
 
 def _cleanup(tensors: dict[str, Any]) -> None:
@@ -178,7 +184,13 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
         if request.get("op") == "exit":
             break
         if request.get("op") == "load":
-            result = run_job(LoadJob.from_dict(request["job"]), facts)
+            job = LoadJob.from_dict(request["job"])
+            try:
+                result = run_job(job, facts)
+            except Exception as exc:  # a bug of the harness itself, not of the loader: say so, keep serving
+                traceback.print_exc(file=sys.stderr)
+                result = LoadResult(Status.INFRA_ERROR, job.loader, facts["device_name"], job.checkpoint,
+                                    error_type=type(exc).__name__, error_message=f"worker failed: {exc}")  # fmt: skip
             send({"op": "result", "result": result.to_dict()})
         else:
             send({"op": "error", "message": f"unknown op {request.get('op')!r}"})

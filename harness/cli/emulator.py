@@ -166,6 +166,8 @@ def verdict_line(run: BoardRun) -> str:
             f"{ended}, peak unified {peak} of {what} {limit}, "
             f"file-backed {format_size(run.peak_file_bytes)}, {run.elapsed:.2f} s"
         )
+    if run.watchdog_stalled:
+        detail += f"; WARNING: the watchdog was not scheduled for {run.max_sample_gap:.2f} s, budget unenforced then"
     return f"mali-hil: {run.status.value} ({detail})"
 
 

@@ -69,4 +69,4 @@ def make_device(spec: str) -> Device:
 
 
 def _load_builtin_kinds() -> None:
-    from harness.devices import emulated  # noqa: F401  (each module registers itself)
+    from harness.devices import emulated, local  # noqa: F401  (each module registers itself)

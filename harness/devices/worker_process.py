@@ -15,7 +15,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from harness.errors import WorkerError
@@ -36,11 +36,17 @@ class WorkerTimeout(WorkerError):
 
 
 class WorkerProcess:
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 120.0,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         self.proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=dict(env) if env is not None else None, text=True, start_new_session=True,
+            env=dict(env) if env is not None else None, text=True, start_new_session=True, preexec_fn=preexec,
         )  # fmt: skip
         self._lines: queue.Queue[Any] = queue.Queue()
         threading.Thread(target=self._read, name="mali-hil-worker-reader", daemon=True).start()

@@ -1,0 +1,847 @@
+/* mali-hil OpenCL layer: puts a Mali face and a Mali memory budget on PoCL's CPU device.
+ *
+ * The ICD loader (ocl-icd, or the Khronos loader) inserts this layer between the application and PoCL when
+ * OPENCL_LAYERS names it. It changes three things and passes everything else through untouched:
+ *   1. identity: platform/device strings, limits and extensions come from the profile (MALI_HIL_LAYER_CONFIG);
+ *      the device reports itself as a GPU, because clients such as tinygrad ask for a GPU first.
+ *   2. memory: the bytes of all live memory objects never exceed the profile's global memory. Past it the
+ *      layer fails the way the profiled driver fails: an error from clCreate*, an error at the next enqueue,
+ *      or SIGKILL, as the Linux OOM killer ends a process on a unified-memory board.
+ *   3. honesty: cl_khr_fp16 is advertised only if PoCL can really compile half arithmetic, and no bf16
+ *      extension is ever advertised (no Mali has one).
+ *
+ * Config problems (no env var, unreadable file, bad or missing key) print one line to stderr and make
+ * clInitLayer fail: the loader then drops the layer and the process runs on plain PoCL, never on a
+ * half-configured Mali.
+ *
+ * Capacity is returned from a destructor callback, not from clReleaseMemObject: a memory object dies only when
+ * its last reference is gone AND no queued command uses it, and only the driver knows when that is.
+ */
+#define _GNU_SOURCE
+#define CL_TARGET_OPENCL_VERSION 300
+#define CL_USE_DEPRECATED_OPENCL_1_0_APIS
+#define CL_USE_DEPRECATED_OPENCL_1_1_APIS
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+#define CL_USE_DEPRECATED_OPENCL_2_0_APIS
+#define CL_NO_PROTOTYPES /* newer headers declare clInitLayerWithProperties with their own property type */
+#include <CL/cl_layer.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#ifndef CL_LAYER_NAME
+#define CL_LAYER_NAME 0x4241
+#endif
+typedef intptr_t mali_layer_properties; /* cl_layer_properties; Debian 12's header predates it */
+
+/* ---- config ------------------------------------------------------------------------------------------ */
+
+enum oom_mode { OOM_ALLOC_ERROR, OOM_ENQUEUE_ERROR, OOM_KILL };
+
+static struct {
+    const char *platform_name, *platform_vendor, *platform_version;
+    const char *device_name, *device_vendor, *device_version, *driver_version, *opencl_c_version;
+    const char *extensions, *oom_failure;
+    uint64_t vendor_id, global_mem, max_alloc, max_work_group_size, compute_units, max_clock_mhz, unified_memory;
+    int64_t oom_error, over_max_alloc;
+    enum oom_mode oom;
+    char *ext_with_fp16, *ext_without_fp16; /* the profile's list minus bf16, with and without cl_khr_fp16 */
+    int profile_fp16;
+} cfg;
+
+enum kind { K_STR, K_U64, K_I64 };
+static const struct { const char *key; enum kind kind; void *dst; } KEYS[] = {
+    {"platform_name", K_STR, &cfg.platform_name},       {"platform_vendor", K_STR, &cfg.platform_vendor},
+    {"platform_version", K_STR, &cfg.platform_version}, {"device_name", K_STR, &cfg.device_name},
+    {"device_vendor", K_STR, &cfg.device_vendor},       {"vendor_id", K_U64, &cfg.vendor_id},
+    {"device_version", K_STR, &cfg.device_version},     {"driver_version", K_STR, &cfg.driver_version},
+    {"opencl_c_version", K_STR, &cfg.opencl_c_version}, {"extensions", K_STR, &cfg.extensions},
+    {"global_mem", K_U64, &cfg.global_mem},             {"max_alloc", K_U64, &cfg.max_alloc},
+    {"max_work_group_size", K_U64, &cfg.max_work_group_size}, {"compute_units", K_U64, &cfg.compute_units},
+    {"max_clock_mhz", K_U64, &cfg.max_clock_mhz},       {"unified_memory", K_U64, &cfg.unified_memory},
+    {"oom_failure", K_STR, &cfg.oom_failure},           {"oom_error", K_I64, &cfg.oom_error},
+    {"over_max_alloc", K_I64, &cfg.over_max_alloc},
+};
+#define NKEYS (sizeof KEYS / sizeof KEYS[0])
+
+static int complain(const char *what, const char *detail)
+{
+    fprintf(stderr, "mali-hil layer: %s%s; layer disabled, OpenCL runs on plain PoCL (write the config with "
+                    "emulator.board.EmulatedBoard.environ())\n", what, detail ? detail : "");
+    return -1;
+}
+
+static int store_value(unsigned i, char *value)
+{
+    char *end = value;
+    if (KEYS[i].kind == K_STR)
+        *(const char **)KEYS[i].dst = value;
+    else if (KEYS[i].kind == K_U64)
+        *(uint64_t *)KEYS[i].dst = strtoull(value, &end, 0);
+    else
+        *(int64_t *)KEYS[i].dst = strtoll(value, &end, 0);
+    return KEYS[i].kind != K_STR && (end == value || *end != '\0') ? -1 : 0;
+}
+
+/* Keeps the profile's order; drops anything bf16 (belt and braces: profile.py already refuses those). */
+static char *filter_extensions(const char *list, int keep_fp16)
+{
+    char *out = calloc(1, strlen(list) + 1), *copy = strdup(list), *save = NULL;
+    if (!out || !copy) {
+        free(copy);
+        free(out);
+        return NULL;
+    }
+    for (char *tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+        int fp16 = strcmp(tok, "cl_khr_fp16") == 0;
+        cfg.profile_fp16 |= fp16;
+        if (strcasestr(tok, "bf16") || strcasestr(tok, "bfloat16") || (fp16 && !keep_fp16))
+            continue;
+        if (*out)
+            strcat(out, " ");
+        strcat(out, tok);
+    }
+    free(copy);
+    return out;
+}
+
+static int parse_config(char *text, const char *path)
+{
+    char where[512];
+    unsigned seen = 0, lineno = 0;
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        lineno++;
+        if (*line == '\0' || *line == '#')
+            continue;
+        char *eq = strchr(line, '=');
+        unsigned i = 0;
+        if (eq)
+            *eq = '\0';
+        while (eq && i < NKEYS && strcmp(KEYS[i].key, line) != 0)
+            i++;
+        snprintf(where, sizeof where, "%s line %u", path, lineno);
+        if (!eq || i == NKEYS || store_value(i, eq + 1) != 0)
+            return complain("bad config line (want a known key=value): ", where);
+        seen |= 1u << i;
+    }
+    for (unsigned i = 0; i < NKEYS; i++)
+        if (!(seen & (1u << i)))
+            return complain("config is missing key ", KEYS[i].key);
+    if (strcmp(cfg.oom_failure, "alloc-error") == 0)
+        cfg.oom = OOM_ALLOC_ERROR;
+    else if (strcmp(cfg.oom_failure, "enqueue-error") == 0)
+        cfg.oom = OOM_ENQUEUE_ERROR;
+    else if (strcmp(cfg.oom_failure, "oom-kill") == 0)
+        cfg.oom = OOM_KILL;
+    else
+        return complain("oom_failure must be alloc-error, enqueue-error or oom-kill, got ", cfg.oom_failure);
+    cfg.ext_with_fp16 = filter_extensions(cfg.extensions, 1);
+    cfg.ext_without_fp16 = filter_extensions(cfg.extensions, 0);
+    return cfg.ext_with_fp16 && cfg.ext_without_fp16 ? 0 : complain("out of memory reading ", path);
+}
+
+static int load_config(void)
+{
+    const char *path = getenv("MALI_HIL_LAYER_CONFIG");
+    if (!path || !*path)
+        return complain("MALI_HIL_LAYER_CONFIG is not set", NULL);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return complain("cannot open config file ", path);
+    static char text[64 * 1024]; /* the strings in cfg point into it for the life of the process */
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    int too_big = !feof(f);
+    fclose(f);
+    if (too_big)
+        return complain("config file is larger than 64 KiB: ", path);
+    text[n] = '\0';
+    return parse_config(text, path);
+}
+
+/* ---- state ------------------------------------------------------------------------------------------- */
+
+static cl_icd_dispatch next;  /* the loader's table below us: where every call finally goes */
+static cl_icd_dispatch layer; /* what we hand the loader: `next` with our entries on top */
+static int g_init_state;      /* 0 not yet, 1 active, -1 config refused */
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Counters are atomics so create/release take no lock. Event counters only ever grow; a reset records their
+ * current values as a base instead of zeroing them, which keeps live_objects = created - destroyed exact. */
+#define ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
+#define LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+enum { CREATED, DESTROYED, FAILED, REFUSED, OVERCOMMITTED, NEVENTS };
+static struct {
+    uint64_t used; /* bytes of live objects within the cap, plus reservations whose clCreate* is in flight */
+    uint64_t peak, generation;
+    uint64_t events[NEVENTS], base[NEVENTS];
+} g;
+static int g_over_alive; /* objects alive beyond the cap (enqueue-error); read on every enqueue */
+static int g_fp16 = -1;  /* -1: not decided yet (decided on the first device query) */
+
+/* What the destructor callback must give back, carried in its user_data pointer itself: the object's bytes,
+ * and the top bit if it lives beyond the cap. No per-object allocation, nothing to leak. */
+#define OVER_BIT (UINT64_C(1) << 63)
+_Static_assert(sizeof(void *) == sizeof(uint64_t), "the ticket rides in a pointer: 64-bit hosts only");
+
+/* Late deaths. PoCL marks a command complete (so clFinish returns) and only then, on its worker thread, drops
+ * the command's references to its buffers: a buffer the program released while a command still used it dies a
+ * few microseconds AFTER clFinish. Counter readers and over-cap decisions wait for such deaths (bounded), so
+ * they see what the program may expect after clFinish, and no allocation fails for memory being freed. */
+#define SETTLE_TIMEOUT_NS 50000000L
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the late-death state only */
+static pthread_cond_t g_settled = PTHREAD_COND_INITIALIZER;
+static uint64_t g_late_pending, g_late_epoch;
+static __thread uint64_t t_late_done, t_late_epoch; /* handed from on_late_destroyed to on_destroyed */
+
+/* Waits, with g_lock held, until late deaths have landed. Timing out means something real still holds the
+ * object (a running kernel, a live sub-buffer); a new epoch then stops anyone from waiting for it again. */
+static void settle_locked(void)
+{
+    struct timespec deadline;
+    if (!g_late_pending)
+        return;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += SETTLE_TIMEOUT_NS;
+    deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+    deadline.tv_nsec %= 1000000000L;
+    while (g_late_pending)
+        if (pthread_cond_timedwait(&g_settled, &g_lock, &deadline) == ETIMEDOUT) {
+            g_late_epoch++;
+            g_late_pending = 0;
+        }
+}
+
+static void settle(void)
+{
+    pthread_mutex_lock(&g_lock);
+    settle_locked();
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* ---- stats ------------------------------------------------------------------------------------------- */
+
+#define MALI_HIL_STATS_VERSION 1
+#define MALI_HIL_COUNTERS(X)                                                                                \
+    X(generation) X(live_bytes) X(peak_bytes) X(live_objects) X(allocations) X(frees) X(failed_allocations) \
+    X(backend_refusals) X(overcommitted_bytes) X(cap_bytes) X(fp16_advertised)
+
+struct mali_hil_stats { /* every field uint64_t, so ctypes mirrors it without padding questions */
+    uint64_t version;   /* MALI_HIL_STATS_VERSION; fields are only ever appended */
+    uint64_t active;    /* 1 once a loader initialised the layer with a valid config */
+#define FIELD(name) uint64_t name;
+    MALI_HIL_COUNTERS(FIELD)
+#undef FIELD
+};
+
+static uint64_t since_reset(int event) { return LOAD(g.events[event]) - LOAD(g.base[event]); }
+
+/* Copies the first min(size, sizeof) bytes; returns the layer's struct size (so a reader can see it got it
+ * all), or -1 if out is NULL. Exact when no clCreate* or late death is in flight in another thread. */
+EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
+{
+    struct mali_hil_stats s = {.version = MALI_HIL_STATS_VERSION};
+    if (!out)
+        return -1;
+    settle();
+    s.active = __atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == 1;
+    s.generation = LOAD(g.generation);
+    s.live_bytes = LOAD(g.used);
+    s.peak_bytes = LOAD(g.peak);
+    s.live_objects = LOAD(g.events[CREATED]) - LOAD(g.events[DESTROYED]);
+    s.allocations = since_reset(CREATED);
+    s.frees = since_reset(DESTROYED);
+    s.failed_allocations = since_reset(FAILED);
+    s.backend_refusals = since_reset(REFUSED);
+    s.overcommitted_bytes = since_reset(OVERCOMMITTED);
+    s.cap_bytes = cfg.global_mem;
+    s.fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
+    memcpy(out, &s, size < sizeof s ? size : sizeof s);
+    return (int)sizeof s;
+}
+
+/* Starts a new measurement: peak restarts from what is live now; event counters restart from zero. */
+EXPORT void mali_hil_layer_reset(void)
+{
+    settle();
+    for (int i = 0; i < NEVENTS; i++)
+        __atomic_store_n(&g.base[i], LOAD(g.events[i]), __ATOMIC_RELAXED);
+    __atomic_store_n(&g.peak, LOAD(g.used), __ATOMIC_RELAXED);
+    ADD(g.generation, 1);
+}
+
+/* Atomic (tmp + rename) so a reader never sees half a file, even when the process is about to die. */
+static void write_stats_file(void)
+{
+    const char *path = getenv("MALI_HIL_STATS_FILE");
+    struct mali_hil_stats s;
+    char tmp[4096], json[2048];
+    int n = 0;
+    if (!path || !*path || g_init_state != 1 || mali_hil_layer_stats(&s, sizeof s) < 0)
+        return;
+    const char *sep = "{";
+#define JSON(name)                                                                                          \
+    n += snprintf(json + n, sizeof json - n, "%s\"" #name "\": %llu", sep, (unsigned long long)s.name);     \
+    sep = ", ";
+    MALI_HIL_COUNTERS(JSON)
+#undef JSON
+    snprintf(json + n, sizeof json - n, "}\n");
+    if (snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof tmp)
+        return;
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fputs(json, f) >= 0;
+    if (f)
+        ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        fprintf(stderr, "mali-hil layer: cannot write stats file %s\n", path);
+        unlink(tmp);
+    }
+}
+
+__attribute__((destructor)) static void at_exit_write_stats(void) { write_stats_file(); }
+
+/* ---- memory cap -------------------------------------------------------------------------------------- */
+
+static void oom_kill(uint64_t bytes)
+{
+    write_stats_file(); /* the kill leaves no other chance to report */
+    fprintf(stderr, "mali-hil layer: out of device memory (%llu more bytes over a %llu-byte cap): SIGKILL, as "
+                    "the OOM killer on a unified-memory board\n", (unsigned long long)bytes,
+            (unsigned long long)cfg.global_mem);
+    raise(SIGKILL);
+}
+
+static cl_int count_failure(cl_int code)
+{
+    ADD(g.events[FAILED], 1);
+    return code;
+}
+
+/* Takes `bytes` of the cap before PoCL runs, so two threads cannot both get the last free megabyte. */
+static int try_reserve(uint64_t bytes)
+{
+    uint64_t used = LOAD(g.used);
+    do {
+        if (bytes > cfg.global_mem || used > cfg.global_mem - bytes)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&g.used, &used, used + bytes, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    return 1;
+}
+
+/* Decides whether `bytes` more may exist. Returns CL_SUCCESS with the object's ticket (see OVER_BIT), or the
+ * code clCreate* must fail with. */
+static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
+{
+    if (is_buffer && bytes > cfg.max_alloc && cfg.over_max_alloc != 0)
+        return count_failure((cl_int)cfg.over_max_alloc);
+    *ticket = bytes & ~OVER_BIT;
+    if (try_reserve(bytes))
+        return CL_SUCCESS;
+    settle(); /* memory being freed right now is not missing memory */
+    if (try_reserve(bytes))
+        return CL_SUCCESS;
+    if (cfg.oom == OOM_ENQUEUE_ERROR) {
+        *ticket |= OVER_BIT;
+        return CL_SUCCESS;
+    }
+    ADD(g.events[FAILED], 1);
+    if (cfg.oom == OOM_KILL)
+        oom_kill(bytes);
+    return (cl_int)cfg.oom_error;
+}
+
+static int is_size_refusal(cl_int err)
+{
+    return err == CL_INVALID_BUFFER_SIZE || err == CL_INVALID_IMAGE_SIZE || err == CL_OUT_OF_RESOURCES ||
+           err == CL_OUT_OF_HOST_MEMORY || err == CL_MEM_OBJECT_ALLOCATION_FAILURE;
+}
+
+static void CL_CALLBACK on_destroyed(cl_mem mem, void *data)
+{
+    uint64_t ticket = (uint64_t)(uintptr_t)data;
+    (void)mem;
+    if (ticket & OVER_BIT)
+        __atomic_sub_fetch(&g_over_alive, 1, __ATOMIC_RELAXED);
+    else
+        __atomic_sub_fetch(&g.used, ticket, __ATOMIC_RELEASE);
+    ADD(g.events[DESTROYED], 1);
+    if (t_late_done) { /* only now are the bytes back: wake whoever waits for this late death */
+        pthread_mutex_lock(&g_lock);
+        if (t_late_epoch == g_late_epoch)
+            g_late_pending -= t_late_done < g_late_pending ? t_late_done : g_late_pending;
+        t_late_done = 0;
+        pthread_cond_broadcast(&g_settled);
+        pthread_mutex_unlock(&g_lock);
+    }
+}
+
+/* PoCL runs destructor callbacks newest first, so this runs just before on_destroyed of the same object and on
+ * the same thread: it leaves a note for on_destroyed, which reports the death once the bytes are given back. */
+static void CL_CALLBACK on_late_destroyed(cl_mem mem, void *data)
+{
+    uint64_t epoch = (uint64_t)(uintptr_t)data;
+    (void)mem;
+    if (t_late_done && t_late_epoch != epoch)
+        t_late_done = 0;
+    t_late_epoch = epoch;
+    t_late_done++;
+}
+
+/* A release that leaves references behind may be the program's last one while PoCL still holds the object for
+ * a queued command: watch it. Objects viewing another (sub-buffers, images of buffers) carry no bytes. */
+static cl_int CL_API_CALL l_clReleaseMemObject(cl_mem mem)
+{
+    cl_uint refs = 0;
+    cl_mem parent = NULL;
+    if (next.clGetMemObjectInfo(mem, CL_MEM_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS && refs > 1 &&
+        next.clGetMemObjectInfo(mem, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL) == CL_SUCCESS &&
+        !parent) {
+        pthread_mutex_lock(&g_lock);
+        uint64_t epoch = g_late_epoch;
+        g_late_pending++;
+        pthread_mutex_unlock(&g_lock);
+        if (next.clSetMemObjectDestructorCallback(mem, on_late_destroyed, (void *)(uintptr_t)epoch) != CL_SUCCESS) {
+            pthread_mutex_lock(&g_lock);
+            g_late_pending -= epoch == g_late_epoch && g_late_pending;
+            pthread_mutex_unlock(&g_lock);
+        }
+    }
+    return next.clReleaseMemObject(mem);
+}
+
+static void raise_peak(void)
+{
+    uint64_t now = LOAD(g.used), peak = LOAD(g.peak);
+    while (now > peak && !__atomic_compare_exchange_n(&g.peak, &peak, now, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+/* Turns a reservation into a live object, or gives it back when PoCL said no. */
+static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *errcode_ret)
+{
+    uint64_t bytes = ticket & ~OVER_BIT;
+    int watched = mem && next.clSetMemObjectDestructorCallback(mem, on_destroyed, (void *)(uintptr_t)ticket) == 0;
+    if (mem && !watched)
+        fprintf(stderr, "mali-hil layer: cannot watch a memory object for its end; its bytes are not counted\n");
+    if (!watched && !(ticket & OVER_BIT))
+        __atomic_sub_fetch(&g.used, bytes, __ATOMIC_RELEASE);
+    if (watched && (ticket & OVER_BIT)) {
+        __atomic_add_fetch(&g_over_alive, 1, __ATOMIC_RELAXED);
+        ADD(g.events[OVERCOMMITTED], bytes);
+    } else if (watched) {
+        raise_peak();
+    } else if (!mem && bytes > 0 && is_size_refusal(err)) {
+        ADD(g.events[REFUSED], 1); /* PoCL's own limit (e.g. its largest single buffer), not the profile's */
+    }
+    if (watched)
+        ADD(g.events[CREATED], 1);
+    if (errcode_ret)
+        *errcode_ret = err;
+    return mem;
+}
+
+static cl_mem refuse(cl_int code, cl_int *errcode_ret)
+{
+    if (errcode_ret)
+        *errcode_ret = code;
+    return NULL;
+}
+
+/* The four lines every storage-creating entry point shares: admit, let PoCL create, settle. */
+#define CREATE_COUNTED(bytes, is_buffer, call)                                                             \
+    do {                                                                                                    \
+        uint64_t ticket_ = 0;                                                                               \
+        cl_int rc_ = admit((bytes), (is_buffer), &ticket_), err_ = CL_SUCCESS;                              \
+        if (rc_ != CL_SUCCESS)                                                                              \
+            return refuse(rc_, errcode_ret);                                                                \
+        cl_mem mem_ = call;                                                                                 \
+        return settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+    } while (0)
+
+static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t size, void *host,
+                                           cl_int *errcode_ret)
+{
+    CREATE_COUNTED(size, 1, next.clCreateBuffer(c, f, size, host, &err_));
+}
+
+static cl_mem CL_API_CALL l_clCreateBufferWithProperties(cl_context c, const cl_mem_properties *p, cl_mem_flags f,
+                                                         size_t size, void *host, cl_int *errcode_ret)
+{
+    CREATE_COUNTED(size, 1, next.clCreateBufferWithProperties(c, p, f, size, host, &err_));
+}
+
+static uint64_t pixel_bytes(const cl_image_format *fmt)
+{
+    uint64_t per_channel = 4, channels = 4;
+    switch (fmt->image_channel_data_type) {
+    case CL_UNORM_SHORT_565: case CL_UNORM_SHORT_555: return 2; /* packed: whole pixel */
+    case CL_UNORM_INT_101010: case CL_UNORM_INT24: case CL_UNORM_INT_101010_2: return 4;
+    case CL_SNORM_INT8: case CL_UNORM_INT8: case CL_SIGNED_INT8: case CL_UNSIGNED_INT8: per_channel = 1; break;
+    case CL_SNORM_INT16: case CL_UNORM_INT16: case CL_SIGNED_INT16: case CL_UNSIGNED_INT16: case CL_HALF_FLOAT:
+        per_channel = 2; break;
+    default: break; /* 32-bit types, and unknown ones counted at the largest size */
+    }
+    switch (fmt->image_channel_order) {
+    case CL_R: case CL_A: case CL_INTENSITY: case CL_LUMINANCE: case CL_DEPTH: channels = 1; break;
+    case CL_RG: case CL_RA: case CL_Rx: channels = 2; break;
+    case CL_RGB: case CL_RGx: case CL_sRGB: channels = 3; break;
+    default: break;
+    }
+    return per_channel * channels;
+}
+
+static uint64_t mul_sat(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+/* Bytes of storage an image of its own needs; 0 for one that views a buffer (the buffer was counted). */
+static uint64_t image_bytes(const cl_image_format *fmt, const cl_image_desc *d)
+{
+    if (!fmt || !d || d->buffer)
+        return 0;
+    uint64_t row = d->image_row_pitch ? d->image_row_pitch : mul_sat(d->image_width, pixel_bytes(fmt));
+    uint64_t plane = d->image_slice_pitch ? d->image_slice_pitch : mul_sat(row, d->image_height);
+    switch (d->image_type) {
+    case CL_MEM_OBJECT_IMAGE1D: return row;
+    case CL_MEM_OBJECT_IMAGE1D_ARRAY: return mul_sat(d->image_slice_pitch ? d->image_slice_pitch : row,
+                                                     d->image_array_size);
+    case CL_MEM_OBJECT_IMAGE2D: return mul_sat(row, d->image_height);
+    case CL_MEM_OBJECT_IMAGE2D_ARRAY: return mul_sat(plane, d->image_array_size);
+    case CL_MEM_OBJECT_IMAGE3D: return mul_sat(plane, d->image_depth);
+    default: return 0; /* 1D-from-buffer, or a type PoCL will refuse anyway */
+    }
+}
+
+static cl_mem CL_API_CALL l_clCreateImage(cl_context c, cl_mem_flags f, const cl_image_format *fmt,
+                                          const cl_image_desc *d, void *host, cl_int *errcode_ret)
+{
+    if (d && d->buffer)
+        return next.clCreateImage(c, f, fmt, d, host, errcode_ret);
+    CREATE_COUNTED(image_bytes(fmt, d), 0, next.clCreateImage(c, f, fmt, d, host, &err_));
+}
+
+static cl_mem CL_API_CALL l_clCreateImageWithProperties(cl_context c, const cl_mem_properties *p, cl_mem_flags f,
+                                                        const cl_image_format *fmt, const cl_image_desc *d,
+                                                        void *host, cl_int *errcode_ret)
+{
+    if (d && d->buffer)
+        return next.clCreateImageWithProperties(c, p, f, fmt, d, host, errcode_ret);
+    CREATE_COUNTED(image_bytes(fmt, d), 0, next.clCreateImageWithProperties(c, p, f, fmt, d, host, &err_));
+}
+
+static cl_mem CL_API_CALL l_clCreateImage2D(cl_context c, cl_mem_flags f, const cl_image_format *fmt, size_t w,
+                                            size_t h, size_t pitch, void *host, cl_int *errcode_ret)
+{
+    cl_image_desc d = {.image_type = CL_MEM_OBJECT_IMAGE2D, .image_width = w, .image_height = h,
+                       .image_row_pitch = pitch};
+    CREATE_COUNTED(image_bytes(fmt, &d), 0, next.clCreateImage2D(c, f, fmt, w, h, pitch, host, &err_));
+}
+
+static cl_mem CL_API_CALL l_clCreateImage3D(cl_context c, cl_mem_flags f, const cl_image_format *fmt, size_t w,
+                                            size_t h, size_t depth, size_t row_pitch, size_t slice_pitch,
+                                            void *host, cl_int *errcode_ret)
+{
+    cl_image_desc d = {.image_type = CL_MEM_OBJECT_IMAGE3D, .image_width = w, .image_height = h,
+                       .image_depth = depth, .image_row_pitch = row_pitch, .image_slice_pitch = slice_pitch};
+    CREATE_COUNTED(image_bytes(fmt, &d), 0,
+                   next.clCreateImage3D(c, f, fmt, w, h, depth, row_pitch, slice_pitch, host, &err_));
+}
+
+/* ---- enqueue-error: commands fail while memory is overcommitted -------------------------------------- */
+
+/* Approximation: a real driver fails the submission that needs the missing pages; we fail every enqueue that
+ * touches memory or runs a kernel while any overcommitted object is alive, and let clFlush/clFinish, unmaps and
+ * markers through so a program can still clean up. */
+static inline int overcommitted(void) { return __atomic_load_n(&g_over_alive, __ATOMIC_RELAXED) > 0; }
+
+#define GATED(name, params, args)                                                                           \
+    static cl_int CL_API_CALL l_##name params                                                               \
+    {                                                                                                       \
+        return overcommitted() ? (cl_int)cfg.oom_error : next.name args;                                    \
+    }
+#define GATED_MAP(name, params, args)                                                                       \
+    static void *CL_API_CALL l_##name params                                                                \
+    {                                                                                                       \
+        if (!overcommitted())                                                                               \
+            return next.name args;                                                                          \
+        if (errcode_ret)                                                                                    \
+            *errcode_ret = (cl_int)cfg.oom_error;                                                           \
+        return NULL;                                                                                        \
+    }
+#define WAIT cl_uint nw, const cl_event *wl, cl_event *ev
+typedef cl_command_queue Q;
+
+GATED(clEnqueueNDRangeKernel, (Q q, cl_kernel k, cl_uint dim, const size_t *off, const size_t *gws,
+      const size_t *lws, WAIT), (q, k, dim, off, gws, lws, nw, wl, ev))
+GATED(clEnqueueTask, (Q q, cl_kernel k, WAIT), (q, k, nw, wl, ev))
+GATED(clEnqueueReadBuffer, (Q q, cl_mem b, cl_bool blk, size_t off, size_t n, void *p, WAIT),
+      (q, b, blk, off, n, p, nw, wl, ev))
+GATED(clEnqueueWriteBuffer, (Q q, cl_mem b, cl_bool blk, size_t off, size_t n, const void *p, WAIT),
+      (q, b, blk, off, n, p, nw, wl, ev))
+GATED(clEnqueueCopyBuffer, (Q q, cl_mem s, cl_mem d, size_t so, size_t dof, size_t n, WAIT),
+      (q, s, d, so, dof, n, nw, wl, ev))
+GATED(clEnqueueFillBuffer, (Q q, cl_mem b, const void *pat, size_t ps, size_t off, size_t n, WAIT),
+      (q, b, pat, ps, off, n, nw, wl, ev))
+GATED(clEnqueueReadBufferRect, (Q q, cl_mem b, cl_bool blk, const size_t *bo, const size_t *ho, const size_t *r,
+      size_t brp, size_t bsp, size_t hrp, size_t hsp, void *p, WAIT), (q, b, blk, bo, ho, r, brp, bsp, hrp, hsp, p,
+      nw, wl, ev))
+GATED(clEnqueueWriteBufferRect, (Q q, cl_mem b, cl_bool blk, const size_t *bo, const size_t *ho, const size_t *r,
+      size_t brp, size_t bsp, size_t hrp, size_t hsp, const void *p, WAIT), (q, b, blk, bo, ho, r, brp, bsp, hrp,
+      hsp, p, nw, wl, ev))
+GATED(clEnqueueCopyBufferRect, (Q q, cl_mem s, cl_mem d, const size_t *so, const size_t *dof, const size_t *r,
+      size_t srp, size_t ssp, size_t drp, size_t dsp, WAIT), (q, s, d, so, dof, r, srp, ssp, drp, dsp, nw, wl, ev))
+GATED(clEnqueueReadImage, (Q q, cl_mem i, cl_bool blk, const size_t *o, const size_t *r, size_t rp, size_t sp,
+      void *p, WAIT), (q, i, blk, o, r, rp, sp, p, nw, wl, ev))
+GATED(clEnqueueWriteImage, (Q q, cl_mem i, cl_bool blk, const size_t *o, const size_t *r, size_t rp, size_t sp,
+      const void *p, WAIT), (q, i, blk, o, r, rp, sp, p, nw, wl, ev))
+GATED(clEnqueueCopyImage, (Q q, cl_mem s, cl_mem d, const size_t *so, const size_t *dof, const size_t *r, WAIT),
+      (q, s, d, so, dof, r, nw, wl, ev))
+GATED(clEnqueueFillImage, (Q q, cl_mem i, const void *c, const size_t *o, const size_t *r, WAIT),
+      (q, i, c, o, r, nw, wl, ev))
+GATED(clEnqueueCopyImageToBuffer, (Q q, cl_mem s, cl_mem d, const size_t *so, const size_t *r, size_t dof, WAIT),
+      (q, s, d, so, r, dof, nw, wl, ev))
+GATED(clEnqueueCopyBufferToImage, (Q q, cl_mem s, cl_mem d, size_t so, const size_t *dof, const size_t *r, WAIT),
+      (q, s, d, so, dof, r, nw, wl, ev))
+GATED_MAP(clEnqueueMapBuffer, (Q q, cl_mem b, cl_bool blk, cl_map_flags f, size_t off, size_t n, WAIT,
+          cl_int *errcode_ret), (q, b, blk, f, off, n, nw, wl, ev, errcode_ret))
+GATED_MAP(clEnqueueMapImage, (Q q, cl_mem i, cl_bool blk, cl_map_flags f, const size_t *o, const size_t *r,
+          size_t *rp, size_t *sp, WAIT, cl_int *errcode_ret), (q, i, blk, f, o, r, rp, sp, nw, wl, ev, errcode_ret))
+
+/* ---- identity ---------------------------------------------------------------------------------------- */
+
+/* The clGet*Info protocol: NULL value -> size only; a value buffer too small -> CL_INVALID_VALUE. */
+static cl_int answer(const void *src, size_t n, size_t size, void *value, size_t *size_ret)
+{
+    if (value) {
+        if (size < n)
+            return CL_INVALID_VALUE;
+        memcpy(value, src, n);
+    }
+    if (size_ret)
+        *size_ret = n;
+    return CL_SUCCESS;
+}
+#define ANSWER_STR(s) answer((s), strlen(s) + 1, size, value, size_ret)
+#define ANSWER_AS(type, v) do { type v_ = (type)(v); return answer(&v_, sizeof v_, size, value, size_ret); } while (0)
+
+static int backend_has_extension(cl_device_id dev, const char *name)
+{
+    size_t n = 0;
+    int found = 0;
+    if (next.clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0)
+        return 0;
+    char *list = malloc(n), *save = NULL;
+    if (list && next.clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, n, list, NULL) == CL_SUCCESS)
+        for (char *tok = strtok_r(list, " ", &save); tok && !found; tok = strtok_r(NULL, " ", &save))
+            found = strcmp(tok, name) == 0;
+    free(list);
+    return found;
+}
+
+/* Half is advertised only when the profile has it AND PoCL can compile it: a kernel the device claims to
+ * support must build. Decided once (there is one PoCL device, and its answer never changes). */
+static int fp16_shown(cl_device_id dev)
+{
+    int v = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE);
+    if (v < 0) {
+        v = cfg.profile_fp16 && backend_has_extension(dev, "cl_khr_fp16");
+        __atomic_store_n(&g_fp16, v, __ATOMIC_RELEASE);
+    }
+    return v;
+}
+
+static cl_int answer_extensions_with_version(const char *list, size_t size, void *value, size_t *size_ret)
+{
+    size_t count = 0, i = 0;
+    for (const char *p = list; *p; p++)
+        count += (p == list || p[-1] == ' ') && *p != ' ';
+    size_t n = count * sizeof(cl_name_version);
+    if (value && size < n)
+        return CL_INVALID_VALUE;
+    for (const char *p = list; value && *p; i++) {
+        size_t len = strcspn(p, " ");
+        cl_name_version *nv = (cl_name_version *)value + i;
+        memset(nv, 0, sizeof *nv);
+        nv->version = CL_MAKE_VERSION(1, 0, 0); /* profiles list names only; 1.0.0 is what drivers mostly say */
+        memcpy(nv->name, p, len < CL_NAME_VERSION_MAX_NAME_SIZE ? len : CL_NAME_VERSION_MAX_NAME_SIZE - 1);
+        p += len + (p[len] == ' ');
+    }
+    if (size_ret)
+        *size_ret = n;
+    return CL_SUCCESS;
+}
+
+/* "OpenCL 1.2 v1.r13p0" -> 1.2.0, so numeric and string versions agree; 0 if the string has no version. */
+static cl_version numeric_version(const char *s)
+{
+    unsigned major = 0, minor = 0;
+    return sscanf(s, "OpenCL %u.%u", &major, &minor) == 2 ? CL_MAKE_VERSION(major, minor, 0) : 0;
+}
+
+static cl_int CL_API_CALL l_clGetPlatformInfo(cl_platform_id pf, cl_platform_info param, size_t size, void *value,
+                                              size_t *size_ret)
+{
+    switch (param) {
+    case CL_PLATFORM_NAME: return ANSWER_STR(cfg.platform_name);
+    case CL_PLATFORM_VENDOR: return ANSWER_STR(cfg.platform_vendor);
+    case CL_PLATFORM_VERSION: return ANSWER_STR(cfg.platform_version);
+    case CL_PLATFORM_NUMERIC_VERSION:
+        if (numeric_version(cfg.platform_version))
+            ANSWER_AS(cl_version, numeric_version(cfg.platform_version));
+        break;
+    default: break;
+    }
+    return next.clGetPlatformInfo(pf, param, size, value, size_ret);
+}
+
+static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info param, size_t size, void *value,
+                                            size_t *size_ret)
+{
+    switch (param) {
+    case CL_DEVICE_NAME: return ANSWER_STR(cfg.device_name);
+    case CL_DEVICE_VENDOR: return ANSWER_STR(cfg.device_vendor);
+    case CL_DEVICE_VERSION: return ANSWER_STR(cfg.device_version);
+    case CL_DRIVER_VERSION: return ANSWER_STR(cfg.driver_version);
+    case CL_DEVICE_OPENCL_C_VERSION: return ANSWER_STR(cfg.opencl_c_version);
+    case CL_DEVICE_EXTENSIONS: return ANSWER_STR(fp16_shown(dev) ? cfg.ext_with_fp16 : cfg.ext_without_fp16);
+    case CL_DEVICE_EXTENSIONS_WITH_VERSION:
+        return answer_extensions_with_version(fp16_shown(dev) ? cfg.ext_with_fp16 : cfg.ext_without_fp16, size,
+                                              value, size_ret);
+    case CL_DEVICE_HALF_FP_CONFIG:
+        if (!fp16_shown(dev))
+            ANSWER_AS(cl_device_fp_config, 0);
+        break;
+    case CL_DEVICE_VENDOR_ID: ANSWER_AS(cl_uint, cfg.vendor_id);
+    case CL_DEVICE_GLOBAL_MEM_SIZE: ANSWER_AS(cl_ulong, cfg.global_mem);
+    case CL_DEVICE_MAX_MEM_ALLOC_SIZE: ANSWER_AS(cl_ulong, cfg.max_alloc);
+    case CL_DEVICE_MAX_WORK_GROUP_SIZE: ANSWER_AS(size_t, cfg.max_work_group_size);
+    case CL_DEVICE_MAX_COMPUTE_UNITS: ANSWER_AS(cl_uint, cfg.compute_units);
+    case CL_DEVICE_MAX_CLOCK_FREQUENCY: ANSWER_AS(cl_uint, cfg.max_clock_mhz);
+    case CL_DEVICE_HOST_UNIFIED_MEMORY: ANSWER_AS(cl_bool, cfg.unified_memory ? CL_TRUE : CL_FALSE);
+    case CL_DEVICE_TYPE: ANSWER_AS(cl_device_type, CL_DEVICE_TYPE_GPU);
+    case CL_DEVICE_COMPUTE_UNITS_BITFIELD_ARM: /* cl_arm_core_id: cores 0..n-1 present */
+        ANSWER_AS(cl_ulong, cfg.compute_units >= 64 ? ~0ULL : (1ULL << cfg.compute_units) - 1);
+    case CL_DEVICE_NUMERIC_VERSION:
+        if (numeric_version(cfg.device_version))
+            ANSWER_AS(cl_version, numeric_version(cfg.device_version));
+        break;
+    default: break;
+    }
+    return next.clGetDeviceInfo(dev, param, size, value, size_ret);
+}
+
+/* PoCL's device is a CPU; the Mali is a GPU. A GPU request gets PoCL's devices, a CPU request gets none. */
+static cl_device_type backend_type(cl_device_type asked)
+{
+    const cl_device_type known = CL_DEVICE_TYPE_DEFAULT | CL_DEVICE_TYPE_CPU | CL_DEVICE_TYPE_GPU |
+                                 CL_DEVICE_TYPE_ACCELERATOR | CL_DEVICE_TYPE_CUSTOM;
+    if (asked == CL_DEVICE_TYPE_ALL || (asked & CL_DEVICE_TYPE_GPU))
+        return CL_DEVICE_TYPE_ALL;
+    if (asked & ~known)
+        return asked; /* invalid bits: PoCL gives the proper error */
+    return asked == CL_DEVICE_TYPE_DEFAULT ? CL_DEVICE_TYPE_DEFAULT : 0;
+}
+
+static cl_int CL_API_CALL l_clGetDeviceIDs(cl_platform_id pf, cl_device_type type, cl_uint n, cl_device_id *devs,
+                                           cl_uint *n_ret)
+{
+    cl_device_type real = backend_type(type);
+    if (real == 0) {
+        if (n_ret)
+            *n_ret = 0;
+        return CL_DEVICE_NOT_FOUND;
+    }
+    cl_int err = next.clGetDeviceIDs(pf, real, n, devs, n_ret);
+    if (err == CL_SUCCESS && devs && n > 0)
+        fp16_shown(devs[0]); /* decide now, so the stats say what every later query will answer */
+    return err;
+}
+
+static cl_context CL_API_CALL l_clCreateContextFromType(const cl_context_properties *p, cl_device_type type,
+                                                        void(CL_CALLBACK *notify)(const char *, const void *,
+                                                                                  size_t, void *),
+                                                        void *user, cl_int *errcode_ret)
+{
+    cl_device_type real = backend_type(type);
+    if (real == 0) {
+        if (errcode_ret)
+            *errcode_ret = CL_DEVICE_NOT_FOUND;
+        return NULL;
+    }
+    return next.clCreateContextFromType(p, real, notify, user, errcode_ret);
+}
+
+/* ---- layer entry points ------------------------------------------------------------------------------ */
+
+EXPORT cl_int CL_API_CALL clGetLayerInfo(cl_layer_info param, size_t size, void *value, size_t *size_ret)
+{
+    switch (param) {
+    case CL_LAYER_API_VERSION: ANSWER_AS(cl_layer_api_version, CL_LAYER_API_VERSION_100);
+    case CL_LAYER_NAME: return ANSWER_STR("mali-hil");
+    default: return CL_INVALID_VALUE;
+    }
+}
+
+#define HOOK(name) if (next.name) layer.name = l_##name
+
+static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
+{
+    size_t n = num_entries < sizeof next / sizeof(void *) ? num_entries : sizeof next / sizeof(void *);
+    memcpy(&next, target, n * sizeof(void *)); /* entries past what the loader knows stay NULL */
+    if (!next.clSetMemObjectDestructorCallback)
+        return complain("the ICD loader gave no clSetMemObjectDestructorCallback (OpenCL 1.1)", NULL);
+    layer = next;
+    HOOK(clGetPlatformInfo); HOOK(clGetDeviceIDs); HOOK(clGetDeviceInfo); HOOK(clCreateContextFromType);
+    HOOK(clCreateBuffer); HOOK(clCreateBufferWithProperties); HOOK(clCreateImage); HOOK(clCreateImage2D);
+    HOOK(clCreateImage3D); HOOK(clCreateImageWithProperties); HOOK(clReleaseMemObject);
+    HOOK(clEnqueueNDRangeKernel); HOOK(clEnqueueTask); HOOK(clEnqueueReadBuffer); HOOK(clEnqueueWriteBuffer);
+    HOOK(clEnqueueCopyBuffer); HOOK(clEnqueueFillBuffer); HOOK(clEnqueueReadBufferRect);
+    HOOK(clEnqueueWriteBufferRect); HOOK(clEnqueueCopyBufferRect); HOOK(clEnqueueReadImage);
+    HOOK(clEnqueueWriteImage); HOOK(clEnqueueCopyImage); HOOK(clEnqueueFillImage); HOOK(clEnqueueCopyImageToBuffer);
+    HOOK(clEnqueueCopyBufferToImage); HOOK(clEnqueueMapBuffer); HOOK(clEnqueueMapImage);
+    return 0;
+}
+
+/* Two loaders may initialise us in one process (pyopencl bundles ocl-icd; tinygrad uses the system one) and
+ * the .so, hence these globals, is shared. The first target table is kept for both: each loader's bottom table
+ * forwards through the object's own dispatch pointer, i.e. to the same PoCL, so either table reaches it. */
+EXPORT cl_int CL_API_CALL clInitLayer(cl_uint num_entries, const cl_icd_dispatch *target, cl_uint *num_entries_ret,
+                                      const cl_icd_dispatch **layer_dispatch_ret)
+{
+    if (!target || !num_entries_ret || !layer_dispatch_ret)
+        return CL_INVALID_VALUE;
+    pthread_mutex_lock(&g_init_lock);
+    if (g_init_state == 0)
+        g_init_state = load_config() == 0 && build_tables(num_entries, target) == 0 ? 1 : -1;
+    int state = g_init_state;
+    pthread_mutex_unlock(&g_init_lock);
+    if (state != 1)
+        return CL_INVALID_VALUE;
+    *num_entries_ret = sizeof layer / sizeof(void *);
+    *layer_dispatch_ret = &layer;
+    return CL_SUCCESS;
+}
+
+EXPORT cl_int CL_API_CALL clInitLayerWithProperties(cl_uint num_entries, const cl_icd_dispatch *target,
+                                                    cl_uint *num_entries_ret,
+                                                    const cl_icd_dispatch **layer_dispatch_ret,
+                                                    const mali_layer_properties *properties)
+{
+    (void)properties; /* none defined yet */
+    return clInitLayer(num_entries, target, num_entries_ret, layer_dispatch_ret);
+}
+
+/* Tables stay valid: another loader in the process may still route calls through them. */
+EXPORT cl_int CL_API_CALL clDeinitLayer(void) { return CL_SUCCESS; }

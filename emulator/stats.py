@@ -1,0 +1,104 @@
+"""The layer's memory counters, read in-process (ctypes on the loaded layer) or from the file it writes at exit.
+
+In-process reading works because ``ctypes.CDLL`` on the same path the ICD loader dlopen'ed returns the same
+loaded object, hence the same counters. A process where the loader did not load the layer has no counters to
+read; ``read_layer_stats`` says so instead of loading a fresh, empty copy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from emulator.errors import BackendError
+
+STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Counters of one process's emulated device memory (bytes are of live memory objects, not host RSS)."""
+
+    generation: int  # how many times reset_layer_stats() ran
+    live_bytes: int  # bytes of live objects within the cap (sub-buffers and images of buffers add nothing)
+    peak_bytes: int  # highest live_bytes since start or the last reset
+    live_objects: int  # live memory objects with storage of their own, overcommitted ones included
+    allocations: int  # such objects created (since reset)
+    frees: int  # such objects really destroyed (since reset)
+    failed_allocations: int  # requests refused by the cap or max_alloc (since reset)
+    backend_refusals: int  # requests the profile allows but PoCL refused (an emulator limit; since reset)
+    overcommitted_bytes: int  # bytes of objects created past the cap under enqueue-error (since reset)
+    cap_bytes: int  # the profile's global memory
+    fp16_advertised: int  # 1 if the device lists cl_khr_fp16
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, object], where: str) -> LayerStats:
+        names = [f.name for f in fields(cls)]
+        bad = [n for n in names if not isinstance(data.get(n), int) or isinstance(data.get(n), bool)]
+        if bad:
+            raise BackendError(f"layer stats from {where} lack integer counters {', '.join(bad)}")
+        return cls(**{n: data[n] for n in names})  # type: ignore[arg-type]
+
+
+class _CStats(ctypes.Structure):
+    # mirrors struct mali_hil_stats in mali_layer.c: two header words, then the counters in LayerStats order
+    _fields_ = [("version", ctypes.c_uint64), ("active", ctypes.c_uint64)] + [
+        (f.name, ctypes.c_uint64) for f in fields(LayerStats)
+    ]
+
+
+def _active_layer() -> ctypes.CDLL:
+    from emulator.build import layer_path
+
+    path = str(layer_path())
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        loaded = any(line.rstrip("\n").endswith(path) for line in maps)
+    if not loaded:
+        raise BackendError(
+            f"the mali-hil layer {path} is not loaded in this process, so there are no counters to read: "
+            "put the process on a board first (EmulatedBoard.activate() before any OpenCL call, or "
+            "`mali-hil emulator run`) and make an OpenCL call"
+        )
+    lib = ctypes.CDLL(path)
+    lib.mali_hil_layer_stats.argtypes = [ctypes.POINTER(_CStats), ctypes.c_size_t]
+    lib.mali_hil_layer_stats.restype = ctypes.c_int
+    lib.mali_hil_layer_reset.argtypes = []
+    lib.mali_hil_layer_reset.restype = None
+    return lib
+
+
+def read_layer_stats() -> LayerStats:
+    """The counters of the layer in this process (which an ICD loader must have loaded)."""
+    raw = _CStats()
+    size = _active_layer().mali_hil_layer_stats(ctypes.byref(raw), ctypes.sizeof(raw))
+    if size < ctypes.sizeof(raw) or raw.version != STATS_VERSION:
+        raise BackendError(f"the mali-hil layer speaks stats version {raw.version}, this reader {STATS_VERSION}")
+    if not raw.active:
+        raise BackendError("the mali-hil layer is loaded but inactive (its config was refused; see stderr)")
+    return LayerStats(**{f.name: getattr(raw, f.name) for f in fields(LayerStats)})
+
+
+def reset_layer_stats() -> None:
+    """Start a new measurement: peak restarts from what is live now, event counters from zero."""
+    _active_layer().mali_hil_layer_reset()
+
+
+def read_stats_file(path: Path | str) -> LayerStats:
+    """The counters a layer wrote at process exit (or just before its OOM kill) to ``MALI_HIL_STATS_FILE``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackendError(
+            f"no layer stats file at {path}: the process never initialised OpenCL on the board, or died "
+            "before exit by a signal other than the layer's own OOM kill"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"layer stats file {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise BackendError(f"layer stats file {path} does not hold a JSON object")
+    return LayerStats.from_mapping(data, str(path))

@@ -1,0 +1,259 @@
+"""What every loader variant shares: options, the shard rule, the per-tensor plan, bound inputs, the Loader record.
+
+A loader brings a checkpoint's tensors onto a tinygrad device and returns them realized there. Variants differ
+only in *how* (whole file in RAM, on-device casts, chunks, mmap); what they load is fixed here, once, so every
+variant loads exactly the same tensors into exactly the same dtypes and can be compared value for value.
+
+Nothing here imports tinygrad: listing loaders, checking options or computing bounds must stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emulator.errors import MaliHilError
+from harness.checkpoints import DTYPE_BITS, Checkpoint, layer_of, validate_checkpoint
+
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+#: Safetensors dtypes the loaders accept. Floats are converted to the target dtype; the rest pass through.
+FLOAT_SOURCES = ("BF16", "F16", "F32")
+PASSTHROUGH_SOURCES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
+#: Target dtype name (tinygrad's) -> safetensors dtype of the tensors as they end on the device.
+TARGETS: Mapping[str, str] = {"float16": "F16", "float32": "F32"}
+ITEMSIZE: Mapping[str, int] = {dtype: DTYPE_BITS[dtype] // 8 for dtype in FLOAT_SOURCES + PASSTHROUGH_SOURCES}
+
+
+class LoaderError(MaliHilError, ValueError):
+    """A loader name, loader options, or a checkpoint a loader cannot handle (named, with the fix)."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load and how.
+
+    ``shard`` is exo's inclusive layer range ``(start, end)`` for this node (None: the whole model);
+    ``n_layers`` is the model's layer count (None: one more than the highest layer index in the checkpoint),
+    which decides whether this node is the last one. ``chunk_bytes`` caps the *source* bytes a chunked or
+    streamed variant moves at once. ``target_dtype`` is what floating tensors become on the device.
+    """
+
+    shard: tuple[int, int] | None = None
+    n_layers: int | None = None
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    target_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.target_dtype not in TARGETS:
+            raise LoaderError(
+                f"target_dtype {self.target_dtype!r} is not supported; use one of {', '.join(TARGETS)}"
+                " (bfloat16 is never kept: Mali GPUs have no bf16 arithmetic)"
+            )
+        if self.chunk_bytes < max(ITEMSIZE.values()):
+            raise LoaderError(f"chunk_bytes {self.chunk_bytes} is below one element (8 bytes); use e.g. 64 MiB")
+        if self.shard is not None:
+            shard = tuple(self.shard)  # a JSON job gives a list
+            if len(shard) != 2 or not all(type(i) is int for i in shard) or not 0 <= shard[0] <= shard[1]:
+                raise LoaderError(f"shard {self.shard} is not a layer range; need 0 <= start <= end, e.g. (0, 7)")
+            object.__setattr__(self, "shard", shard)
+        if self.n_layers is not None and self.n_layers < 1:
+            raise LoaderError(f"n_layers {self.n_layers} must be at least 1")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor to load: where its bytes are, what it is in the file and what it becomes on the device."""
+
+    name: str
+    path: Path
+    offset: int  # absolute file offset of the tensor's first byte
+    source_dtype: str  # safetensors dtype in the file
+    final_dtype: str  # safetensors dtype on the device
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def source_bytes(self) -> int:
+        return self.numel * ITEMSIZE[self.source_dtype]
+
+    @property
+    def final_bytes(self) -> int:
+        return self.numel * ITEMSIZE[self.final_dtype]
+
+    @property
+    def converts(self) -> bool:
+        return self.source_dtype != self.final_dtype
+
+    def chunk_elements(self, chunk_bytes: int) -> int:
+        """Elements per chunk: whole rows when a row fits in ``chunk_bytes`` of source, else single elements."""
+        per_chunk = max(1, chunk_bytes // ITEMSIZE[self.source_dtype])
+        row = math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
+        if 0 < row <= per_chunk:
+            per_chunk -= per_chunk % row
+        return max(1, min(per_chunk, self.numel))
+
+    def chunks(self, chunk_bytes: int) -> list[tuple[int, int]]:
+        """``(first element, element count)`` of each chunk, in file order."""
+        step = self.chunk_elements(chunk_bytes)
+        return [(start, min(step, self.numel - start)) for start in range(0, self.numel, step)]
+
+
+@dataclass(frozen=True)
+class BoundInputs:
+    """The numbers a loader's memory bounds are formulas of, computed from checkpoint + options (bytes)."""
+
+    tensors: int
+    source_bytes: int  # selected tensors as stored in the file
+    final_bytes: int  # selected tensors as they end on the device
+    converted_source_bytes: int  # source bytes of tensors whose dtype changes
+    converted_final_bytes: int
+    distinct_converted_source_bytes: int  # one per distinct byte size: what tinygrad's LRU cache can keep
+    distinct_converted_final_bytes: int
+    largest_source_bytes: int
+    largest_final_bytes: int
+    largest_widened_bytes: int  # float32 copy of the largest BF16 tensor (a host bf16 -> f32 -> f16 cast)
+    chunk_bytes: int
+    largest_chunk_source_bytes: int
+    largest_chunk_final_bytes: int
+    largest_converted_chunk_bytes: int  # max over converted tensors of one chunk's source + final bytes
+    file_bytes: int  # whole files that hold at least one selected tensor, headers included
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def as_checkpoint(checkpoint: Checkpoint | str | Path) -> Checkpoint:
+    """A path is validated here (strictly, reading headers only); a ``Checkpoint`` was validated when made."""
+    return checkpoint if isinstance(checkpoint, Checkpoint) else validate_checkpoint(checkpoint)
+
+
+def select_keys(checkpoint: Checkpoint, options: LoadOptions) -> tuple[str, ...]:
+    """The tensors this node loads, in checkpoint order (exo's rule after commit 2be4465).
+
+    Layers ``start..end``; the embedding on the first node; every other non-layer tensor (final norm,
+    lm_head) on the last node. A tied model has no ``lm_head``: its last node needs the embedding too.
+    Same answer as ``harness.checkpoints.node_keys`` for its models, but read off the checkpoint's own names
+    (a checkpoint does not say which model config made it), so extra non-layer tensors go to the last node.
+    """
+    names = tuple(checkpoint.tensors)
+    if options.shard is None:
+        return names
+    layers = [i for i in map(layer_of, names) if i is not None]
+    n_layers = options.n_layers if options.n_layers is not None else (max(layers) + 1 if layers else 0)
+    start, end = options.shard
+    if end >= n_layers:
+        raise LoaderError(
+            f"shard {options.shard} ends past the model's last layer {n_layers - 1}; pick end <= {n_layers - 1}"
+            " or pass n_layers"
+        )
+    first, last = start == 0, end == n_layers - 1
+    tied = not any(_is_lm_head(name) for name in names)
+
+    def wanted(name: str) -> bool:
+        layer = layer_of(name)
+        if layer is not None:
+            return start <= layer <= end
+        if _is_embedding(name):
+            return first or (last and tied)
+        return last
+
+    return tuple(name for name in names if wanted(name))
+
+
+def plan_load(checkpoint: Checkpoint, options: LoadOptions) -> tuple[TensorPlan, ...]:
+    """The selected tensors with their file offsets and final dtypes; refuses dtypes no variant can load."""
+    target = TARGETS[options.target_dtype]
+    data_starts: dict[Path, int] = {}
+    plans = []
+    for name in select_keys(checkpoint, options):
+        path, info = checkpoint.tensors[name]
+        if info.dtype not in FLOAT_SOURCES + PASSTHROUGH_SOURCES:
+            raise LoaderError(
+                f"tensor {name!r} in {path} is {info.dtype}; loaders handle {', '.join(FLOAT_SOURCES)}"
+                f" (converted to {options.target_dtype}) and {', '.join(PASSTHROUGH_SOURCES)} (kept)"
+            )
+        if path not in data_starts:
+            data_starts[path] = _data_start(path)
+        final = target if info.dtype in FLOAT_SOURCES else info.dtype
+        plans.append(TensorPlan(name, path, data_starts[path] + info.start, info.dtype, final, tuple(info.shape)))
+    return tuple(plans)
+
+
+def bound_inputs(checkpoint: Checkpoint | str | Path, options: LoadOptions) -> BoundInputs:
+    checkpoint = as_checkpoint(checkpoint)
+    plans = plan_load(checkpoint, options)
+    converted = [p for p in plans if p.converts]
+    chunk = options.chunk_bytes
+
+    def most(values: Any) -> int:
+        return max(values, default=0)
+
+    return BoundInputs(
+        tensors=len(plans),
+        source_bytes=sum(p.source_bytes for p in plans),
+        final_bytes=sum(p.final_bytes for p in plans),
+        converted_source_bytes=sum(p.source_bytes for p in converted),
+        converted_final_bytes=sum(p.final_bytes for p in converted),
+        distinct_converted_source_bytes=sum({p.source_bytes for p in converted}),
+        distinct_converted_final_bytes=sum({p.final_bytes for p in converted}),
+        largest_source_bytes=most(p.source_bytes for p in plans),
+        largest_final_bytes=most(p.final_bytes for p in plans),
+        largest_widened_bytes=most(4 * p.numel for p in converted if p.source_dtype == "BF16"),
+        chunk_bytes=chunk,
+        largest_chunk_source_bytes=most(p.chunk_elements(chunk) * ITEMSIZE[p.source_dtype] for p in plans),
+        largest_chunk_final_bytes=most(p.chunk_elements(chunk) * ITEMSIZE[p.final_dtype] for p in plans),
+        largest_converted_chunk_bytes=most(
+            p.chunk_elements(chunk) * (ITEMSIZE[p.source_dtype] + ITEMSIZE[p.final_dtype]) for p in converted
+        ),
+        file_bytes=sum(path.stat().st_size for path in {p.path for p in plans}),
+    )
+
+
+LoadFn = Callable[[Any, str, LoadOptions], dict[str, Any]]
+BoundFn = Callable[[BoundInputs], int]
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A loader variant under test: ``load(checkpoint, device, options) -> {name: realized Tensor}``.
+
+    ``device_bound``/``ram_bound`` give the most device memory / RAM (host plus device: one pool on Mali) the
+    loader's own allocations may reach, as formulas of ``BoundInputs``; None when the loader declares none.
+    """
+
+    name: str
+    load: LoadFn
+    device_bound: BoundFn | None = None
+    ram_bound: BoundFn | None = None
+    description: str = ""
+
+    def __call__(self, checkpoint: Any, device: str, options: LoadOptions | None = None) -> dict[str, Any]:
+        return self.load(checkpoint, device, options if options is not None else LoadOptions())
+
+    def bounds(self, checkpoint: Checkpoint | str | Path, options: LoadOptions) -> tuple[int | None, int | None]:
+        """(device bound, RAM bound) in bytes for this checkpoint and options."""
+        inputs = bound_inputs(checkpoint, options)
+        device = self.device_bound(inputs) if self.device_bound else None
+        ram = self.ram_bound(inputs) if self.ram_bound else None
+        return device, ram
+
+
+def _is_embedding(name: str) -> bool:
+    return "embed_tokens" in name or "tok_embeddings" in name
+
+
+def _is_lm_head(name: str) -> bool:
+    return name.startswith(("lm_head.", "output."))
+
+
+def _data_start(path: Path) -> int:
+    # The header was validated already; its length prefix is all that is needed to place the byte buffer.
+    with path.open("rb") as handle:
+        return 8 + int.from_bytes(handle.read(8), "little")

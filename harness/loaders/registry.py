@@ -1,0 +1,114 @@
+"""Loaders by name: the built-ins, anything registered at run time, ``module:function``, and entry points.
+
+A user's loader is treated exactly like ours: ``get_loader("mypkg.loaders:fast")`` or an entry point in group
+``mali_hil.loaders`` may name a ``Loader`` (with declared bounds) or a plain callable
+``f(checkpoint, device, options) -> dict`` (wrapped, bounds undeclared). Built-in modules are imported on first
+use, so listing options or building a ``LoadOptions`` never imports tinygrad.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from harness.loaders.base import Loader, LoaderError
+
+ENTRY_POINT_GROUP = "mali_hil.loaders"
+#: module -> attributes holding its Loader records; adding a variant is one module and one line here.
+BUILTIN_MODULES = {
+    "harness.loaders.naive": ("LOADER",),
+    "harness.loaders.fix_bf16": ("DEVICE_LOADER", "HOST_LOADER"),
+    "harness.loaders.chunked": ("LOADER",),
+    "harness.loaders.mmap": ("LOADER",),
+}
+
+_registry: dict[str, Loader] = {}
+_builtins_loaded = False
+
+
+def register(loader: Loader) -> Loader:
+    """Add ``loader`` under its name; a name can be registered once."""
+    _load_builtins()
+    return _add(loader)
+
+
+def _add(loader: Loader) -> Loader:
+    if not isinstance(loader, Loader):
+        raise LoaderError(f"register() takes a Loader, got {type(loader).__name__}; wrap functions with as_loader()")
+    if ":" in loader.name or not loader.name:
+        raise LoaderError(f"loader name {loader.name!r} must be non-empty and contain no ':' (that means module:attr)")
+    if loader.name in _registry:
+        raise LoaderError(f"a loader named {loader.name!r} is already registered; pick another name")
+    _registry[loader.name] = loader
+    return loader
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # set first: a failing import must not re-register half the built-ins next time
+    for module_name, attrs in BUILTIN_MODULES.items():
+        module = importlib.import_module(module_name)
+        for attr in attrs:
+            _add(getattr(module, attr))
+
+
+def available() -> tuple[str, ...]:
+    """Names ``get_loader`` resolves without a ``module:`` path: registered loaders, then entry points."""
+    _load_builtins()
+    extra = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _registry)
+    return (*_registry, *extra)
+
+
+def as_loader(obj: Any, name: str) -> Loader:
+    """A ``Loader`` as is; a plain callable ``f(checkpoint, device, options) -> dict`` wrapped, bounds undeclared."""
+    if isinstance(obj, Loader):
+        return obj
+    if callable(obj):
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        return Loader(name=name, load=obj, description=doc[0] if doc else f"external loader {name}")
+    raise LoaderError(f"{name!r} is a {type(obj).__name__}, not a Loader or a callable f(checkpoint, device, options)")
+
+
+def get_loader(spec: str | Loader) -> Loader:
+    """Resolve a built-in or registered name, ``module:attr``, or an entry-point name of ``mali_hil.loaders``."""
+    if isinstance(spec, Loader):
+        return spec
+    _load_builtins()
+    if ":" in spec:
+        return as_loader(_import_attr(spec), spec)
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    if spec in _registry:
+        if matches:
+            raise LoaderError(
+                f"loader {spec!r} is both built in and an entry point of {matches[0].value}; rename the entry point"
+            )
+        return _registry[spec]
+    if len(matches) > 1:
+        raise LoaderError(f"entry point {spec!r} is declared {len(matches)} times in group {ENTRY_POINT_GROUP}")
+    if matches:
+        try:
+            target = matches[0].load()
+        except Exception as exc:
+            raise LoaderError(f"entry point {spec!r} ({matches[0].value}) failed to import: {exc}") from exc
+        return as_loader(target, spec)
+    raise LoaderError(
+        f"unknown loader {spec!r}; available: {', '.join(available())}; or give module:function of your own"
+    )
+
+
+def _import_attr(spec: str) -> Any:
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise LoaderError(f"loader {spec!r} is not module:function, e.g. 'mypkg.loaders:load_fast'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LoaderError(f"loader {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise LoaderError(f"loader {spec!r}: {module_name} has no attribute {attr_path!r}")
+        obj = getattr(obj, part)
+    return obj
