@@ -18,6 +18,7 @@ class LoadJob:
     target_dtype: str = "float16"
     lru: bool = True  # tinygrad's LRU buffer cache, on by default as users run it
     digests: bool = True  # read the loaded tensors back and digest them (after the memory figures are taken)
+    values: bool = False  # also return each tensor's bytes (small tensors only: for tests and diagnostics)
     timeout_s: float = 600.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,11 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# tinygrad's dtype names -> numpy's, for the dtypes a loader leaves on a device
+_NUMPY_NAMES = {"half": "float16", "float": "float32", "double": "float64", "char": "int8", "uchar": "uint8",
+                "short": "int16", "ushort": "uint16", "int": "int32", "uint": "uint32", "long": "int64",
+                "ulong": "uint64", "bool": "bool"}  # fmt: skip
+
 
 class Status(enum.Enum):
     OK = "ok"
@@ -57,6 +62,17 @@ class LoadResult:
     backend: str = ""  # the OpenCL backend underneath, e.g. "PoCL 3.1"
     enforcement: str = ""  # how the RAM budget was enforced: watchdog, cgroup, container
     digests: dict[str, TensorDigest] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # base64 of each tensor's bytes, when the job asked
+
+    def array(self, name: str) -> Any:
+        """A returned tensor as a numpy array (needs a job with ``values=True``)."""
+        import base64
+
+        import numpy as np
+
+        digest = self.digests[name]
+        raw = base64.b64decode(self.values[name])
+        return np.frombuffer(raw, dtype=_NUMPY_NAMES.get(digest.dtype, digest.dtype)).reshape(digest.shape)
 
     @property
     def ok(self) -> bool:

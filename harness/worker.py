@@ -10,6 +10,7 @@ between jobs it drops every tensor and tinygrad's buffer cache, so each job star
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
@@ -26,6 +27,7 @@ from harness.results import LoadResult, Status, TensorDigest
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
+_VALUES_LIMIT = 4 << 20  # values travel as base64 JSON: fine for test tensors, not for weights
 # OpenCL errors that mean "out of device memory" when raised at enqueue (profiles with enqueue-error)
 _OOM_CODES = ("CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY", "CL_MEM_OBJECT_ALLOCATION_FAILURE")
 
@@ -59,8 +61,9 @@ def _backend_facts() -> dict[str, str]:
     }
 
 
-def _digest(tensor: Any) -> TensorDigest:
-    """Read a device tensor back in bounded chunks and digest it (runs after the job's memory was measured)."""
+def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
+    """Read a device tensor back in bounded chunks and digest it (runs after the job's memory was measured).
+    With ``keep``, the bytes are also appended there (for jobs that asked for values)."""
     import numpy as np
     from tinygrad.dtype import _to_np_dtype
 
@@ -75,9 +78,13 @@ def _digest(tensor: Any) -> TensorDigest:
         for offset in range(0, total, step):
             chunk = np.empty(min(step, total - offset) // np_dtype.itemsize, dtype=np_dtype)
             digest.update(read_at(tensor, offset, chunk))
+            if keep is not None:
+                keep.append(chunk.tobytes())
     except LoaderError:  # a view, not a whole buffer (a user's loader may return one): read it whole
-        digest = Digest()
-        digest.update(tensor.numpy().reshape(-1))
+        digest, whole = Digest(), tensor.numpy().reshape(-1)
+        digest.update(whole)
+        if keep is not None:
+            keep[:] = [whole.tobytes()]
     return TensorDigest(tensor.dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
 
 
@@ -157,10 +164,15 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
             traceback.print_exception(failure, file=sys.stderr)
         _cleanup(tensors)
         return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
-    digests = {name: _digest(t) for name, t in tensors.items()} if job.digests else {}
+    digests, values = {}, {}
+    for name, tensor in tensors.items() if job.digests or job.values else ():
+        keep: list[bytes] | None = [] if job.values and tensor.nbytes() <= _VALUES_LIMIT else None
+        digests[name] = _digest(tensor, keep)
+        if keep is not None:
+            values[name] = base64.b64encode(b"".join(keep)).decode("ascii")
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
-    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, **base, **figures)
+    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
 
 
 def _cleanup(tensors: dict[str, Any]) -> None:

@@ -23,6 +23,9 @@ BUILTIN_MODULES = {
     "harness.loaders.mmap": ("LOADER",),
 }
 
+#: The built-ins' names, in the order reports list them; known without importing tinygrad.
+BUILTIN_NAMES = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
+
 _registry: dict[str, Loader] = {}
 _builtins_loaded = False
 
