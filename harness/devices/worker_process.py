@@ -44,10 +44,14 @@ class WorkerProcess:
         preexec: Callable[[], None] | None = None,
     ) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
-        self.proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=dict(env) if env is not None else None, text=True, start_new_session=True, preexec_fn=preexec,
-        )  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                env=dict(env) if env is not None else None, text=True, start_new_session=True, preexec_fn=preexec,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._stderr.close()
+            raise WorkerError(f"cannot start the worker {' '.join(argv)!r}: {exc}") from None
         self._lines: queue.Queue[Any] = queue.Queue()
         threading.Thread(target=self._read, name="mali-hil-worker-reader", daemon=True).start()
         self.hello = self._receive(start_timeout, expect="hello")

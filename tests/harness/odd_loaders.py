@@ -1,0 +1,46 @@
+"""Loaders that misbehave on purpose, to test that the harness classifies and survives each (used by path)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from harness.loaders import LoadOptions
+
+
+def hangs(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Never returns: the job's timeout must end it."""
+    while True:
+        time.sleep(1)
+
+
+def crashes(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Dies the way PoCL does when an allocation fails under RLIMIT_DATA (an assertion: SIGABRT), mid-job."""
+    os.abort()
+
+
+def raises(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    raise ValueError("this loader refuses on purpose")
+
+
+def hoards_host_memory(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Touches host memory until the board's RAM budget must stop it (4 GiB: more than any test board)."""
+    import numpy as np
+
+    hoard = []
+    for _ in range(64):
+        hoard.append(np.ones(64 << 20, dtype=np.uint8))
+    return {}
+
+
+def hoards_device_memory(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Allocates 32 MiB device buffers until the device refuses one."""
+    from tinygrad import dtypes
+
+    from harness.loaders._device import allocate
+
+    hoard = []
+    for _ in range(256):
+        hoard.append(allocate((32 << 20,), dtypes.uint8, device))
+    return {}

@@ -1,0 +1,80 @@
+"""The pytest plugin as a user meets it: options, parametrization, markers, JUnit properties, the table."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = """
+import pytest
+from harness.results import Status
+
+@pytest.mark.mali_hil_property("numerics")
+def test_tiny_loads(load, loader_name, make_checkpoint):
+    result = load(make_checkpoint("tiny"))
+    assert result.status is Status.OK and result.loader == loader_name
+
+@pytest.mark.board_only
+def test_only_on_boards(mali_device):
+    raise AssertionError("must be skipped on an emulated device")
+
+@pytest.mark.needs_fp16
+def test_needs_native_half(mali_device):
+    raise AssertionError("must be skipped where fp16 is emulated")
+"""
+
+
+def test_options_are_in_their_own_help_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["mali-hil:*", "*--device=DEVICE*", "*--loader=LOADER*", "*--job-timeout*"])
+
+
+def test_devices_and_loaders_parametrize_and_are_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess(
+        "--device=emulated-mali:mali-g52:256MiB", "--device=emulated-mali:mali-t860:512MiB",
+        "--loader=chunked", "--loader=naive", "--junitxml=report.xml", "-v", "-rs", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.assert_outcomes(passed=4, skipped=4)
+    result.stdout.fnmatch_lines([
+        "*test_tiny_loads?emulated-mali:mali-g52:256MiB-chunked? PASSED*",
+        "*test_tiny_loads?emulated-mali:mali-t860:512MiB-naive? PASSED*",
+        "*mali-hil: loader variants*",
+        "chunked*| pass*",
+        "naive*| pass*",
+    ])  # fmt: skip
+    result.stdout.fnmatch_lines([
+        "*board_only: emulated-mali:mali-g52:256MiB is not a physical board*",
+        "*needs_fp16: emulated-mali:mali-g52:256MiB has fp16: emulated*",
+    ])  # fmt: skip
+    tree = ET.parse(pytester.path / "report.xml")
+    case = next(c for c in tree.iter("testcase") if "t860" in c.get("name", "") and "naive" in c.get("name", ""))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["mali_hil.device"] == "emulated-mali:mali-t860:512MiB"
+    assert props["mali_hil.loader"] == "naive"
+    assert props["mali_hil.device_name"] == "Mali-T860"
+    assert props["mali_hil.profile"] == "mali-t860:512MiB"
+    assert props["mali_hil.backend"].startswith("OpenCL") and "PoCL" in props["mali_hil.backend"]
+    assert props["mali_hil.fp16"].startswith("fp16: ")
+
+
+def test_an_unavailable_device_fails_its_tests_with_the_first_cause(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("--device=emulated-mali:mali-g999", "--loader=chunked", "-p",
+                                           "no:cacheprovider")  # fmt: skip
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*device emulated-mali:mali-g999 is unavailable: ProfileError: unknown profile*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_every_result_is_recorded(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TESTS)
+    pytester.runpytest_subprocess("--device=emulated-mali:mali-g52:256MiB", "--loader=chunked",
+                                  "--mali-hil-results=results.jsonl", "-p", "no:cacheprovider")  # fmt: skip
+    import json
+
+    lines = [json.loads(line) for line in (pytester.path / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["status"] == "ok" and lines[0]["test"].endswith("chunked]")
