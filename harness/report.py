@@ -103,7 +103,11 @@ class HarnessSession:
         for loader in self.loaders:
             cells = [loader] + [_verdict(self.outcomes.get((loader, p), [])) for p in props]
             mine = [r for _, r in self.records if r.loader == loader]
-            cells += [_peak(mine), _ram(mine), _statuses(mine)]
+            cells += [
+                _highest(mine, "device_peak_bytes", "device_cap_bytes"),
+                _highest(mine, "peak_unified_bytes", "ram_budget_bytes"),
+                _statuses(mine),
+            ]
             rows.append(cells)
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -121,20 +125,14 @@ def _verdict(outcomes: list[str]) -> str:
     return "pass" if "passed" in outcomes else "skip"
 
 
-def _peak(results: list[LoadResult]) -> str:
-    measured = [r for r in results if r.device_peak_bytes is not None and r.device_cap_bytes]
-    if not measured:
+def _highest(results: list[LoadResult], used: str, limit: str) -> str:
+    """The result closest to its limit, as "used / limit" (fields of LoadResult, in bytes)."""
+    pairs = [(getattr(r, used), getattr(r, limit)) for r in results]
+    pairs = [(u, lim) for u, lim in pairs if u is not None and lim]
+    if not pairs:
         return "n/a"
-    top = max(measured, key=lambda r: r.device_peak_bytes / r.device_cap_bytes)  # type: ignore[operator]
-    return f"{format_size(top.device_peak_bytes)} / {format_size(top.device_cap_bytes)}"  # type: ignore[arg-type]
-
-
-def _ram(results: list[LoadResult]) -> str:
-    measured = [r for r in results if r.peak_unified_bytes is not None and r.ram_budget_bytes]
-    if not measured:
-        return "n/a"
-    top = max(measured, key=lambda r: r.peak_unified_bytes / r.ram_budget_bytes)  # type: ignore[operator]
-    return f"{format_size(top.peak_unified_bytes)} / {format_size(top.ram_budget_bytes)}"  # type: ignore[arg-type]
+    u, lim = max(pairs, key=lambda pair: pair[0] / pair[1])
+    return f"{format_size(u)} / {format_size(lim)}"
 
 
 def _statuses(results: list[LoadResult]) -> str:
