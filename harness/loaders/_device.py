@@ -14,7 +14,9 @@ Writes are blocking, so the caller may free or reuse its host chunk as soon as a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import ctypes
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,33 @@ def write_at(tensor: Tensor, byte_offset: int, data: np.ndarray | memoryview) ->
     dev = Device[buf.device]
     host = np.ascontiguousarray(host)
     check(cl.clEnqueueWriteBuffer(dev.queue, buf._buf, True, byte_offset, host.size, host.ctypes.data, 0, None, None))
+
+
+@contextmanager
+def mapped_at(tensor: Tensor, byte_offset: int, nbytes: int) -> Iterator[np.ndarray | None]:
+    """Yield ``tensor``'s buffer bytes ``[byte_offset, byte_offset + nbytes)`` as a writable uint8 array, to be
+    filled in place (no host copy in between); what it holds on entry is undefined. Yields None where the
+    device offers no such mapping (then use ``write_at``).
+
+    OpenCL: ``clEnqueueMapBuffer(CL_MAP_WRITE_INVALIDATE_REGION)``, unmapped and finished on exit. On unified
+    memory (Mali, PoCL) the map is the buffer's own memory, so the caller's writes are the device write.
+    """
+    buf = buffer_of(tensor)
+    _check_range(buf, byte_offset, nbytes)
+    if nbytes == 0 or _addressable(buf.allocator):
+        yield None
+        return
+    cl, check = _opencl(buf)
+    dev = Device[buf.device]
+    err = ctypes.c_int32(0)
+    ptr = cl.clEnqueueMapBuffer(dev.queue, buf._buf, True, cl.CL_MAP_WRITE_INVALIDATE_REGION, byte_offset, nbytes,
+                                0, None, None, ctypes.byref(err))  # fmt: skip
+    check(err.value)
+    try:
+        yield np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+    finally:
+        check(cl.clEnqueueUnmapMemObject(dev.queue, buf._buf, ptr, 0, None, None))
+        check(cl.clFinish(dev.queue))
 
 
 def read_at(tensor: Tensor, byte_offset: int, out: np.ndarray) -> np.ndarray:
