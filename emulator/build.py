@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from emulator.errors import LayerBuildError
@@ -72,7 +73,9 @@ def _cache_dir() -> Path:
 
 
 def _compile(compiler: str, target: Path) -> None:
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".tmp")  # unique per builder
+    os.close(fd)
+    tmp = Path(name)
     cmd = [compiler, *FLAGS, str(SOURCE), "-o", str(tmp)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -1,8 +1,11 @@
 """The layer's memory counters, read in-process (ctypes on the loaded layer) or from the file it writes at exit.
 
-In-process reading works because ``ctypes.CDLL`` on the same path the ICD loader dlopen'ed returns the same
-loaded object, hence the same counters. A process where the loader did not load the layer has no counters to
-read; ``read_layer_stats`` says so instead of loading a fresh, empty copy.
+In-process reading works because ``ctypes.CDLL`` on the path the ICD loader dlopen'ed (found in
+``/proc/self/maps``) returns the same loaded object, hence the same counters. A process where no loader loaded
+the layer has no counters to read; ``read_layer_stats`` says so instead of loading a fresh, empty copy.
+
+Counts are exact at quiet points (no clCreate* running in another thread). Reading them first waits (at most
+1 s) for buffers that PoCL frees just after clFinish returns, so numbers read after clFinish are final.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class LayerStats:
     """Counters of one process's emulated device memory (bytes are of live memory objects, not host RSS)."""
 
     generation: int  # how many times reset_layer_stats() ran
-    live_bytes: int  # bytes of live objects within the cap (sub-buffers and images of buffers add nothing)
+    live_bytes: int  # bytes of live objects within the cap (sub-buffers, images of buffers add nothing)
     peak_bytes: int  # highest live_bytes since start or the last reset
     live_objects: int  # live memory objects with storage of their own, overcommitted ones included
     allocations: int  # such objects created (since reset)
@@ -52,19 +55,26 @@ class _CStats(ctypes.Structure):
     ]
 
 
-def _active_layer() -> ctypes.CDLL:
-    from emulator.build import layer_path
-
-    path = str(layer_path())
+def _loaded_layer_path() -> str | None:
+    """The mali-hil layer an ICD loader mapped into this process (``mali_layer-<hash>.so``), if any."""
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-        loaded = any(line.rstrip("\n").endswith(path) for line in maps)
-    if not loaded:
+        for line in maps:
+            path = line.rstrip("\n").split(maxsplit=5)[-1]
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("mali_layer") and name.endswith(".so"):
+                return path
+    return None
+
+
+def _active_layer() -> ctypes.CDLL:
+    path = _loaded_layer_path()
+    if path is None:
         raise BackendError(
-            f"the mali-hil layer {path} is not loaded in this process, so there are no counters to read: "
-            "put the process on a board first (EmulatedBoard.activate() before any OpenCL call, or "
-            "`mali-hil emulator run`) and make an OpenCL call"
+            "the mali-hil layer is not loaded in this process, so there are no counters to read: put the process "
+            "on a board first (EmulatedBoard.activate() before any OpenCL call, or `mali-hil emulator run`) and "
+            "make an OpenCL call"
         )
-    lib = ctypes.CDLL(path)
+    lib = ctypes.CDLL(path)  # the same path gives the same loaded object, hence the loader's counters
     lib.mali_hil_layer_stats.argtypes = [ctypes.POINTER(_CStats), ctypes.c_size_t]
     lib.mali_hil_layer_stats.restype = ctypes.c_int
     lib.mali_hil_layer_reset.argtypes = []

@@ -16,6 +16,14 @@
  *
  * Capacity is returned from a destructor callback, not from clReleaseMemObject: a memory object dies only when
  * its last reference is gone AND no queued command uses it, and only the driver knows when that is.
+ * Sub-buffers and images made from a buffer add nothing (they share storage that was already counted).
+ *
+ * Known approximations: the OOM kill happens at the allocation that passes the cap (the kernel's killer acts
+ * when pages are touched); enqueue-error fails every memory or kernel enqueue while anything overcommitted is
+ * alive, not only the ones that touch it. The cap counts object sizes, not PoCL's own bookkeeping.
+ *
+ * Exported for in-process readers (ctypes): mali_hil_layer_stats() and mali_hil_layer_reset(). At exit, and
+ * just before an OOM kill, the counters go to MALI_HIL_STATS_FILE as one JSON object.
  */
 #define _GNU_SOURCE
 #define CL_TARGET_OPENCL_VERSION 300
@@ -174,6 +182,7 @@ static int load_config(void)
 static cl_icd_dispatch next;  /* the loader's table below us: where every call finally goes */
 static cl_icd_dispatch layer; /* what we hand the loader: `next` with our entries on top */
 static int g_init_state;      /* 0 not yet, 1 active, -1 config refused */
+static pid_t g_init_pid;      /* a forked child that exits normally must not overwrite its parent's stats */
 static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Counters are atomics so create/release take no lock. Event counters only ever grow; a reset records their
@@ -198,10 +207,11 @@ _Static_assert(sizeof(void *) == sizeof(uint64_t), "the ticket rides in a pointe
  * the command's references to its buffers: a buffer the program released while a command still used it dies a
  * few microseconds AFTER clFinish. Counter readers and over-cap decisions wait for such deaths (bounded), so
  * they see what the program may expect after clFinish, and no allocation fails for memory being freed. */
-#define SETTLE_TIMEOUT_NS 50000000L
+#define SETTLE_TIMEOUT_NS 1000000000L /* generous: a loaded CI machine can leave PoCL's thread unscheduled */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the late-death state only */
 static pthread_cond_t g_settled = PTHREAD_COND_INITIALIZER;
 static uint64_t g_late_pending, g_late_epoch;
+static uint64_t g_late_armed;                       /* notes not yet consumed: 0 keeps TLS off the hot path */
 static __thread uint64_t t_late_done, t_late_epoch; /* handed from on_late_destroyed to on_destroyed */
 
 /* Waits, with g_lock held, until late deaths have landed. Timing out means something real still holds the
@@ -212,7 +222,8 @@ static void settle_locked(void)
     if (!g_late_pending)
         return;
     clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_nsec += SETTLE_TIMEOUT_NS;
+    deadline.tv_sec += SETTLE_TIMEOUT_NS / 1000000000L;
+    deadline.tv_nsec += SETTLE_TIMEOUT_NS % 1000000000L;
     deadline.tv_sec += deadline.tv_nsec / 1000000000L;
     deadline.tv_nsec %= 1000000000L;
     while (g_late_pending)
@@ -287,7 +298,7 @@ static void write_stats_file(void)
     struct mali_hil_stats s;
     char tmp[4096], json[2048];
     int n = 0;
-    if (!path || !*path || g_init_state != 1 || mali_hil_layer_stats(&s, sizeof s) < 0)
+    if (!path || !*path || g_init_state != 1 || getpid() != g_init_pid || mali_hil_layer_stats(&s, sizeof s) < 0)
         return;
     const char *sep = "{";
 #define JSON(name)                                                                                          \
@@ -321,12 +332,6 @@ static void oom_kill(uint64_t bytes)
     raise(SIGKILL);
 }
 
-static cl_int count_failure(cl_int code)
-{
-    ADD(g.events[FAILED], 1);
-    return code;
-}
-
 /* Takes `bytes` of the cap before PoCL runs, so two threads cannot both get the last free megabyte. */
 static int try_reserve(uint64_t bytes)
 {
@@ -342,8 +347,10 @@ static int try_reserve(uint64_t bytes)
  * code clCreate* must fail with. */
 static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
 {
-    if (is_buffer && bytes > cfg.max_alloc && cfg.over_max_alloc != 0)
-        return count_failure((cl_int)cfg.over_max_alloc);
+    if (is_buffer && bytes > cfg.max_alloc && cfg.over_max_alloc != 0) {
+        ADD(g.events[FAILED], 1);
+        return (cl_int)cfg.over_max_alloc;
+    }
     *ticket = bytes & ~OVER_BIT;
     if (try_reserve(bytes))
         return CL_SUCCESS;
@@ -375,10 +382,11 @@ static void CL_CALLBACK on_destroyed(cl_mem mem, void *data)
     else
         __atomic_sub_fetch(&g.used, ticket, __ATOMIC_RELEASE);
     ADD(g.events[DESTROYED], 1);
-    if (t_late_done) { /* only now are the bytes back: wake whoever waits for this late death */
+    if (LOAD(g_late_armed) && t_late_done) { /* only now are the bytes back: wake whoever waits for it */
         pthread_mutex_lock(&g_lock);
         if (t_late_epoch == g_late_epoch)
             g_late_pending -= t_late_done < g_late_pending ? t_late_done : g_late_pending;
+        __atomic_sub_fetch(&g_late_armed, t_late_done, __ATOMIC_RELAXED);
         t_late_done = 0;
         pthread_cond_broadcast(&g_settled);
         pthread_mutex_unlock(&g_lock);
@@ -391,8 +399,10 @@ static void CL_CALLBACK on_late_destroyed(cl_mem mem, void *data)
 {
     uint64_t epoch = (uint64_t)(uintptr_t)data;
     (void)mem;
-    if (t_late_done && t_late_epoch != epoch)
+    if (t_late_done && t_late_epoch != epoch) { /* a stale note nobody consumed: drop it */
+        __atomic_sub_fetch(&g_late_armed, t_late_done, __ATOMIC_RELAXED);
         t_late_done = 0;
+    }
     t_late_epoch = epoch;
     t_late_done++;
 }
@@ -410,7 +420,9 @@ static cl_int CL_API_CALL l_clReleaseMemObject(cl_mem mem)
         uint64_t epoch = g_late_epoch;
         g_late_pending++;
         pthread_mutex_unlock(&g_lock);
+        ADD(g_late_armed, 1);
         if (next.clSetMemObjectDestructorCallback(mem, on_late_destroyed, (void *)(uintptr_t)epoch) != CL_SUCCESS) {
+            __atomic_sub_fetch(&g_late_armed, 1, __ATOMIC_RELAXED);
             pthread_mutex_lock(&g_lock);
             g_late_pending -= epoch == g_late_epoch && g_late_pending;
             pthread_mutex_unlock(&g_lock);
@@ -450,21 +462,17 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
     return mem;
 }
 
-static cl_mem refuse(cl_int code, cl_int *errcode_ret)
-{
-    if (errcode_ret)
-        *errcode_ret = code;
-    return NULL;
-}
-
-/* The four lines every storage-creating entry point shares: admit, let PoCL create, settle. */
+/* What every storage-creating entry point shares: admit, let PoCL create, settle. */
 #define CREATE_COUNTED(bytes, is_buffer, call)                                                             \
     do {                                                                                                    \
         uint64_t ticket_ = 0;                                                                               \
         cl_int rc_ = admit((bytes), (is_buffer), &ticket_), err_ = CL_SUCCESS;                              \
-        if (rc_ != CL_SUCCESS)                                                                              \
-            return refuse(rc_, errcode_ret);                                                                \
-        cl_mem mem_ = call;                                                                                 \
+        if (rc_ != CL_SUCCESS) {                                                                            \
+            if (errcode_ret)                                                                                \
+                *errcode_ret = rc_;                                                                         \
+            return NULL;                                                                                    \
+        }                                                                                                   \
+        cl_mem mem_ = call; /* sets err_ */                                                                 \
         return settle_create(mem_, err_, ticket_, errcode_ret);                                             \
     } while (0)
 
@@ -506,10 +514,10 @@ static uint64_t mul_sat(uint64_t a, uint64_t b)
     return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
 }
 
-/* Bytes of storage an image of its own needs; 0 for one that views a buffer (the buffer was counted). */
+/* Bytes of storage an image of its own needs (callers pass images of buffers straight through). */
 static uint64_t image_bytes(const cl_image_format *fmt, const cl_image_desc *d)
 {
-    if (!fmt || !d || d->buffer)
+    if (!fmt || !d)
         return 0;
     uint64_t row = d->image_row_pitch ? d->image_row_pitch : mul_sat(d->image_width, pixel_bytes(fmt));
     uint64_t plane = d->image_slice_pitch ? d->image_slice_pitch : mul_sat(row, d->image_height);
@@ -731,8 +739,10 @@ static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info par
     case CL_DEVICE_MAX_CLOCK_FREQUENCY: ANSWER_AS(cl_uint, cfg.max_clock_mhz);
     case CL_DEVICE_HOST_UNIFIED_MEMORY: ANSWER_AS(cl_bool, cfg.unified_memory ? CL_TRUE : CL_FALSE);
     case CL_DEVICE_TYPE: ANSWER_AS(cl_device_type, CL_DEVICE_TYPE_GPU);
-    case CL_DEVICE_COMPUTE_UNITS_BITFIELD_ARM: /* cl_arm_core_id: cores 0..n-1 present */
+#ifdef CL_DEVICE_COMPUTE_UNITS_BITFIELD_ARM
+    case CL_DEVICE_COMPUTE_UNITS_BITFIELD_ARM: /* cl_arm_core_id, which every profile lists: cores 0..n-1 */
         ANSWER_AS(cl_ulong, cfg.compute_units >= 64 ? ~0ULL : (1ULL << cfg.compute_units) - 1);
+#endif
     case CL_DEVICE_NUMERIC_VERSION:
         if (numeric_version(cfg.device_version))
             ANSWER_AS(cl_version, numeric_version(cfg.device_version));
@@ -823,8 +833,10 @@ EXPORT cl_int CL_API_CALL clInitLayer(cl_uint num_entries, const cl_icd_dispatch
     if (!target || !num_entries_ret || !layer_dispatch_ret)
         return CL_INVALID_VALUE;
     pthread_mutex_lock(&g_init_lock);
-    if (g_init_state == 0)
+    if (g_init_state == 0) {
+        g_init_pid = getpid();
         g_init_state = load_config() == 0 && build_tables(num_entries, target) == 0 ? 1 : -1;
+    }
     int state = g_init_state;
     pthread_mutex_unlock(&g_init_lock);
     if (state != 1)
