@@ -14,10 +14,10 @@
 ``unified`` = anon + shmem is what the budget is checked against: the memory a Mali board's CPU and GPU
 share and the kernel cannot reclaim.
 
-Summing RSS over a process tree overcounts pages that several processes map (copy-on-write pages after
-fork, one shared memory segment mapped twice). The proportional split (``smaps_rollup``) would fix that
-but walks page tables, far too slow to sample every few milliseconds; overcounting only makes a budget
-stricter, never looser.
+Summing RSS over a process tree would count twice the pages several processes map (a forked child's
+copy-on-write view of its parent's heap). So the root counts its RSS (read cheaply from ``status``, every few
+milliseconds) and each descendant only the pages it holds privately (``smaps_rollup``, slower, but children
+are few and short-lived); see ``read_private_memory``.
 """
 
 from __future__ import annotations
@@ -163,8 +163,32 @@ def read_tree_memory(root: int, pids: list[int] | None = None) -> ProcessMemory:
     for pid in tree_pids(root) if pids is None else pids:
         if pid != root:
             with contextlib.suppress(ProcessLookupError):
-                total = total + read_process_memory(pid)
+                total = total + read_private_memory(pid)
     return total
+
+
+_ROLLUP = {b"Anonymous:": "anon", b"Private_Dirty:": "dirty", b"Pss_File:": "file", b"Pss_Shmem:": "shmem"}
+
+
+def read_private_memory(pid: int) -> ProcessMemory:
+    """What a descendant adds to its tree: its *own* pages, not those it shares with its parent.
+
+    A forked child (PoCL forks to link kernels; tinygrad's CPU device runs clang) maps the parent's anonymous
+    pages copy-on-write: RssAnon would count them twice, and a budget would kill for memory that exists once.
+    So a child counts only anonymous pages it has made private (written to), bounded by Private_Dirty, and its
+    proportional share of file and shared-memory pages. smaps_rollup walks page tables, which is fine for the
+    short-lived children but too slow for the root, sampled every few milliseconds (RssAnon there).
+    """
+    try:
+        rollup = _read(f"/proc/{pid}/smaps_rollup")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        raise ProcessLookupError(f"no process {pid}") from None
+    values = {"anon": 0, "dirty": 0, "file": 0, "shmem": 0}
+    for line in rollup.split(b"\n"):
+        for prefix, name in _ROLLUP.items():
+            if line.startswith(prefix):
+                values[name] = int(line.split()[1]) * _KIB
+    return ProcessMemory(min(values["anon"], values["dirty"]), values["file"], values["shmem"])
 
 
 def peak_rss(pid: int) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emulator.errors import BackendError
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class LayerStats:
     overcommitted_bytes: int  # bytes of objects created past the cap under enqueue-error (since reset)
     cap_bytes: int  # the profile's global memory
     fp16_advertised: int  # 1 if the device lists cl_khr_fp16
+    last_refused_bytes: int  # size of the last request refused by the cap or max_alloc, or overcommitted (0: none)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -48,6 +48,7 @@ class LoadResult:
     elapsed_s: float = 0.0
     bytes_loaded: int = 0  # bytes of the tensors as they ended on the device
     tensors: int = 0
+    device_live_before: int | None = None  # live device bytes when the job started (the worker's baseline)
     device_peak_bytes: int | None = None  # from the layer's counters (None where no layer sees the device)
     device_live_after: int | None = None  # live device bytes after the loader returned (its results included)
     device_cap_bytes: int | None = None

@@ -101,7 +101,7 @@ def _classify(exc: BaseException, stats: Any | None) -> Status:
 def _oom_message(exc: BaseException, stats: Any | None) -> str:
     if stats is None:
         return str(exc)
-    needed = getattr(stats, "last_failed_bytes", 0)
+    needed = stats.last_refused_bytes
     available = max(0, stats.cap_bytes - stats.live_bytes)
     return f"{exc} (needed {needed} bytes, available {available} of the {stats.cap_bytes}-byte device memory)"
 
@@ -130,6 +130,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
     except MaliHilError as exc:
         return LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
+    before = _layer_stats()
     _reset_layer()
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
@@ -139,7 +140,8 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
             tensors = loader.load(checkpoint, DEVICE, options)
             Device[DEVICE].synchronize()
     except Exception as exc:  # the loader is the system under test: anything it raises is a result
-        failure = exc
+        failure, trace = exc, "".join(traceback.format_exception(exc))
+        _drop_frames(exc)  # its frames hold the loader's tensors: they must not outlive the cleanup
     memory = meter.stop()
     elapsed = time.monotonic() - started
     stats = _layer_stats()
@@ -152,6 +154,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     }
     if stats is not None:
         figures.update(
+            device_live_before=before.live_bytes if before is not None else None,
             device_peak_bytes=stats.peak_bytes,
             device_live_after=stats.live_bytes,
             device_cap_bytes=stats.cap_bytes,
@@ -161,27 +164,46 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         status = _classify(failure, stats)
         message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else str(failure)
         if status is Status.ERROR:
-            traceback.print_exception(failure, file=sys.stderr)
+            print(trace, file=sys.stderr)
         _cleanup(tensors)
         return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
-    digests, values = {}, {}
-    for name, tensor in tensors.items() if job.digests or job.values else ():
-        keep: list[bytes] | None = [] if job.values and tensor.nbytes() <= _VALUES_LIMIT else None
-        digests[name] = _digest(tensor, keep)
-        if keep is not None:
-            values[name] = base64.b64encode(b"".join(keep)).decode("ascii")
+    digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
     return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
 
 
+def _read_back(tensors: dict[str, Any], job: LoadJob) -> tuple[dict[str, TensorDigest], dict[str, str]]:
+    # A function of its own, so no loop variable keeps the last tensor alive past the cleanup.
+    digests, values = {}, {}
+    for name, tensor in tensors.items():
+        keep: list[bytes] | None = [] if job.values and tensor.nbytes() <= _VALUES_LIMIT else None
+        digests[name] = _digest(tensor, keep)
+        if keep is not None:
+            values[name] = base64.b64encode(b"".join(keep)).decode("ascii")
+    return digests, values
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
 def _cleanup(tensors: dict[str, Any]) -> None:
+    """Back to the state before the job: no tensors, and no buffers kept in any tinygrad cache (they count
+    against the next job's device memory, or its RAM for the CPU device of the SUPPORT_BF16=0 route)."""
     from tinygrad import Device
 
     tensors.clear()
     gc.collect()
-    Device[DEVICE].synchronize()
-    Device[DEVICE].allocator.free_cache()  # cached buffers would count against the next job's device memory
+    for name in sorted(Device._opened_devices):
+        device = Device[name]
+        device.synchronize()
+        if hasattr(device.allocator, "free_cache"):
+            device.allocator.free_cache()
 
 
 def serve(inbox: IO[str], outbox: IO[str]) -> None:

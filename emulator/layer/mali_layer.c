@@ -196,6 +196,7 @@ static struct {
     uint64_t events[NEVENTS], base[NEVENTS];
 } g;
 static int g_over_alive; /* objects alive beyond the cap (enqueue-error); read on every enqueue */
+static uint64_t g_last_refused; /* size of the last request refused or overcommitted: the "needed" of an OOM */
 static int g_fp16 = -1;  /* -1: not decided yet (decided on the first device query) */
 
 /* What the destructor callback must give back, carried in its user_data pointer itself: the object's bytes,
@@ -242,10 +243,10 @@ static void settle(void)
 
 /* ---- stats ------------------------------------------------------------------------------------------- */
 
-#define MALI_HIL_STATS_VERSION 1
+#define MALI_HIL_STATS_VERSION 2
 #define MALI_HIL_COUNTERS(X)                                                                                \
     X(generation) X(live_bytes) X(peak_bytes) X(live_objects) X(allocations) X(frees) X(failed_allocations) \
-    X(backend_refusals) X(overcommitted_bytes) X(cap_bytes) X(fp16_advertised)
+    X(backend_refusals) X(overcommitted_bytes) X(cap_bytes) X(fp16_advertised) X(last_refused_bytes)
 
 struct mali_hil_stats { /* every field uint64_t, so ctypes mirrors it without padding questions */
     uint64_t version;   /* MALI_HIL_STATS_VERSION; fields are only ever appended */
@@ -277,6 +278,7 @@ EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
     s.overcommitted_bytes = since_reset(OVERCOMMITTED);
     s.cap_bytes = cfg.global_mem;
     s.fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
+    s.last_refused_bytes = __atomic_load_n(&g_last_refused, __ATOMIC_RELAXED);
     memcpy(out, &s, size < sizeof s ? size : sizeof s);
     return (int)sizeof s;
 }
@@ -288,6 +290,7 @@ EXPORT void mali_hil_layer_reset(void)
     for (int i = 0; i < NEVENTS; i++)
         __atomic_store_n(&g.base[i], LOAD(g.events[i]), __ATOMIC_RELAXED);
     __atomic_store_n(&g.peak, LOAD(g.used), __ATOMIC_RELAXED);
+    __atomic_store_n(&g_last_refused, 0, __ATOMIC_RELAXED);
     ADD(g.generation, 1);
 }
 
@@ -348,6 +351,7 @@ static int try_reserve(uint64_t bytes)
 static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
 {
     if (is_buffer && bytes > cfg.max_alloc && cfg.over_max_alloc != 0) {
+        __atomic_store_n(&g_last_refused, bytes, __ATOMIC_RELAXED);
         ADD(g.events[FAILED], 1);
         return (cl_int)cfg.over_max_alloc;
     }
@@ -357,6 +361,7 @@ static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
     settle(); /* memory being freed right now is not missing memory */
     if (try_reserve(bytes))
         return CL_SUCCESS;
+    __atomic_store_n(&g_last_refused, bytes, __ATOMIC_RELAXED);
     if (cfg.oom == OOM_ENQUEUE_ERROR) {
         *ticket |= OVER_BIT;
         return CL_SUCCESS;

@@ -8,7 +8,6 @@ the layer's stats file shows a refused allocation (the layer's own kill, for pro
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -47,7 +46,8 @@ class EmulatedMali(WorkerDevice):
 
     def worker_env(self) -> Mapping[str, str]:
         self._stats_file.unlink(missing_ok=True)  # a fresh worker writes its own at exit
-        return {**os.environ, **self.board.environ(self._stats_file), "MALI_HIL_BACKEND": backend_description()}
+        board = self.board.environ(self._stats_file)
+        return {**super().worker_env(), **board, "MALI_HIL_BACKEND": backend_description()}
 
     def enforcer(self) -> RamEnforcer:
         return select_enforcer(self.board.ram_budget)

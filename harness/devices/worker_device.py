@@ -32,7 +32,9 @@ class WorkerDevice(Device):
         return (sys.executable, "-m", "harness.worker")
 
     def worker_env(self) -> Mapping[str, str]:
-        return dict(os.environ)
+        # A fixed mmap threshold: glibc's adaptive one keeps large freed buffers in the heap, so one job's
+        # leftovers would sit in the next job's RAM baseline and hide its growth. Real memory, not a cap.
+        return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
 
     def enforcer(self) -> RamEnforcer | None:
         """What watches the worker's RAM (None: the machine's own OOM killer, as on a real board)."""

@@ -11,6 +11,7 @@ what accelerate's ``low_cpu_mem_usage`` and llama.cpp aim for, on a device whose
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
             out[plan.name] = _load_one(maps[plan.path], plan, device, options.chunk_bytes)
     finally:
         for mapped in maps.values():
-            mapped.close()
+            # A propagating exception's frames may still hold views of the map; it closes when they are gone.
+            with contextlib.suppress(BufferError):
+                mapped.close()
     Device[device].synchronize()
     return out
 

@@ -69,10 +69,11 @@ def device_bound(b: BoundInputs) -> int:
 
 
 def ram_bound(b: BoundInputs) -> int:
-    """file_bytes + 2 * final_bytes + largest_widened_bytes: whole files read; a host copy of every final
-    tensor (a converted array, or tinygrad's aligned staging copy of a file view); the device buffers; and
-    the float32 temporary of the largest bf16 tensor being narrowed."""
-    return b.file_bytes + 2 * b.final_bytes + b.largest_widened_bytes
+    """file_bytes + final_bytes + max(final_bytes, largest_widened_bytes): whole files read and a host copy of
+    every final tensor (a converted array, or tinygrad's aligned staging copy of a file view) stay to the end;
+    on top, first the float32 temporary of one bf16 tensor being narrowed (host phase), later the device
+    buffers (copy phase): the temporary is gone before the first device copy exists."""
+    return b.file_bytes + b.final_bytes + max(b.final_bytes, b.largest_widened_bytes)
 
 
 LOADER = Loader(

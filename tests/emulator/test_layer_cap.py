@@ -54,6 +54,7 @@ def test_allocations_fill_the_cap_exactly_and_freeing_gives_it_back() -> None:
     assert stats["live_bytes"] == stats["peak_bytes"] == profile.global_mem
     # pyopencl retries a CL_MEM_OBJECT_ALLOCATION_FAILURE once after a garbage collection: 2 refused calls each
     assert stats["failed_allocations"] == 2 * 2 and stats["backend_refusals"] == 0
+    assert stats["last_refused_bytes"] == 1  # the "needed" figure a device-oom result reports
     assert (stats["allocations"], stats["frees"], stats["live_objects"]) == (got["n"] + 1, 1, got["n"])
 
 
@@ -219,6 +220,7 @@ def test_peak_and_reset() -> None:
     assert before.generation == 0 and after_reset.generation == 1
     assert (after_reset.peak_bytes, after_reset.live_bytes, after_reset.live_objects) == (15 * MiB, 15 * MiB, 2)
     assert (after_reset.allocations, after_reset.frees, after_reset.failed_allocations) == (0, 0, 0)
+    assert after_reset.last_refused_bytes == 0
     assert (later.peak_bytes, later.live_bytes, later.allocations, later.frees) == (16 * MiB, 15 * MiB, 1, 1)
 
 
@@ -240,6 +242,7 @@ def test_stats_file_is_written_at_exit(stats_file: Path) -> None:
     assert at_exit.to_dict() == expected
     assert (at_exit.peak_bytes, at_exit.allocations, at_exit.failed_allocations) == (15 * MiB, 2, 1)
     assert at_exit.cap_bytes == profile.global_mem
+    assert at_exit.last_refused_bytes == profile.max_alloc + 1
     assert not list(stats_file.parent.glob("*.tmp"))
 
 

@@ -134,3 +134,37 @@ def test_peaks_keep_each_maximum_and_unified_from_one_sample() -> None:
     peaks = MemoryPeaks().update(ProcessMemory(100, 5, 0)).update(ProcessMemory(10, 50, 60))
     assert (peaks.anon_bytes, peaks.file_bytes, peaks.shmem_bytes) == (100, 50, 60)
     assert peaks.unified_bytes == 100  # max(100 + 0, 10 + 60), never 100 + 60
+
+
+FORK_AFTER_TOUCH = f"""
+import os, time
+data = bytearray(b'\\x01' * {SIZE})
+pid = os.fork()
+if pid == 0:
+    import sys
+    if sys.argv[1] == "write":
+        mine = bytearray(b'\\x02' * {SIZE})  # pages of its own
+    time.sleep(60)
+    os._exit(0)
+print("forked", pid, flush=True)
+"""
+
+
+@pytest.mark.parametrize("child_writes", [False, True])
+def test_a_forked_child_counts_only_its_own_pages(child_writes: bool) -> None:
+    """PoCL forks to link kernels: the child's copy-on-write view of the parent's heap must not count twice
+    (a budget would kill for memory that exists once), but memory the child writes is real and counts."""
+    with child(FORK_AFTER_TOUCH, "write" if child_writes else "idle") as (proc, lines):
+        kid = int(lines[-1].split()[1])
+        import time
+
+        time.sleep(0.5 if child_writes else 0.1)  # let the child write its own pages
+        tree = read_tree_memory(proc.pid)
+        parent = read_process_memory(proc.pid)
+        assert kid in tree_pids(proc.pid)
+        extra = tree.anon_bytes - parent.anon_bytes
+        if child_writes:
+            assert SIZE * 0.95 <= extra <= SIZE * 1.2
+        else:
+            assert extra < 8 * MiB  # the shared heap counted once
+        os.kill(kid, 9)
