@@ -17,8 +17,6 @@ from harness.digest import digest_array
 from harness.results import TensorDigest
 
 _TARGETS = {"float16": np.float16, "float32": np.float32}
-# tinygrad's names for the dtypes a loader leaves on the device
-_TINYGRAD_NAMES = {np.dtype(np.float16): "half", np.dtype(np.float32): "float"}
 
 
 def convert(values: np.ndarray, target_dtype: str = "float16") -> np.ndarray:
@@ -59,7 +57,7 @@ def expected_tensors(checkpoint: str | Path, keys: Iterable[str] | None = None,
 def expected_digests(checkpoint: str | Path, keys: Iterable[str] | None = None,
                      target_dtype: str = "float16") -> dict[str, TensorDigest]:  # fmt: skip
     return {
-        name: TensorDigest(_TINYGRAD_NAMES.get(v.dtype, str(v.dtype)), tuple(v.shape), digest_array(v), v.nbytes)
+        name: TensorDigest(v.dtype.name, tuple(v.shape), digest_array(v), v.nbytes)
         for name, v in expected_tensors(checkpoint, keys, target_dtype).items()
     }
 

@@ -11,11 +11,6 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# tinygrad's dtype names -> numpy's, for the dtypes a loader leaves on a device
-_NUMPY_NAMES = {"half": "float16", "float": "float32", "double": "float64", "char": "int8", "uchar": "uint8",
-                "short": "int16", "ushort": "uint16", "int": "int32", "uint": "uint32", "long": "int64",
-                "ulong": "uint64", "bool": "bool"}  # fmt: skip
-
 
 class Status(enum.Enum):
     OK = "ok"
@@ -30,7 +25,7 @@ class Status(enum.Enum):
 class TensorDigest:
     """What a loaded tensor looks like on the device, compact enough to compare across runs and devices."""
 
-    dtype: str
+    dtype: str  # numpy's name ("float16", "int32"), whatever framework loaded it
     shape: tuple[int, ...]
     sha256: str  # of the tensor's bytes with every NaN made the canonical quiet NaN of its sign
     nbytes: int
@@ -73,7 +68,7 @@ class LoadResult:
 
         digest = self.digests[name]
         raw = base64.b64decode(self.values[name])
-        return np.frombuffer(raw, dtype=_NUMPY_NAMES.get(digest.dtype, digest.dtype)).reshape(digest.shape)
+        return np.frombuffer(raw, dtype=digest.dtype).reshape(digest.shape)
 
     @property
     def ok(self) -> bool:

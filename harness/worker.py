@@ -85,7 +85,7 @@ def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
         digest.update(whole)
         if keep is not None:
             keep[:] = [whole.tobytes()]
-    return TensorDigest(tensor.dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
+    return TensorDigest(np_dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
 
 
 def _classify(exc: BaseException, stats: Any | None) -> Status:
@@ -124,14 +124,15 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         "backend": facts["backend"],
     }
     started = time.monotonic()
+    before = _layer_stats()
+    _reset_layer()
     try:
         loader = get_loader(job.loader)
         checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation
         options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
     except MaliHilError as exc:
-        return LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
-    before = _layer_stats()
-    _reset_layer()
+        refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
+        return _with_device_figures(refused, before, _layer_stats())
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
     failure: BaseException | None = None
@@ -152,14 +153,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         "peak_unified_bytes": memory.peaks.unified_bytes,
         "ram_baseline_bytes": memory.baseline.unified,
     }
-    if stats is not None:
-        figures.update(
-            device_live_before=before.live_bytes if before is not None else None,
-            device_peak_bytes=stats.peak_bytes,
-            device_live_after=stats.live_bytes,
-            device_cap_bytes=stats.cap_bytes,
-            device_failed_allocations=stats.failed_allocations,
-        )
+    figures.update(_device_figures(before, stats))
     if failure is not None:
         status = _classify(failure, stats)
         message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else str(failure)
@@ -171,6 +165,18 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
     return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
+
+
+def _device_figures(before: Any | None, after: Any | None) -> dict[str, Any]:
+    if before is None or after is None:
+        return {}
+    return {"device_live_before": before.live_bytes, "device_peak_bytes": after.peak_bytes,
+            "device_live_after": after.live_bytes, "device_cap_bytes": after.cap_bytes,
+            "device_failed_allocations": after.failed_allocations}  # fmt: skip
+
+
+def _with_device_figures(result: LoadResult, before: Any | None, after: Any | None) -> LoadResult:
+    return LoadResult.from_dict({**result.to_dict(), **_device_figures(before, after)})
 
 
 def _read_back(tensors: dict[str, Any], job: LoadJob) -> tuple[dict[str, TensorDigest], dict[str, str]]:

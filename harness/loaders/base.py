@@ -226,6 +226,8 @@ class Loader:
 
     ``device_bound``/``ram_bound`` give the most device memory / RAM (host plus device: one pool on Mali) the
     loader's own allocations may reach, as formulas of ``BoundInputs``; None when the loader declares none.
+    ``device_half`` says the loader converts to half with kernels on the device: its values then depend on the
+    device's fp16 arithmetic, which the emulator can only emulate where the backend lacks ``cl_khr_fp16``.
     """
 
     name: str
@@ -233,6 +235,7 @@ class Loader:
     device_bound: BoundFn | None = None
     ram_bound: BoundFn | None = None
     description: str = ""
+    device_half: bool = False
 
     def __call__(self, checkpoint: Any, device: str, options: LoadOptions | None = None) -> dict[str, Any]:
         return self.load(checkpoint, device, options if options is not None else LoadOptions())

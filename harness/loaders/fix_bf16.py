@@ -119,6 +119,7 @@ DEVICE_LOADER = Loader(
     device_bound=device_bound_device,
     ram_bound=ram_bound_device,
     description="exo 2024, SUPPORT_BF16=1: safe_load DISK tensors, each .to(device) then cast on the device",
+    device_half=True,
 )
 HOST_LOADER = Loader(
     name="fix_bf16-host",

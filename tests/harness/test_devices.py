@@ -117,7 +117,7 @@ def test_a_corrupt_checkpoint_is_refused_before_the_device(board: EmulatedMali, 
     bad.write_bytes(tiny.read_bytes()[:-7])
     result = board.run(_job(bad))
     assert result.status is Status.ERROR and result.error_type == "MetadataIncompleteBufferError"
-    assert result.device_peak_bytes is None  # refused before any device work was measured
+    assert result.device_peak_bytes == result.device_live_before  # refused before any device allocation
 
 
 def test_unknown_device_kind_lists_the_known_ones() -> None:

@@ -1,0 +1,149 @@
+"""The assertions of the memory properties (memory-bound, oom) and of the properties whose tests keep theirs inline
+(idempotence, shards), as functions: a property test and test_wrong_loaders.py call the same one, the latter to
+see it fail on a deliberately wrong loader. Values are judged by conftest's ``check_oracle`` everywhere.
+
+Memory figures come from two places with different precision (see harness.worker):
+- device bytes are the OpenCL layer's counters: exact, every byte of every live memory object; no slack;
+- RAM growth is the worker's own RSS sampled every 2 ms: sampling can only miss a peak, never invent one, but
+  the figure also holds what is not the loader's: the interpreter's and tinygrad's bookkeeping of a job (UOp
+  graphs, plans, dicts), page rounding of each buffer and allocator headers. Measured on warm jobs of all five
+  variants (models of 0.2-63 MB, chunks of 1-64 MiB) the growth was at most 0.4 MiB over the declared bound,
+  1.5 MiB on a first (cold) job. ``RAM_SLACK_FLOOR`` covers the fixed part with 8x room on that, and
+  ``RAM_SLACK_SHARE`` what grows with the model; one forgotten 64 MiB chunk, a second copy of a 4 MiB tensor or
+  a whole-file read of anything over ~4 MiB still fails.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.checkpoints import ModelConfig, node_keys
+from harness.results import LoadResult, Status
+
+from .conftest import check_oracle, failed
+
+MIB = 1 << 20
+RAM_SLACK_FLOOR = 4 * MIB
+RAM_SLACK_SHARE = 0.02
+OOM_STATUSES = (Status.DEVICE_OOM, Status.OOM_KILLED)
+_OOM_FIGURES = re.compile(r"needed (\d+) bytes, available (\d+)")
+
+
+def ram_slack(ram_bound: int) -> int:
+    """What RAM growth may exceed a declared RAM bound by: measurement noise, not the loader's (module docstring)."""
+    return max(RAM_SLACK_FLOOR, int(ram_bound * RAM_SLACK_SHARE))
+
+
+# --- memory-bound ------------------------------------------------------------------------------------------------
+
+
+def check_within_cap(result: LoadResult) -> None:
+    """Whatever a job ended with, it never held more device memory than the cap without reporting ``device-oom``:
+    an ``ok`` job's tensors are all counted by the layer (``bytes_loaded <= live after <= peak <= cap``). On an
+    enqueue-error profile a buffer past the cap is created, uncounted, and fails only when used: a loader that
+    returned such buffers unused would show as tensor bytes the layer does not count."""
+    assert result.status in (Status.OK, *OOM_STATUSES), (
+        f"a valid checkpoint must load or run out of memory: {failed(result)}"
+    )
+    if result.device_peak_bytes is None or result.device_cap_bytes is None:
+        return  # no layer in front of this device (--device=local): nothing counts its memory
+    peak, cap = result.device_peak_bytes, result.device_cap_bytes
+    assert peak <= cap, f"{result.loader}: device peak {peak} bytes passed the {cap}-byte cap ({result.status.value})"
+    if result.ok and result.device_live_after is not None:
+        live = result.device_live_after
+        assert result.bytes_loaded <= live <= peak, (
+            f"{result.loader}: {result.bytes_loaded} bytes of tensors loaded, but the layer counts {live} live bytes"
+            f" (peak {peak}): tensor memory the cap does not see (overcommitted past it, or views of one buffer)"
+        )
+
+
+def check_memory_bound(result: LoadResult, device_bound: int | None, ram_bound: int | None) -> None:
+    """An ``ok`` job's device peak is within its declared device bound (exactly) and its RAM growth within its
+    declared RAM bound plus ``ram_slack``. A bound that is None (undeclared) or a figure the device cannot measure
+    is not checked."""
+    assert result.ok, failed(result)
+    peak, growth = result.device_peak_bytes, result.ram_growth_bytes
+    if device_bound is not None and peak is not None:
+        assert peak <= device_bound, (
+            f"{result.loader}: device peak {peak} bytes is {peak - device_bound} over its declared device bound"
+            f" {device_bound} ({result.checkpoint})"
+        )
+    if ram_bound is not None and growth is not None:
+        slack = ram_slack(ram_bound)
+        assert growth <= ram_bound + slack, (
+            f"{result.loader}: RAM grew {growth} bytes, {growth - ram_bound} over its declared RAM bound {ram_bound}"
+            f" (slack {slack}; baseline {result.ram_baseline_bytes}, {result.checkpoint})"
+        )
+
+
+# --- oom ---------------------------------------------------------------------------------------------------------
+
+
+def oom_figures(message: str | None) -> tuple[int, int] | None:
+    """``(needed, available)`` bytes from a device-oom message, or None if it does not state them."""
+    match = _OOM_FIGURES.search(message or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def check_oom(result: LoadResult) -> None:
+    """A job that cannot fit ends ``device-oom`` or ``oom-killed`` (never ``error``, ``timeout`` or ``ok``); a
+    device-oom says how many bytes it needed and how many were available, and those make sense (needed > 0,
+    available <= cap, needed > available)."""
+    assert result.status in OOM_STATUSES, f"a checkpoint that cannot fit must run out of memory: {failed(result)}"
+    assert result.error_message, f"{result.loader}: {result.status.value} without a message saying why"
+    if result.status is not Status.DEVICE_OOM:
+        return
+    figures = oom_figures(result.error_message)
+    assert figures is not None, f"{result.loader}: device-oom without needed/available bytes: {result.error_message}"
+    needed, available = figures
+    cap = result.device_cap_bytes
+    assert needed > 0, f"{result.loader}: device-oom that needed {needed} bytes: {result.error_message}"
+    if cap is not None:
+        assert available <= cap, f"{result.loader}: {available} bytes available of a {cap}-byte cap"
+    assert needed > available, (
+        f"{result.loader}: device-oom although {available} bytes were available for {needed}: {result.error_message}"
+    )
+
+
+def check_recovered(after: LoadResult, reference: LoadResult, checkpoint: str | Path) -> None:
+    """The job after an out-of-memory job loads ``checkpoint`` correctly and ends with the live device bytes the
+    same job had before (``reference``): nothing of the failed job is still held."""
+    assert after.ok, f"the job after an out-of-memory one failed: {failed(after)}"
+    check_oracle(after, checkpoint)
+    if reference.device_live_after is not None:
+        assert after.device_live_after == reference.device_live_after, (
+            f"{after.loader}: {after.device_live_after} live device bytes after the job that followed the failed"
+            f" one, {reference.device_live_after} after the same job before it: the failed job's buffers are held"
+        )
+
+
+# --- idempotence and shards (the assertions of test_idempotence.py and test_shards.py, as functions) --------------
+
+
+def check_same_job_twice(first: LoadResult, second: LoadResult, idle: int | None, idle_after: int | None) -> None:
+    """The same job twice on one worker: same values, same device memory, and the device back at ``idle`` bytes."""
+    assert first.ok, failed(first)
+    assert second.ok, failed(second)
+    assert second.digests == first.digests, f"{first.loader} loaded other values the second time"
+    if idle is None:
+        return  # no layer counts this device's memory
+    assert second.device_live_after == first.device_live_after, (
+        f"{first.loader}: the second job ended with {second.device_live_after} live device bytes, the first with"
+        f" {first.device_live_after}: something of the first job is still allocated"
+    )
+    assert second.device_peak_bytes == first.device_peak_bytes, (
+        f"{first.loader}: device peak {first.device_peak_bytes} then {second.device_peak_bytes} bytes"
+    )
+    assert idle_after == idle, f"{first.loader}: {idle} live device bytes before the two jobs, {idle_after} after"
+
+
+def check_node(result: LoadResult, checkpoint: str | Path, config: ModelConfig, start: int, end: int) -> None:
+    """An exo node holding layers ``start..end`` loaded exactly ``node_keys`` with the oracle's values."""
+    assert result.ok, failed(result)
+    keys = node_keys(config, start, end)
+    assert sorted(result.digests) == sorted(keys), (
+        f"node {start}-{end} of {config.name}: loaded {sorted(set(result.digests) - set(keys))} it should not,"
+        f" missed {sorted(set(keys) - set(result.digests))}"
+    )
+    check_oracle(result, checkpoint, keys)

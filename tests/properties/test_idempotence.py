@@ -1,0 +1,55 @@
+"""Property 5, idempotence: the same job twice on one warm worker gives the same tensors and the same device
+memory, and each job leaves the device at the live bytes it found.
+
+A board runs many loads in one process (exo reloads when a node's layer range changes), so a variant must not
+depend on, or leave behind, state of an earlier load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import failed, idle_device_bytes
+
+pytestmark = pytest.mark.mali_hil_property("idempotence")
+
+
+def test_same_job_twice(load, loader_name: str, mali_device, make_checkpoint, empty_checkpoint: Path) -> None:
+    """Bugs this catches:
+
+    - a loader that keeps device tensors in a module-level list or cache: the second job starts, and ends, with
+      more live device bytes than the first;
+    - a loader that memoizes by path and hands back the first job's tensors: they stay live between the jobs;
+    - a host staging buffer reused before the device has read it (the tiny model has several tensors of one byte
+      size, which tinygrad's LRU cache hands from one to the next): digests differ between the two jobs.
+    """
+    checkpoint = make_checkpoint("tiny", fill="special")
+    starts = getattr(mali_device, "starts", None)
+    first = load(checkpoint)
+    second = load(checkpoint)
+    idle_after = idle_device_bytes(load, empty_checkpoint)
+    assert getattr(mali_device, "starts", None) == starts, "the worker was restarted: the jobs did not share it"
+    assert first.ok, failed(first)
+    assert second.ok, failed(second)
+    assert second.digests == first.digests, f"{loader_name} loaded other values the second time"
+    idle = first.device_live_before
+    if idle is None:
+        pytest.skip("digests agree; device bytes not checked: no layer counts this device's memory (--device=local)")
+    for when, live in (("between the jobs", second.device_live_before), ("after them", idle_after)):
+        if live != idle:
+            left = (live or 0) - idle
+            sized = sorted(name for name, digest in second.digests.items() if digest.nbytes == left)
+            raise AssertionError(
+                f"{loader_name}: {idle} live device bytes before the first job, {live} {when}; the worker frees"
+                f" every tensor and tinygrad's caches after a job, so {left} bytes are held elsewhere"
+                + (f" (the size of {', '.join(sized)})" if sized else "")
+            )
+    assert second.device_live_after == first.device_live_after, (
+        f"{loader_name}: the second job ended with {second.device_live_after} live device bytes, the first with"
+        f" {first.device_live_after}"
+    )
+    assert second.device_peak_bytes == first.device_peak_bytes, (
+        f"{loader_name}: device peak {first.device_peak_bytes} then {second.device_peak_bytes} bytes"
+    )

@@ -1,0 +1,113 @@
+"""Property 2, memory bound: what each variant declares (``Loader.bounds``) holds on the device and in the board's
+RAM, and no variant passes a device's cap without reporting ``device-oom``.
+
+Jobs run on measured twins of the boards (conftest ``MEASURED_ENV``: memory a job frees goes back to the kernel),
+so a job's RAM growth is its own and not hidden by what an earlier job left resident. Each job runs twice and the
+second is judged: the first compiles the variant's kernels for these shapes (tinygrad keeps them in the worker)
+and frees what an earlier job left behind. The compiler's one-off memory (PoCL's LLVM, tens to ~170 MB) is the
+device runtime's, not the loader's, and none of the bounds claims it. Jobs skip the digest read-back
+(``digests=False``): harness.worker's digest loop keeps the last tensor alive past the job's cleanup, and the
+next job then counts it as live device memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from harness.loaders import LoadOptions, get_loader
+from harness.results import Status
+
+from .checks import MIB, check_memory_bound, check_within_cap
+
+pytestmark = pytest.mark.mali_hil_property("memory-bound")
+
+SESSION_BOARD = "session"  # the --device of the test (its measured twin when it is emulated)
+#: enqueue-error: a buffer past the cap is created and fails only when used, the one profile where a variant could
+#: pass the cap without an error. Loads past a cap are test_oom's; every example here fits both boards, with room
+#: for a PoCL compile's fork of the worker, whose copy-on-write pages the RAM watchdog counts twice.
+SMALL_BOARD = "emulated-mali:mali-t860:1GiB"
+#: (model, scale): 0.2-37 MB per two layers in bf16, so an example costs well under a second per job
+SHAPES = (("tiny", 1.0), ("llama-3.2-1b", 0.05), ("llama-3-8b", 0.05), ("llama-3.2-1b", 0.1), ("llama-3-8b", 0.1))
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    scale: float
+    layers: int
+    dtype: str
+    chunk_bytes: int
+    shard: tuple[int, int] | None
+    board: str
+
+    def checkpoint(self, make_checkpoint: Any) -> Any:
+        options: dict[str, Any] = {"layers": self.layers, "dtype": self.dtype}
+        if self.scale != 1.0:
+            options["scale"] = self.scale
+        return make_checkpoint(self.model, **options)
+
+
+@st.composite
+def cases(draw: Any) -> Case:
+    model, scale = draw(st.sampled_from(SHAPES))
+    layers = draw(st.integers(1, 4))
+    shard = None
+    if draw(st.booleans()):
+        start = draw(st.integers(0, layers - 1))
+        shard = (start, draw(st.integers(start, layers - 1)))
+    return Case(
+        model=model,
+        scale=scale,
+        layers=layers,
+        dtype=draw(st.sampled_from(["BF16", "F16", "F32"])),
+        chunk_bytes=draw(st.sampled_from([64 * MIB, 4 * MIB, 1 * MIB])),
+        shard=shard,
+        board=draw(st.sampled_from([SESSION_BOARD, SMALL_BOARD])),
+    )
+
+
+def test_declared_bounds_hold(on_board, loader_name: str, mali_device, make_checkpoint) -> None:
+    """Each example: a model shape, layer count, source dtype, chunk size, shard range and board. Catches: a bound
+    formula that forgets a copy (a source kept on the device, a host copy of the file, a staging buffer, tinygrad's
+    cache keeping a freed buffer); a chunk loop that reads whole tensors; buffers allocated per chunk and not
+    freed; a bound computed for the whole model when a shard is loaded; a variant that allocates past an
+    enqueue-error cap and returns ok; a device-oom on a load whose declared device bound fits the cap."""
+    loader = get_loader(loader_name)
+
+    @example(case=Case("llama-3-8b", 0.1, 4, "BF16", 1 * MIB, None, SESSION_BOARD))  # 37 MB, 1-MiB chunks
+    @example(case=Case("llama-3.2-1b", 0.1, 3, "F32", 4 * MIB, (1, 2), SMALL_BOARD))  # f32 source, middle node
+    @given(case=cases())
+    def check(case: Case) -> None:
+        spec = mali_device.spec if case.board == SESSION_BOARD else case.board
+        checkpoint = case.checkpoint(make_checkpoint)
+        job = {"chunk_bytes": case.chunk_bytes, "shard": case.shard, "digests": False}
+        warm = on_board(spec, checkpoint, loader_name, **job)
+        check_within_cap(warm)
+        if not warm.ok:
+            on_board.settle(spec)
+        result = on_board(spec, checkpoint, loader_name, **job)
+        check_within_cap(result)
+        if not result.ok:
+            on_board.settle(spec)
+        if result.ok and spec.startswith("emulated-mali"):
+            assert result.device_peak_bytes is not None, f"{spec} reported no device counters: is the layer loaded?"
+        device_bound, ram_bound = loader.bounds(checkpoint, LoadOptions(shard=case.shard, chunk_bytes=case.chunk_bytes))
+        cap = result.device_cap_bytes
+        if result.status is Status.DEVICE_OOM and device_bound is not None and cap is not None:
+            assert device_bound > cap, (
+                f"{loader_name}: device-oom on a {cap}-byte cap although its declared device bound is {device_bound}:"
+                f" it uses more device memory than it declares ({result.error_message})"
+            )
+        if result.ok:
+            # RAM only after a warm job: after a failed one the judged job ran cold (a new worker, the compiler's
+            # one-off memory in it); device bytes are exact and start from a settled device either way
+            check_memory_bound(result, device_bound, ram_bound if warm.ok else None)
+
+    check()
+    if loader.device_bound is None and loader.ram_bound is None:
+        pytest.skip(f"{loader_name} declares no bounds (a plain callable): only the cap part was checked")

@@ -1,0 +1,158 @@
+"""Deliberately wrong loaders, each a plausible bug, for test_wrong_loaders.py: every one must be caught by the
+property meant for it. Load them as ``tests.properties.wrong_loaders:NAME`` (the worker imports this module, so
+run from the repository root). Each reuses a built-in variant's code and changes one thing:
+
+- ``truncating``: chunked, but bf16/f32 -> fp16 rounds toward zero instead of to nearest even (numerics);
+- ``short_tail``: chunked, but a tensor of several chunks never gets its last one (numerics: digests);
+- ``leaky``: chunked, plus a 1 MiB device buffer per job kept in a module-level list (idempotence);
+- ``whole_model``: chunked, ignoring the shard range: every node loads every tensor, exo #128 (shards);
+- ``understated``: fix_bf16-device, declaring chunked's bounds: its source copies are not declared (memory-bound);
+- ``header_order``: reads the header with plain json and takes tensors back to back in the header's order,
+  ignoring ``data_offsets`` and the validated checkpoint it is given (corrupt-input).
+
+Imports of tinygrad and the built-in loaders happen inside the functions, so the test process can read the
+declared bounds without them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from harness.loaders import BoundInputs, Loader, LoadOptions
+
+LEAK_BYTES = 1 << 20
+_LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
+
+
+Convert = Callable[[np.ndarray, str], np.ndarray]
+
+
+def _chunked_with(
+    checkpoint: Any, device: str, options: LoadOptions, convert: Convert, drop_tail: bool = False
+) -> dict[str, Any]:
+    """chunked's scheme (plan, one final buffer per tensor, row chunks read, converted on the host, written at their
+    offset), with the conversion swapped and, with ``drop_tail``, the last chunk of multi-chunk tensors skipped.
+    Written against the loaders' public helpers only, so a rewrite of chunked's internals leaves it working."""
+    from tinygrad import Device
+    from tinygrad.nn.state import safe_dtypes
+
+    from harness.checkpoints import numpy_dtype
+    from harness.loaders import as_checkpoint, plan_load
+    from harness.loaders._device import allocate, write_at
+    from harness.loaders.base import ITEMSIZE
+
+    out = {}
+    for plan in plan_load(as_checkpoint(checkpoint), options):
+        tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
+        chunks = plan.chunks(options.chunk_bytes)
+        if drop_tail and len(chunks) > 1:
+            chunks = chunks[:-1]
+        for first, count in chunks:
+            offset = plan.offset + first * ITEMSIZE[plan.source_dtype]
+            raw = np.fromfile(plan.path, dtype=numpy_dtype(plan.source_dtype), count=count, offset=offset)
+            write_at(tensor, first * ITEMSIZE[plan.final_dtype], convert(raw, plan.final_dtype))
+        out[plan.name] = tensor
+    Device[device].synchronize()
+    return out
+
+
+def _toward_zero(raw: np.ndarray, final_dtype: str) -> np.ndarray:
+    """The final dtype's value next to zero of the two around ``raw``: rounding to nearest, then one step back
+    wherever that went away from zero (so a finite value past fp16's range becomes 65504, not inf)."""
+    from harness.loaders._convert import host_convert
+
+    rounded = host_convert(raw, final_dtype)
+    if rounded is raw or rounded.dtype != np.float16:
+        return rounded
+    with np.errstate(invalid="ignore", over="ignore"):
+        away = np.abs(rounded.astype(np.float32)) > np.abs(raw.astype(np.float32))  # NaN compares False: kept
+    bits = rounded.view(np.uint16).copy()
+    bits[away] -= 1  # same sign, one unit less magnitude
+    return bits.view(np.float16)
+
+
+def truncating(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """chunked with bf16/f32 -> fp16 truncated (rounded toward zero) instead of rounded to nearest even."""
+    return _chunked_with(checkpoint, device, options, _toward_zero)
+
+
+def short_tail(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """chunked that never writes the last chunk of a tensor loaded in several (an off-by-one in the chunk loop)."""
+    from harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert, drop_tail=True)
+
+
+def leaky(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """chunked, plus a scratch buffer per job kept alive in a module-level list (a 'cache' never cleared)."""
+    from tinygrad import dtypes
+
+    from harness.loaders._device import allocate
+    from harness.loaders.chunked import load
+
+    _LEAKED.append(allocate((LEAK_BYTES,), dtypes.uint8, device))
+    return load(checkpoint, device, options)
+
+
+def whole_model(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """chunked, ignoring the node's shard range: every node loads the whole model (exo issue #128)."""
+    from harness.loaders.chunked import load
+
+    return load(checkpoint, device, replace(options, shard=None))
+
+
+def _load_fix_bf16_device(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    from harness.loaders.fix_bf16 import load_device
+
+    return load_device(checkpoint, device, options)
+
+
+def _chunked_device_bound(b: BoundInputs) -> int:
+    """chunked's formula (final_bytes), copied to a variant that also keeps each bf16 source on the device."""
+    return b.final_bytes
+
+
+def _chunked_ram_bound(b: BoundInputs) -> int:
+    return b.final_bytes + b.largest_chunk_source_bytes + b.largest_chunk_final_bytes
+
+
+understated = Loader(
+    name="understated",
+    load=_load_fix_bf16_device,
+    device_bound=_chunked_device_bound,
+    ram_bound=_chunked_ram_bound,
+    description="fix_bf16-device declaring chunked's bounds: the bf16 sources it keeps on the device are not declared",
+)
+
+
+def header_order(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Skips validation: each file's header read with plain json, tensors taken back to back from the start of
+    the data in the header's key order; ``data_offsets`` and the validated checkpoint it was given are ignored."""
+    from tinygrad import Tensor
+
+    from harness.checkpoints import numpy_dtype
+    from harness.loaders._convert import host_convert
+    from harness.loaders.base import FLOAT_SOURCES, TARGETS
+
+    out = {}
+    for path in checkpoint.files:
+        data = path.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        cursor = 8 + size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = numpy_dtype(entry["dtype"])
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+            raw = np.frombuffer(data, dtype=dtype, count=count, offset=cursor)
+            cursor += raw.nbytes
+            final = TARGETS[options.target_dtype] if entry["dtype"] in FLOAT_SOURCES else entry["dtype"]
+            values = host_convert(raw, final).reshape(entry["shape"])
+            out[name] = Tensor(values.reshape(-1).copy(), device=device).reshape(values.shape).contiguous().realize()
+    return out
