@@ -13,13 +13,16 @@ other properties count the tensor as right (its edge values are the numerics pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from harness.devices import make_device
+from harness.jobs import LoadJob
 from harness.oracles import expected_digests, expected_tensors
 from harness.results import LoadResult, Status
 
@@ -128,46 +131,23 @@ def idle_device_bytes(load: Callable[..., LoadResult], empty_checkpoint: Path) -
     return probe.device_live_before
 
 
-# --- boards of other sizes and fit prediction, for the memory properties (test_memory_bound, test_oom, test_fit) ---
-
-from collections.abc import Iterator  # noqa: E402  (this section was added after the one above; kept apart)
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-from harness.jobs import LoadJob  # noqa: E402
-
-#: Extra worker environment of measured boards: glibc raises its mmap threshold (up to 32 MiB) after the first
-#: large free, and freed buffers then stay resident in the heap; the next job's baseline includes them and its
-#: growth reads near 0 while it adds its whole model (measured: chunked on a 63 MB model, growth 0 vs 63 MB). A
-#: fixed threshold gives large frees back to the kernel at once, so a warm worker's next job is measured honestly.
-MEASURED_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def _measured_mali(spec: str) -> Any:
-    from harness.devices.emulated import EmulatedMali
-
-    class MeasuredMali(EmulatedMali):
-        """The emulated board, with ``MEASURED_ENV`` in its worker's environment."""
-
-        def worker_env(self) -> dict[str, str]:
-            return {**super().worker_env(), **MEASURED_ENV}
-
-    return MeasuredMali(spec)
+# --- boards of other sizes, for the memory properties (test_memory_bound, test_oom, test_fit) ---
 
 
 class MeasuredBoards:
-    """Emulated boards of any profile and size for one session: one warm worker per spec, started on first use."""
+    """Emulated boards of any profile and size for one session: one warm worker per spec, started on first use
+    (the session's own ``--device`` stays as the user gave it)."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
         self._devices: dict[str, Any] = {}
 
     def device(self, spec: str) -> Any:
-        """The started device for ``spec``: a measured twin for ``emulated-mali`` specs, else the session's own."""
+        """The started device for ``spec``: a board of its own for ``emulated-mali`` specs, else the session's."""
         if not spec.startswith("emulated-mali"):
             return self._session.device(spec)
         if spec not in self._devices:
-            device = _measured_mali(spec)
+            device = make_device(spec)
             device.start()
             self._devices[spec] = device
         return self._devices[spec]
@@ -185,9 +165,8 @@ class MeasuredBoards:
 
 class BoardRunner:
     """``run(spec, checkpoint, loader, **job_fields) -> LoadResult`` on a measured board, recorded for the report as
-    ``load()``'s results are; ``settle(spec)`` runs an empty job so that what a failed job left in the worker is
-    freed before the next measured one (harness.worker holds a failed job's exception, hence the loader's frames
-    and tensors, past its cleanup; they land in tinygrad's cache and count as live device memory)."""
+    ``load()``'s results are; ``settle(spec)`` runs an empty job after a failed one, which checks that the worker
+    is back to an empty device before the next measured job."""
 
     def __init__(self, boards: MeasuredBoards, session: Any, nodeid: str, empty: Path) -> None:
         self.boards, self._session, self._nodeid, self._empty = boards, session, nodeid, empty
@@ -218,33 +197,3 @@ def on_board(request: pytest.FixtureRequest, boards: MeasuredBoards, empty_check
     from harness.report import SESSION_KEY
 
     return BoardRunner(boards, request.config.stash[SESSION_KEY], request.node.nodeid, empty_checkpoint)
-
-
-@dataclass(frozen=True)
-class FitPrediction:
-    """Whether a load should fit a board, and by how much: ``margin`` is the signed distance to the nearer limit as
-    a share of that limit (negative: by how much the worse of the two is overrun)."""
-
-    fits: bool
-    margin: float
-    device_need: int  # the declared device bound
-    ram_need: int  # worker baseline + the declared RAM bound (device buffers are in it: one pool on Mali)
-    cap: int
-    budget: int
-
-    def describe(self) -> str:
-        verdict = "fit" if self.fits else "not fit"
-        return (f"predicted to {verdict} ({self.margin:+.0%}): device {self.device_need} of {self.cap} bytes,"
-                f" RAM {self.ram_need} of {self.budget} bytes")  # fmt: skip
-
-
-def predict_fit(bounds: tuple[int | None, int | None], *, cap: int, budget: int, baseline: int) -> FitPrediction | None:
-    """From a loader's declared ``(device bound, RAM bound)`` and a board: fits iff device bound <= cap and
-    baseline + RAM bound <= budget. None when a bound is undeclared. A profile whose max alloc is below its global
-    memory may also refuse one large buffer; bounds do not name the largest buffer, so that is not predicted."""
-    device_bound, ram_bound = bounds
-    if device_bound is None or ram_bound is None:
-        return None
-    ram_need = baseline + ram_bound
-    margin = min((cap - device_bound) / cap, (budget - ram_need) / budget)
-    return FitPrediction(margin >= 0, margin, device_bound, ram_need, cap, budget)

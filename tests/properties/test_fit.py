@@ -1,5 +1,5 @@
 """Property 4, fit prediction: from a board's profile and a checkpoint, each variant's declared bounds predict
-whether it loads (conftest ``predict_fit``: device bound <= cap and baseline + RAM bound <= budget), and the load
+whether it loads (``harness.fit.predict_fit``: device bound <= cap and baseline + RAM bound <= budget), and the load
 agrees: ``ok`` when predicted to fit, ``device-oom`` or ``oom-killed`` when not.
 
 How the numbers are made comparable:
@@ -11,8 +11,7 @@ How the numbers are made comparable:
   watchdog's overshoot before it kills (a few MB on a 256 MiB board);
 - each checkpoint's kernels are compiled first on a large twin of the board (same profile, same disk caches), so
   the fit job compiles nothing. Compiling on PoCL costs 50-160 MB in-process (LLVM) and forks the worker to
-  link, and the RAM watchdog counts the fork's copy-on-write pages twice: that is the emulator's cost, not a
-  Mali driver's; it is measured and reported on its own instead of hiding in the margin.
+  link: that is the emulator's cost, not a Mali driver's (whose compiler is not in the loader's bounds either).
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from harness.fit import predict_fit
 from harness.loaders import LoadOptions, get_loader
 from harness.results import Status
 
 from .checks import MIB
-from .conftest import failed, predict_fit
+from .conftest import failed
 
 pytestmark = pytest.mark.mali_hil_property("fit")
 

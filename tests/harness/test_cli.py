@@ -1,0 +1,62 @@
+"""The `mali-hil load`, `fit` and `run` commands, as a user runs them (subprocesses, real devices)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoints import get_model, make_checkpoint, node_keys
+from harness.oracles import expected_digests
+from harness.results import LoadResult, Status
+
+SMALL_BOARD = "emulated-mali:mali-g52:512MiB"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """210 MB of fp16 on the device: chunked fits a 512 MiB board, naive (>= 2x in RAM) cannot."""
+    path = tmp_path_factory.mktemp("ck") / "llama.safetensors"
+    make_checkpoint("llama-3.2-1b", path, scale=0.3, fill="constant")
+    return path
+
+
+def test_load_prints_a_record_that_matches_the_oracle(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.safetensors"
+    make_checkpoint("tiny", path, fill="special")
+    done = cli("load", str(path), "--loader", "mmap", "--device", SMALL_BOARD, "--shard", "0-0", "--json")
+    assert done.returncode == 0, done.stderr
+    result = LoadResult.from_dict(json.loads(done.stdout))
+    assert result.status is Status.OK and result.shard == (0, 0)
+    first_node = node_keys(get_model("tiny"), 0, 0)  # layer 0 and the embedding: no norm, no head
+    assert result.digests == expected_digests(path, first_node)
+
+
+def test_the_exo_failure_and_its_fix_on_a_small_board(llama: Path) -> None:
+    naive = cli("load", str(llama), "--loader", "naive", "--device", SMALL_BOARD, "--no-digests")
+    assert naive.returncode == 1 and naive.stdout.startswith("oom-killed: naive"), naive.stdout + naive.stderr
+    chunked = cli("load", str(llama), "--loader", "chunked", "--device", SMALL_BOARD, "--no-digests")
+    assert chunked.returncode == 0 and chunked.stdout.startswith("ok: chunked"), chunked.stdout + chunked.stderr
+
+
+def test_fit_predicts_what_load_then_shows(llama: Path) -> None:
+    done = cli("fit", str(llama), "--device", SMALL_BOARD, "--loader", "naive", "--loader", "chunked")
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert "does not fit" in lines["naive"] and " fits " in lines["chunked"]
+
+
+def test_bad_arguments_are_one_line_errors(llama: Path) -> None:
+    for args in (("load", str(llama), "--shard", "7-2"), ("load", str(llama), "--device", "emulated-mali:nope"),
+                 ("fit", str(llama), "--device", "local")):  # fmt: skip
+        done = cli(*args)
+        assert done.returncode == 2 and done.stderr.startswith("mali-hil: error: "), done.stderr
+        assert "Traceback" not in done.stderr
