@@ -98,14 +98,16 @@ class HarnessSession:
     # --- the table -----------------------------------------------------------------------------------------
     def table(self) -> list[str]:
         props = [p for p in PROPERTIES if any(k[1] == p for k in self.outcomes)]
-        header = ["loader", *props, "device peak / cap", "RAM peak / budget", "jobs ok / oom / other"]
+        limits = ["device peak / cap (ok jobs)", "RAM peak / budget (ok jobs)", "jobs ok / oom / other"]
+        header = ["loader", *props, *limits]
         rows = [header]
         for loader in self.loaders:
             cells = [loader] + [_verdict(self.outcomes.get((loader, p), [])) for p in props]
             mine = [r for _, r in self.records if r.loader == loader]
+            finished = [r for r in mine if r.ok]  # a killed job's peak is the limit it crossed, not a fit
             cells += [
-                _highest(mine, "device_peak_bytes", "device_cap_bytes"),
-                _highest(mine, "peak_unified_bytes", "ram_budget_bytes"),
+                _highest(finished, "device_peak_bytes", "device_cap_bytes"),
+                _highest(finished, "peak_unified_bytes", "ram_budget_bytes"),
                 _statuses(mine),
             ]
             rows.append(cells)
