@@ -96,9 +96,11 @@ def describe(board: EmulatedBoard) -> dict[str, Any]:
     for p, platform in enumerate(seen["platforms"]):
         for d, device in enumerate(platform["devices"]):
             try:
-                device["backend_fp16"] = "cl_khr_fp16" in backend[p]["devices"][d]["extensions"]
+                bare = backend[p]["devices"][d]
+                device["backend_fp16"] = "cl_khr_fp16" in bare["extensions"]
+                device["backend_max_alloc"] = bare["max_alloc"]
             except (IndexError, KeyError):
-                device["backend_fp16"] = None
+                device["backend_fp16"] = device["backend_max_alloc"] = None
     return {"board": board.profile.spec, "ram_budget": board.ram_budget, **seen}
 
 
@@ -137,6 +139,12 @@ def render(info: dict[str, Any]) -> str:
                 f"    Extensions        {' '.join(dev['extensions'])}",
                 f"    {fp16_line(dev)}",
             ]
+            backend_max = dev.get("backend_max_alloc")
+            if backend_max and dev["max_alloc"] and backend_max < dev["max_alloc"]:
+                lines.append(
+                    f"    emulator limit: the backend refuses single buffers above {_size(backend_max)}; larger ones"
+                    " the profile allows fail as backend_refusals, not as the profile's behaviour"
+                )
     return "\n".join(lines)
 
 
