@@ -5,7 +5,10 @@ The host holds no copy at all: each chunk goes from the mapped file pages (file-
 as RssFile not RssAnon) straight into a device buffer. A tensor that changes dtype goes through one staging
 pair on the device: the chunk's source bits, and their converted bits from an integer kernel (exact, see
 ``_convert``), which are then copied device-to-device into the final buffer. Staging has a fixed size per
-(source, target) pair, so each pair compiles one kernel however many tensor shapes the checkpoint has.
+(source, target) pair, and so does the conversion kernel: it converts one *window* of the staging pair whose
+start is a bound variable, scheduled and compiled once per pair and launched once per window a chunk covers.
+So the work per chunk follows the chunk's length (not the staging size), no graph is built per chunk, and
+each pair compiles one kernel however many tensor shapes the checkpoint has.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from tinygrad import Device, Tensor
+from tinygrad.engine.realize import compile_linear, link_linear, run_linear
 from tinygrad.nn.state import safe_dtypes, safe_load
+from tinygrad.uop.ops import UOp
 
 from harness.loaders._convert import bits_dtype, device_bits
 from harness.loaders._device import allocate, copy_at, release_cache, write_at
 from harness.loaders.base import ITEMSIZE, BoundInputs, Loader, LoadOptions, TensorPlan, as_checkpoint, plan_load
+
+WINDOW = 1 << 20  # elements one launch of the conversion kernel converts (a staging pair this small: all of it)
+ALIGN = 128  # window starts are multiples of this; an unaligned variable start measured 2x slower on PoCL
+STAGING_SLACK_BYTES = (ALIGN - 1) * 8  # windowed staging is rounded up to ALIGN elements (<= 4 + 4 bytes each)
 
 
 def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor]:
@@ -39,11 +48,10 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
     # One (source, target) pair at a time, so at most one staging pair is ever alive on the device.
     for (source, _), group_iter in groupby(sorted((p for p in plans if p.converts), key=pair), key=pair):
         group = list(group_iter)
-        elements = max(p.chunk_elements(chunk) for p in group)
-        stage = allocate((elements,), bits_dtype(source), device)
+        staging = _Staging(source, group[0].final_dtype, max(p.chunk_elements(chunk) for p in group), device)
         for plan in group:
-            out[plan.name] = _stream_converted(disk[plan.path][plan.name], plan, stage, device, chunk)
-        del stage
+            out[plan.name] = _stream_converted(disk[plan.path][plan.name], plan, staging, device, chunk)
+        del staging
         release_cache(device)  # tinygrad's LRU cache would otherwise keep this pair's staging alive
     disk.clear()  # unmaps the files once the last DISK tensor is gone
     Device[device].synchronize()
@@ -66,24 +74,57 @@ def _stream_direct(source: Tensor, plan: TensorPlan, device: str, chunk: int) ->
     return tensor
 
 
-def _stream_converted(source: Tensor, plan: TensorPlan, stage: Tensor, device: str, chunk: int) -> Tensor:
+class _Staging:
+    """One (source, target) pair's staging on the device: ``stage`` (a chunk's source bits) and ``converted``
+    (their target bits), plus the compiled kernel converting ``WINDOW`` elements of one into the other.
+
+    Pairs whose largest chunk fits one window get a fixed kernel over the whole staging pair. Larger ones get
+    a window starting at a bound variable (``ALIGN`` elements apart), so the kernel is compiled once and each
+    chunk launches it ``ceil(count / WINDOW)`` times; their staging is rounded up to ``ALIGN`` elements so that
+    the last window of a chunk can start aligned. A window may convert stale bits behind a chunk: never copied.
+    """
+
+    def __init__(self, source_dtype: str, final_dtype: str, elements: int, device: str) -> None:
+        windowed = elements > WINDOW
+        size = -(-elements // ALIGN) * ALIGN if windowed else elements
+        self.window = WINDOW if windowed else size
+        self.last_start = size - self.window  # a multiple of ALIGN when windowed, else 0
+        self.stage = allocate((size,), bits_dtype(source_dtype), device)
+        self.converted = allocate((size,), bits_dtype(final_dtype), device)
+        start: UOp | int = 0
+        if windowed:
+            start = UOp.variable("mmap_window_start", 0, self.last_start // ALIGN).bind(0) * ALIGN
+        window = slice(start, start + self.window)
+        kernel = self.converted[window].assign(device_bits(self.stage[window], source_dtype, final_dtype))
+        linear, var_vals = Tensor.linear_with_vars(kernel)  # what Tensor.realize runs, kept to run again
+        self._linear = link_linear(compile_linear(linear))
+        self._variable = next(iter(var_vals), None)
+
+    def convert(self, count: int) -> None:
+        """Convert ``stage[:count]`` into ``converted[:count]`` (queued on the device, in order)."""
+        for first in range(0, count, self.window):
+            start = min(first, self.last_start)
+            run_linear(self._linear, {self._variable: start // ALIGN} if self._variable else {}, jit=True)
+
+
+def _stream_converted(source: Tensor, plan: TensorPlan, staging: _Staging, device: str, chunk: int) -> Tensor:
     tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
     if plan.numel:
         source.uop.buffer.ensure_allocated()
+        size = ITEMSIZE[plan.final_dtype]
         for first, count in plan.chunks(chunk):
-            write_at(stage, 0, _chunk_bytes(source, plan, first, count))
-            # Stage is converted whole (a tail chunk leaves stale bits behind it): one kernel shape per pair.
-            converted = device_bits(stage, plan.source_dtype, plan.final_dtype).realize()
-            size = ITEMSIZE[plan.final_dtype]
-            copy_at(tensor, first * size, converted, count * size)
-            del converted
+            write_at(staging.stage, 0, _chunk_bytes(source, plan, first, count))
+            staging.convert(count)
+            copy_at(tensor, first * size, staging.converted, count * size)
     return tensor
 
 
 def device_bound(b: BoundInputs) -> int:
-    """final_bytes + largest_converted_chunk_bytes: the final buffers, plus one staging pair (a chunk's
-    source bits and its converted bits) while a converting tensor streams; staging is freed per pair."""
-    return b.final_bytes + b.largest_converted_chunk_bytes
+    """final_bytes + largest_converted_chunk_bytes (+ STAGING_SLACK_BYTES if any tensor converts): the final
+    buffers, plus one staging pair (a chunk's source bits and its converted bits, rounded up to ALIGN elements
+    when windowed) while a converting tensor streams; staging is freed per pair."""
+    slack = STAGING_SLACK_BYTES if b.largest_converted_chunk_bytes else 0
+    return b.final_bytes + b.largest_converted_chunk_bytes + slack
 
 
 def ram_bound(b: BoundInputs) -> int:

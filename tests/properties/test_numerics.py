@@ -177,3 +177,16 @@ def test_variants_agree(load, request: pytest.FixtureRequest, make_checkpoint) -
     if disagreements:
         lossy = sorted(name for name, count in flushed.items() if count)
         pytest.xfail(f"only fp16 subnormals differ, flushed by {', '.join(lossy)}; {'; '.join(disagreements[:4])}")
+
+
+def test_long_tensors_cross_chunks_and_windows(load, loader_name: str, tmp_path: Path) -> None:
+    """Tensors longer than a streaming loader's conversion window (mmap converts 2^20 elements per launch) and
+    than its chunk, with lengths that are multiples of nothing: catches a lost or doubled tail, a window that
+    starts at the wrong element, or a chunk boundary converted twice."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 1 << 16, size=1_500_007, dtype=np.uint64).astype(np.uint16)
+    tensors = {"long": bits.view(ml_dtypes.bfloat16).reshape(1, -1), "odd": bits[:300_001].view(np.float16)}
+    path = _write(tmp_path / "long.safetensors", tensors)
+    for chunk_bytes in (64 << 20, 1_000_000):  # one chunk per tensor, then many (odd-sized) chunks
+        result = load(path, values=True, chunk_bytes=chunk_bytes)
+        _xfail_if_flushed(_check(result, tensors), result)
