@@ -12,16 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from emulator.memory import MemoryPeaks, ProcessMemory, peak_rss, read_process_memory
-
-
-def reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-            clear.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
-        return True
-    except OSError:
-        return False
+from emulator.memory import MemoryPeaks, ProcessMemory, peak_rss, read_process_memory, reset_peak_rss
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class MemoryMeter:
             self._sample()
 
     def start(self) -> MemoryMeter:
-        reset_hwm()
+        reset_peak_rss(os.getpid())
         self._baseline = read_process_memory(os.getpid())
         self._peaks = self._peaks.update(self._baseline)
         self._thread.start()

@@ -42,13 +42,6 @@ def _layer_stats() -> Any | None:
         return None
 
 
-def _reset_layer() -> None:
-    if _layer_stats() is not None:
-        from emulator.stats import reset_layer_stats
-
-        reset_layer_stats()
-
-
 def _backend_facts() -> dict[str, str]:
     from tinygrad import Device
 
@@ -125,7 +118,10 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     }
     started = time.monotonic()
     before = _layer_stats()
-    _reset_layer()
+    if before is not None:  # a layer counts this device: this job's peak and event counters start here
+        from emulator.stats import reset_layer_stats
+
+        reset_layer_stats()
     try:
         loader = get_loader(job.loader)
         checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation

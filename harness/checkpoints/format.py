@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,19 +170,29 @@ def encode_header(tensors: tuple[TensorInfo, ...], metadata: Mapping[str, str] |
 # --- JSON, the way serde_json reads it -----------------------------------------------------------------------
 
 
-def _load_json(text: str, path: str | Path) -> Any:
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(duplicate: Callable[[str], Exception]) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A ``json.loads`` object hook that raises ``duplicate(key)`` for a key seen twice in one object (Python's
+    json silently keeps the last one)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj: dict[str, Any] = {}
         for key, value in pairs:
             if key in obj:
-                raise DuplicateKeyError(path, f"JSON key {_show(key)} appears twice in one object", tensor=key)
+                raise duplicate(key)
             obj[key] = value
         return obj
+
+    return hook
+
+
+def _load_json(text: str, path: str | Path) -> Any:
+    def duplicate(key: str) -> Exception:
+        return DuplicateKeyError(path, f"JSON key {_show(key)} appears twice in one object", tensor=key)
 
     try:
         return json.loads(
             text,
-            object_pairs_hook=unique_keys,
+            object_pairs_hook=unique_keys(duplicate),
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
             parse_int=_integer,

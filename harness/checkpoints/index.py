@@ -22,7 +22,7 @@ from harness.checkpoints.errors import (
     ShardMissingError,
     UnindexedTensorError,
 )
-from harness.checkpoints.format import TensorInfo
+from harness.checkpoints.format import TensorInfo, unique_keys
 from harness.checkpoints.validate import CheckpointInfo, validate
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -157,16 +157,11 @@ def _resolve(path: Path) -> Path:
 
 
 def _load_unique(text: str, path: Path) -> Any:
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                raise IndexFormatError(path, f"key {key!r} appears twice in one JSON object", tensor=key)
-            obj[key] = value
-        return obj
+    def duplicate(key: str) -> Exception:
+        return IndexFormatError(path, f"key {key!r} appears twice in one JSON object", tensor=key)
 
     try:
-        return json.loads(text, object_pairs_hook=unique_keys)
+        return json.loads(text, object_pairs_hook=unique_keys(duplicate))
     except IndexFormatError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.loaders import BoundInputs, Loader, LoadOptions
+from harness.loaders import Loader, LoadOptions, chunked
 
 LEAK_BYTES = 1 << 20
 _LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
@@ -112,20 +112,11 @@ def _load_fix_bf16_device(checkpoint: Any, device: str, options: LoadOptions) ->
     return load_device(checkpoint, device, options)
 
 
-def _chunked_device_bound(b: BoundInputs) -> int:
-    """chunked's formula (final_bytes), copied to a variant that also keeps each bf16 source on the device."""
-    return b.final_bytes
-
-
-def _chunked_ram_bound(b: BoundInputs) -> int:
-    return b.final_bytes + b.largest_chunk_source_bytes + b.largest_chunk_final_bytes
-
-
 understated = Loader(
     name="understated",
     load=_load_fix_bf16_device,
-    device_bound=_chunked_device_bound,
-    ram_bound=_chunked_ram_bound,
+    device_bound=chunked.device_bound,
+    ram_bound=chunked.ram_bound,
     description="fix_bf16-device declaring chunked's bounds: the bf16 sources it keeps on the device are not declared",
 )
 
