@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.checkpoints import make_checkpoint
-from harness.devices import make_device
-from harness.jobs import LoadJob
-from harness.results import Status
+from mali_hil.harness.checkpoints import make_checkpoint
+from mali_hil.harness.devices import make_device
+from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.results import Status
 
 
 def main() -> None:

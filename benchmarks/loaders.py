@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from harness.checkpoints import Checkpoint
-    from harness.results import LoadResult
+    from mali_hil.harness.checkpoints import Checkpoint
+    from mali_hil.harness.results import LoadResult
 
 BUILTIN_VARIANTS = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
 DEFAULT_DEVICE = "emulated-mali:mali-g610:3GiB"
@@ -52,14 +52,14 @@ CONVERSIONS = {"BF16": "bf16->fp16", "F16": "fp16->fp16"}
 
 
 def checkpoint_path(workdir: Path, model: str, scale: float, dtype: str, seed: int) -> Path:
-    from harness.checkpoints import get_model
+    from mali_hil.harness.checkpoints import get_model
 
     return workdir / f"{get_model(model).scaled(scale).name}-{dtype}-seed{seed}.safetensors"
 
 
 def cached_checkpoint(path: Path, model: str, scale: float, dtype: str, seed: int) -> Checkpoint | None:
     """The checkpoint at ``path`` if it is valid and is exactly what we would write; else None."""
-    from harness.checkpoints import CheckpointError, get_model, validate_checkpoint
+    from mali_hil.harness.checkpoints import CheckpointError, get_model, validate_checkpoint
 
     if not path.is_file():
         return None
@@ -78,7 +78,7 @@ def cached_checkpoint(path: Path, model: str, scale: float, dtype: str, seed: in
 
 def ensure_checkpoint(workdir: Path, model: str, scale: float, dtype: str, seed: int) -> tuple[Checkpoint, str]:
     """Reuse the cached checkpoint, or write it (to a temporary name, renamed when complete)."""
-    from harness.checkpoints import make_checkpoint, validate_checkpoint
+    from mali_hil.harness.checkpoints import make_checkpoint, validate_checkpoint
 
     path = checkpoint_path(workdir, model, scale, dtype, seed)
     cached = cached_checkpoint(path, model, scale, dtype, seed)
@@ -198,9 +198,9 @@ class Record:
 
 def run_variant(role: str, variant: str, checkpoint: Checkpoint, device_spec: str, args: argparse.Namespace) -> Record:
     """One job in a fresh worker (so no job inherits another's heap), digests off: readback is not loading."""
-    from harness.devices import make_device
-    from harness.jobs import LoadJob
-    from harness.loaders import LoadOptions, bound_inputs, get_loader
+    from mali_hil.harness.devices import make_device
+    from mali_hil.harness.jobs import LoadJob
+    from mali_hil.harness.loaders import LoadOptions, bound_inputs, get_loader
 
     options = LoadOptions(chunk_bytes=args.chunk_bytes)
     inputs = bound_inputs(checkpoint, options)
@@ -388,7 +388,7 @@ def table(records: Sequence[Record], memcpy: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from emulator.profile import parse_size
+    from mali_hil.emulator.profile import parse_size
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", default="llama-3.2-1b", help="model shape (default llama-3.2-1b)")

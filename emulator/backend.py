@@ -7,15 +7,32 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import enum
 from dataclasses import dataclass
 from functools import cache
 
-from emulator.errors import BackendError
+from mali_hil.emulator.errors import BackendError
 
 _CL_PLATFORM_NAME, _CL_PLATFORM_VERSION = 0x0902, 0x0901
 _CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 _CL_DEVICE_NAME, _CL_DEVICE_EXTENSIONS, _CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x102B, 0x1030, 0x1010
 _INSTALL_HINT = "apt-get install ocl-icd-libopencl1 pocl-opencl-icd"
+
+
+class Fp16Fidelity(enum.StrEnum):
+    """Whether half precision on a device is what a Mali does (every Mali has ``cl_khr_fp16``)."""
+
+    NATIVE = "native"  # the device (or the backend under the emulated one) has cl_khr_fp16
+    EMULATED = "emulated"  # it lacks cl_khr_fp16: tinygrad emulates half through float32
+    UNKNOWN = "unknown"  # not known yet (no worker has described the device)
+
+    def describe(self) -> str:
+        """The one sentence reports print."""
+        return {
+            Fp16Fidelity.NATIVE: "fp16: native (backend has cl_khr_fp16)",
+            Fp16Fidelity.EMULATED: "fp16: emulated (backend lacks cl_khr_fp16)",
+            Fp16Fidelity.UNKNOWN: "fp16: unknown",
+        }[self]
 
 
 @dataclass(frozen=True)
@@ -31,10 +48,8 @@ class BackendInfo:
         return "cl_khr_fp16" in self.extensions
 
     @property
-    def fp16_fidelity(self) -> str:
-        if self.has_fp16:
-            return "fp16: native (backend has cl_khr_fp16)"
-        return "fp16: emulated (backend lacks cl_khr_fp16)"
+    def fp16_fidelity(self) -> Fp16Fidelity:
+        return Fp16Fidelity.NATIVE if self.has_fp16 else Fp16Fidelity.EMULATED
 
 
 def _info(fn, handle, param: int) -> bytes:

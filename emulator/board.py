@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.errors import BackendError, BudgetError
-from emulator.profile import CL_ERRORS, Profile, format_size, load_profile
+from mali_hil.emulator.errors import BackendError, BudgetError
+from mali_hil.emulator.profile import CL_ERRORS, Profile, format_size, load_profile
 
 CONFIG_ENV = "MALI_HIL_LAYER_CONFIG"
 STATS_FILE_ENV = "MALI_HIL_STATS_FILE"
@@ -97,7 +97,7 @@ class EmulatedBoard:
 
     def environ(self, stats_file: Path | None = None) -> dict[str, str]:
         """The variables that put a new process on this board (add them to its environment)."""
-        from emulator.build import layer_path  # builds the layer on first use
+        from mali_hil.emulator.build import layer_path  # builds the layer on first use
 
         env = {LAYERS_ENV: str(layer_path()), CONFIG_ENV: str(write_layer_config(self.profile))}
         if stats_file is not None:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from emulator.errors import LayerBuildError
+from mali_hil.emulator.errors import LayerBuildError
 
 SOURCE = Path(__file__).parent / "layer" / "mali_layer.c"
 INCLUDE_DIR = Path("/usr/include")
@@ -67,7 +67,7 @@ def _build_key(compiler: str, source: bytes) -> str:
 
 
 def _cache_dir() -> Path:
-    from emulator.board import cache_dir  # board imports this module lazily; keep the cycle one-way at import
+    from mali_hil.emulator.board import cache_dir  # board imports this module lazily; keep the cycle one-way at import
 
     return cache_dir()
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.errors import MaliHilError
+from mali_hil.emulator.errors import MaliHilError
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Check:
 
 
 def _icd_loader() -> Check:
-    from emulator.backend import backend_info
+    from mali_hil.emulator.backend import backend_info
 
     try:
         info = backend_info()
@@ -52,7 +52,7 @@ def _compiler() -> Check:
 
 
 def _layer() -> Check:
-    from emulator.build import build_layer
+    from mali_hil.emulator.build import build_layer
 
     try:
         return Check("layer", True, str(build_layer()))
@@ -69,18 +69,18 @@ def _clang() -> Check:
 
 
 def _fp16() -> Check:
-    from emulator.backend import backend_info
+    from mali_hil.emulator.backend import backend_info
 
     try:
         info = backend_info()
     except MaliHilError as exc:
         return Check("fp16", False, str(exc))
     # Not a failure: the emulator runs either way, and every report states which one it was.
-    return Check("fp16", True, info.fp16_fidelity)
+    return Check("fp16", True, info.fp16_fidelity.describe())
 
 
 def _cgroup() -> Check:
-    from emulator.ram import cgroup_status
+    from mali_hil.emulator.ram import cgroup_status
 
     return Check("ram-cap", True, cgroup_status())
 

@@ -1,4 +1,5 @@
-"""``python -m emulator.info``: what OpenCL shows this process, as JSON, asked through real OpenCL calls (pyopencl).
+"""``python -m mali_hil.emulator.info``: what OpenCL shows this process, as JSON, asked through real OpenCL calls
+(pyopencl).
 
 Run on a board (``mali-hil emulator info``), it shows the emulated Mali exactly as a client such as tinygrad
 sees it, because the answers come back through the ICD loader and the layer, not from the profile file.
@@ -14,11 +15,11 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
-from emulator.errors import BackendError
-from emulator.profile import format_size
+from mali_hil.emulator.errors import BackendError
+from mali_hil.emulator.profile import format_size
 
 if TYPE_CHECKING:
-    from emulator.board import EmulatedBoard
+    from mali_hil.emulator.board import EmulatedBoard
 
 # pyopencl device attribute -> key in our JSON
 _DEVICE_FIELDS = {
@@ -64,11 +65,11 @@ def query_opencl() -> dict[str, Any]:
 
 
 def _query_command() -> list[str]:
-    return [sys.executable, "-m", "emulator.info"]
+    return [sys.executable, "-m", "mali_hil.emulator.info"]
 
 
 def _backend_query() -> dict[str, Any]:
-    from emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV
+    from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV, STATS_FILE_ENV)}
     try:
@@ -82,7 +83,7 @@ def _backend_query() -> dict[str, Any]:
 
 def describe(board: EmulatedBoard) -> dict[str, Any]:
     """What a process on ``board`` sees through OpenCL, plus the backend's fp16 support per device."""
-    from emulator.launcher import RunStatus, run_on_board
+    from mali_hil.emulator.launcher import RunStatus, run_on_board
 
     run = run_on_board(board, _query_command(), capture_output=True, timeout=_QUERY_TIMEOUT)
     if run.status is not RunStatus.OK:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from emulator.errors import ProfileError
+from mali_hil.emulator.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 

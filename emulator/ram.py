@@ -26,6 +26,7 @@ one of three ways, all behind :class:`RamEnforcer` (``prepare`` before the spawn
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import os
 import signal
@@ -36,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from emulator.errors import BudgetError
-from emulator.memory import MemoryPeaks, read_tree_memory, tree_pids
+from mali_hil.emulator.errors import BudgetError
+from mali_hil.emulator.memory import MemoryPeaks, read_tree_memory, tree_pids
 
 CGROUP_ENV = "MALI_HIL_CGROUP"
 
@@ -54,11 +55,20 @@ MAX_INTERVAL = 0.020
 STALL_GAP = 0.100
 
 
+class Enforcement(enum.StrEnum):
+    """What keeps a job within its board's RAM."""
+
+    WATCHDOG = "watchdog"  # our polling thread SIGKILLs past the budget (can lag: see RamVerdict.max_gap)
+    CGROUP = "cgroup"  # the kernel, through memory.max of a cgroup delegated to us
+    CONTAINER = "container"  # the kernel, through the memory limit of the container we run in
+    KERNEL = "kernel"  # no budget of ours: the machine's own RAM and OOM killer (a real board, --device=local)
+
+
 @dataclass(frozen=True)
 class RamVerdict:
     """What an enforcer saw of one job: its peaks (sampled from /proc), whether it was killed for RAM, and how."""
 
-    enforcement: str  # "watchdog", "cgroup" or "container"
+    enforcement: Enforcement
     limit_bytes: int  # the limit actually enforced (a container's own limit may be below the board's budget)
     peak_anon_bytes: int
     peak_file_bytes: int  # mmap'd files: reported, not counted (the kernel reclaims clean page cache first)
@@ -75,7 +85,7 @@ class RamVerdict:
 class RamEnforcer(Protocol):
     """One way of keeping a job within ``limit`` bytes of unified memory."""
 
-    name: str
+    name: Enforcement
     limit: int
 
     def prepare(self) -> Callable[[], None] | None:
@@ -173,7 +183,7 @@ class _Sampler:
         # asked to stop (the job ended): a thread that was stalled meanwhile only notices now, so count that too
         self.max_gap = max(self.max_gap, time.monotonic() - last_time)
 
-    def verdict(self, name: str, killed: bool | None = None, kernel_peak: int | None = None) -> RamVerdict:
+    def verdict(self, name: Enforcement, killed: bool | None = None, kernel_peak: int | None = None) -> RamVerdict:
         peaks = self.peaks
         return RamVerdict(
             enforcement=name,
@@ -191,7 +201,7 @@ class _Sampler:
 class WatchdogEnforcer:
     """The portable default: a polling thread that SIGKILLs the job's process group above the budget."""
 
-    name = "watchdog"
+    name = Enforcement.WATCHDOG
 
     def __init__(
         self,
@@ -242,7 +252,7 @@ _CONTAINER_FILES = (
 
 
 def _container_limit() -> tuple[int, Path] | None:
-    from emulator.board import host_ram_bytes
+    from mali_hil.emulator.board import host_ram_bytes
 
     for limit_file, events in _CONTAINER_FILES:
         text = _read_text(limit_file)
@@ -261,7 +271,7 @@ def container_memory_limit() -> int | None:
 class ContainerEnforcer:
     """Nothing to enforce: the container's own limit (at most the budget) makes the kernel OOM-kill the job."""
 
-    name = "container"
+    name = Enforcement.CONTAINER
 
     def __init__(self, limit: int, events: Path) -> None:
         self.limit, self._events = limit, events
@@ -321,7 +331,7 @@ _job_numbers = itertools.count()
 class CgroupEnforcer:
     """The kernel enforces the budget: ``memory.max`` on a fresh child of a cgroup the user delegated to us."""
 
-    name = "cgroup"
+    name = Enforcement.CGROUP
 
     def __init__(self, budget: int, parent: str | Path) -> None:
         self.limit = budget
@@ -402,7 +412,7 @@ def cgroup_status() -> str:
         except BudgetError as exc:
             return f"cgroup: NOT usable: {exc}"
         return f"cgroup: delegated cgroup v2 at {parent} is usable; runs get enforcement 'cgroup' (kernel memory.max)"
-    from emulator.profile import format_size
+    from mali_hil.emulator.profile import format_size
 
     limit = container_memory_limit()
     if limit is not None:

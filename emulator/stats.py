@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from emulator.errors import BackendError
+from mali_hil.emulator.errors import BackendError
 
 STATS_VERSION = 2
 

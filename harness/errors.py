@@ -1,8 +1,8 @@
-"""Harness errors; all share emulator.errors.MaliHilError as their root."""
+"""Harness errors; all share mali_hil.emulator.errors.MaliHilError as their root."""
 
 from __future__ import annotations
 
-from emulator.errors import MaliHilError
+from mali_hil.emulator.errors import MaliHilError
 
 
 class JobSpecError(MaliHilError, ValueError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.errors import JobSpecError
-from harness.loaders.base import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.errors import JobSpecError
+
+DEFAULT_CHUNK_BYTES = 64 << 20  # the chunk size of the chunked and mmap loaders, unless a job says otherwise
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The values come from the safetensors reference library (not our reader) and the conversion from ml_dtypes
 (not tinygrad): bf16 -> float32 is exact, float32 -> float16 rounds once to nearest-even, so the pair is the
-independent oracle for bf16 -> fp16 (REFERENCE section 5). Digests use harness.digest, which only hashes.
+independent oracle for bf16 -> fp16 (REFERENCE section 5). Digests use mali_hil.harness.digest, which only hashes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from harness.digest import digest_array
-from harness.results import TensorDigest
+from mali_hil.harness.digest import digest_array
+from mali_hil.harness.results import TensorDigest
 
 _TARGETS = {"float16": np.float16, "float32": np.float32}
 

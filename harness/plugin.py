@@ -1,14 +1,15 @@
 """mali-hil's pytest plugin (entry point ``pytest11``): ``pytest --device=emulated-mali --loader=chunked``.
 
 Thin by design: options, markers, parametrization over devices and loaders, and fixtures that read the session
-object kept in the config's stash. Heavy imports (tinygrad, the devices) happen only when a test asks for a
-device, so loading pytest with this plugin installed costs nothing.
+object kept in the config's stash. A good guest in other people's projects: importing it imports only pytest,
+it touches no hypothesis setting, and devices, tinygrad and numpy are imported only when a test asks for a
+mali-hil fixture.
 
 Fixtures for users' own tests:
 - ``mali_device``: a started device (session-scoped); tests that use it run once per ``--device``.
 - ``loader_name``: tests that use it run once per ``--loader`` (default: every built-in variant).
 - ``load(checkpoint, **job)``: runs one load job on ``mali_device`` with ``loader_name`` (or ``loader=``)
-  and returns its :class:`harness.results.LoadResult`; every result is recorded for the report.
+  and returns its :class:`mali_hil.harness.results.LoadResult`; every result is recorded for the report.
 - ``make_checkpoint(model="tiny", **options)``: writes (once per session and options) a checkpoint.
 """
 
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.report import HarnessSession
-    from harness.results import LoadResult
+    from mali_hil.harness.results import LoadResult
+    from mali_hil.harness.session import HarnessSession
 
 MARKERS = (
     "mali_hil_property(name): the suite property a test checks (numerics, memory-bound, oom, fit, idempotence, "
@@ -31,16 +32,17 @@ MARKERS = (
     "board_only: needs a physical Mali board; skipped on emulated and local devices",
     "slow: long-running; for nightly runs",
 )
-PHYSICAL_KINDS = ("ssh://", "board:")
 
 
 def _session(config: pytest.Config) -> HarnessSession:
-    from harness.report import SESSION_KEY
+    from mali_hil.harness.session import SESSION_KEY
 
     return config.stash[SESSION_KEY]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from mali_hil.harness.devices.registry import DEFAULT_DEVICE
+
     group = parser.getgroup("mali-hil", "mali-hil: load ML weights on (emulated) Mali boards")
     group.addoption(
         "--device",
@@ -48,7 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         dest="mali_hil_devices",
         metavar="DEVICE",
-        help="where load jobs run: emulated-mali[:PROFILE[:RAM]] (default emulated-mali:mali-g610:3GiB), local. "
+        help=f"where load jobs run: emulated-mali[:PROFILE[:RAM]] (default {DEFAULT_DEVICE}), local, or a kind "
+        "of the entry point group mali_hil.devices. "
         "Repeat for several: tests then run once per device.",
     )
     group.addoption(
@@ -75,30 +78,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write every load job's result record to PATH (JSON lines).",
     )
+    group.addoption(
+        "--mali-hil-profile",
+        choices=("dev", "ci", "nightly"),
+        default=None,
+        dest="mali_hil_profile",
+        help="hypothesis profile of mali-hil's own property suite: dev (quick), ci, nightly (thorough). "
+        "Default: ci when CI is set, else dev. Other hypothesis tests are not affected.",
+    )
     parser.addini("mali_hil_devices", type="linelist", help="default --device values")
     parser.addini("mali_hil_loaders", type="linelist", help="default --loader values")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    from harness.hypothesis_profiles import register_profiles
-    from harness.report import SESSION_KEY, HarnessSession
+    from mali_hil.harness.report import VariantTable
+    from mali_hil.harness.session import SESSION_KEY, HarnessSession
 
-    register_profiles()
     session = HarnessSession.from_config(config)
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(session, "mali-hil-session")
+    config.pluginmanager.register(VariantTable(session), "mali-hil-variant-table")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from harness.report import SESSION_KEY
+    from mali_hil.harness.session import SESSION_KEY
 
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
-        config.pluginmanager.unregister(session)
+    table = config.pluginmanager.get_plugin("mali-hil-variant-table")
+    if table is not None:
+        config.pluginmanager.unregister(table)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -111,35 +122,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def mali_device(request: pytest.FixtureRequest) -> Any:
-    """A started device (see harness.devices) for the current ``--device`` parameter."""
+    """A started device (see mali_hil.harness.devices) for the current ``--device`` parameter."""
     return _session(request.config).device(request.param)
 
 
-@pytest.fixture(autouse=True)
-def _mali_hil_item(request: pytest.FixtureRequest) -> None:
-    """Per test: the device and loader as JUnit properties, and the markers' skips."""
-    item = request.node
-    properties: list[tuple[str, object]] = []
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Per test that uses our fixtures: the device and loader as JUnit properties, and the markers' skips (which
+    need the device's facts, so its worker starts here, before the test's own fixtures)."""
+    names = getattr(item, "fixturenames", ())
+    if "mali_device" not in names and "loader_name" not in names:
+        return
+    params = getattr(getattr(item, "callspec", None), "params", {})
     marker = item.get_closest_marker("mali_hil_property")
     if marker is not None and marker.args:
-        properties.append(("mali_hil.property", marker.args[0]))
-    if "loader_name" in request.fixturenames:
-        properties.append(("mali_hil.loader", request.getfixturevalue("loader_name")))
-    if "mali_device" in request.fixturenames:
-        device = request.getfixturevalue("mali_device")
-        if item.get_closest_marker("board_only") and not device.spec.startswith(PHYSICAL_KINDS):
-            pytest.skip(f"board_only: {device.spec} is not a physical board")
-        facts = device.describe()
-        if item.get_closest_marker("needs_fp16") and "native" not in facts.get("fp16", ""):
-            pytest.skip(f"needs_fp16: {device.spec} has {facts.get('fp16', 'no fp16 fact')}")
-        properties += [(f"mali_hil.{key}", value) for key, value in facts.items()]
-    item.user_properties.extend(properties)
+        item.user_properties.append(("mali_hil.property", marker.args[0]))
+    if "loader_name" in params:
+        item.user_properties.append(("mali_hil.loader", params["loader_name"]))
+    if "mali_device" not in params:
+        return
+    facts = _session(item.config).device(params["mali_device"]).facts
+    item.user_properties.extend((f"mali_hil.{key}", value) for key, value in facts.properties().items())
+    if item.get_closest_marker("board_only") and not facts.physical:
+        pytest.skip(f"board_only: {facts.spec} is not a physical board")
+    from mali_hil.emulator.backend import Fp16Fidelity
+
+    if item.get_closest_marker("needs_fp16") and facts.fp16 is not Fp16Fidelity.NATIVE:
+        pytest.skip(f"needs_fp16: {facts.spec} has {facts.fp16.describe()}")
 
 
 @pytest.fixture
 def load(request: pytest.FixtureRequest, mali_device: Any) -> Callable[..., LoadResult]:
     """``load(checkpoint, loader=None, **job_fields) -> LoadResult``: one job on the current device."""
-    from harness.jobs import LoadJob
+    from mali_hil.harness.jobs import LoadJob
 
     session = _session(request.config)
     default_loader = request.getfixturevalue("loader_name") if "loader_name" in request.fixturenames else "chunked"
@@ -158,10 +172,11 @@ def load(request: pytest.FixtureRequest, mali_device: Any) -> Callable[..., Load
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
     """``make_checkpoint(model="tiny", **options) -> Path``: written once per session for each set of options.
 
-    Options are those of :func:`harness.checkpoints.make_checkpoint` (scale, seed, shards, dtype, fill, layers).
+    Options are those of :func:`mali_hil.harness.checkpoints.make_checkpoint` (scale, seed, shards, dtype, fill,
+    layers).
     A sharded checkpoint's path is its ``model.safetensors.index.json``.
     """
-    from harness.checkpoints import make_checkpoint as make
+    from mali_hil.harness.checkpoints import make_checkpoint as make
 
     root = tmp_path_factory.mktemp("checkpoints")
     made: dict[tuple[Any, ...], Path] = {}

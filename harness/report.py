@@ -1,83 +1,43 @@
-"""The plugin's session object: started devices, every job's result, and the per-variant table at the end.
+"""The per-variant table at the end of a run: one row per loader, built from immutable result records.
 
-Kept under a StashKey on pytest's config and registered as a plugin, so its report hooks are methods (as
-pytest's own junitxml does). Every job result is kept (and written with ``--mali-hil-results``): nothing a
-device reports is lost, including jobs of tests that failed.
+Registered as a plugin beside the session (its report hooks are methods, as in pytest's junitxml). It reads the
+test reports' properties (which property, which loader) and the session's result records; it starts nothing
+and changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from emulator.errors import MaliHilError
-from emulator.profile import format_size
-from harness.devices import DEFAULT_DEVICE, Device, make_device
-from harness.loaders.registry import BUILTIN_NAMES
-from harness.results import LoadResult, Status
+if TYPE_CHECKING:
+    from mali_hil.harness.results import LoadResult
+    from mali_hil.harness.session import HarnessSession
 
-SESSION_KEY = pytest.StashKey["HarnessSession"]()
-DEFAULT_JOB_TIMEOUT = 600.0
 PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
 
 
-@dataclass(eq=False)  # registered as a plugin: must stay hashable
-class HarnessSession:
-    devices: list[str]
-    loaders: list[str]
-    job_timeout: float = DEFAULT_JOB_TIMEOUT
-    results_path: Path | None = None
-    _started: dict[str, Device] = field(default_factory=dict)
-    _failed: dict[str, str] = field(default_factory=dict)
-    records: list[tuple[str, LoadResult]] = field(default_factory=list)
-    outcomes: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+class VariantTable:
+    def __init__(self, session: HarnessSession) -> None:
+        self.session = session
+        self.outcomes: dict[tuple[str, str], list[str]] = defaultdict(list)
 
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> HarnessSession:
-        devices = config.getoption("mali_hil_devices") or config.getini("mali_hil_devices") or [DEFAULT_DEVICE]
-        loaders = config.getoption("mali_hil_loaders") or config.getini("mali_hil_loaders") or list(BUILTIN_NAMES)
-        results = config.getoption("mali_hil_results")
-        return cls(
-            devices=list(dict.fromkeys(devices)),
-            loaders=list(dict.fromkeys(loaders)),
-            job_timeout=config.getoption("mali_hil_job_timeout") or DEFAULT_JOB_TIMEOUT,
-            results_path=Path(results) if results else None,
-        )
+    @property
+    def loaders(self) -> Sequence[str]:
+        return self.session.loaders
 
-    def device(self, spec: str) -> Device:
-        """The started device for ``spec``; a device that cannot start fails every test that needs it, with the
-        first cause (not a fresh attempt per test against a broken board)."""
-        if spec in self._failed:
-            pytest.fail(f"device {spec} is unavailable: {self._failed[spec]}", pytrace=False)
-        if spec not in self._started:
-            try:
-                device = make_device(spec)
-                device.start()
-            except MaliHilError as exc:
-                self._failed[spec] = f"{type(exc).__name__}: {exc}"
-                pytest.fail(f"device {spec} is unavailable: {self._failed[spec]}", pytrace=False)
-            self._started[spec] = device
-        return self._started[spec]
+    @property
+    def records(self) -> list[tuple[str, LoadResult]]:
+        return self.session.records
 
-    def record(self, nodeid: str, result: LoadResult) -> None:
-        self.records.append((nodeid, result))
-        if self.results_path is not None:
-            with self.results_path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps({"test": nodeid, **result.to_dict()}) + "\n")
-
-    def close(self) -> None:
-        for device in self._started.values():
-            device.stop()
-        self._started.clear()
-
-    # --- pytest hooks (this object is registered as a plugin) ----------------------------------------------
+    # --- pytest hooks --------------------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        return [f"mali-hil: devices {', '.join(self.devices)}; loaders {', '.join(self.loaders)}"]
+        if not self.session.explicit:
+            return []
+        return [f"mali-hil: devices {', '.join(self.session.devices)}; loaders {', '.join(self.loaders)}"]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -129,6 +89,8 @@ def _verdict(outcomes: list[str]) -> str:
 
 def _highest(results: list[LoadResult], used: str, limit: str) -> str:
     """The result closest to its limit, as "used / limit" (fields of LoadResult, in bytes)."""
+    from mali_hil.emulator.profile import format_size
+
     pairs = [(getattr(r, used), getattr(r, limit)) for r in results]
     pairs = [(u, lim) for u, lim in pairs if u is not None and lim]
     if not pairs:
@@ -138,6 +100,8 @@ def _highest(results: list[LoadResult], used: str, limit: str) -> str:
 
 
 def _statuses(results: list[LoadResult]) -> str:
+    from mali_hil.harness.results import Status
+
     ok = sum(r.status is Status.OK for r in results)
     oom = sum(r.status in (Status.DEVICE_OOM, Status.OOM_KILLED) for r in results)
     return f"{ok} / {oom} / {len(results) - ok - oom}"

@@ -11,6 +11,9 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.emulator.ram import STALL_GAP, Enforcement
+
 
 class Status(enum.Enum):
     OK = "ok"
@@ -54,11 +57,31 @@ class LoadResult:
     ram_baseline_bytes: int | None = None  # unified bytes when the job started (interpreter, tinygrad, PoCL)
     ram_budget_bytes: int | None = None
     lru_cache: bool = True  # whether tinygrad's LRU buffer cache was on (it counts against device memory too)
-    fp16: str = ""  # "fp16: native ..." / "fp16: emulated ..."
-    backend: str = ""  # the OpenCL backend underneath, e.g. "PoCL 3.1"
-    enforcement: str = ""  # how the RAM budget was enforced: watchdog, cgroup, container
+    fp16: Fp16Fidelity = Fp16Fidelity.UNKNOWN
+    backend: str = ""  # the OpenCL backend underneath, e.g. "OpenCL 3.0 PoCL 3.1"
+    enforcement: Enforcement | None = None  # what kept the job within the board's RAM (None: not known)
+    enforcement_gap_s: float | None = None  # the watchdog's longest blind spot between two samples, in seconds
     digests: dict[str, TensorDigest] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)  # base64 of each tensor's bytes, when the job asked
+
+    def __post_init__(self) -> None:
+        # records also come back from JSON (from_dict) and from users' code: one place turns text into the enums
+        object.__setattr__(self, "status", Status(self.status))
+        object.__setattr__(self, "fp16", Fp16Fidelity(self.fp16 or Fp16Fidelity.UNKNOWN))
+        if self.enforcement is not None:
+            object.__setattr__(self, "enforcement", Enforcement(self.enforcement))
+
+    @property
+    def enforcement_stalled(self) -> bool:
+        """The watchdog was not scheduled for longer than STALL_GAP: the budget went unenforced meanwhile."""
+        return self.enforcement is Enforcement.WATCHDOG and (self.enforcement_gap_s or 0.0) > STALL_GAP
+
+    def describe_enforcement(self) -> str:
+        """How the RAM budget was enforced, for people."""
+        if self.enforcement is None:
+            return "enforcement unknown"
+        stalled = f" (stalled up to {self.enforcement_gap_s:.2f} s)" if self.enforcement_stalled else ""
+        return f"{self.enforcement.value}{stalled}"
 
     def array(self, name: str) -> Any:
         """A returned tensor as a numpy array (needs a job with ``values=True``)."""
@@ -84,6 +107,8 @@ class LoadResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status.value
+        data["fp16"] = self.fp16.value
+        data["enforcement"] = None if self.enforcement is None else self.enforcement.value
         data["shard"] = list(self.shard) if self.shard else None
         data["digests"] = {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.digests.items()}
         return data
@@ -91,7 +116,6 @@ class LoadResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadResult:
         data = dict(data)
-        data["status"] = Status(data["status"])
         data["shard"] = tuple(data["shard"]) if data.get("shard") else None
         data["digests"] = {
             k: TensorDigest(v["dtype"], tuple(v["shape"]), v["sha256"], v["nbytes"])

@@ -7,20 +7,20 @@ shapes and which tensors each exo node loads; ``fill.py`` makes reproducible val
 
 from __future__ import annotations
 
-from harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     FillError,
     ModelError,
     ShardIndexError,
 )
-from harness.checkpoints.fill import FILL_DTYPES, FILL_KINDS, SPECIAL_BF16, make_fill, materialize
-from harness.checkpoints.format import DTYPE_BITS, TensorInfo, TensorSpec, numpy_dtype
-from harness.checkpoints.index import Checkpoint, validate_checkpoint
-from harness.checkpoints.make import check_checkpoint, make_checkpoint
-from harness.checkpoints.models import MODELS, ModelConfig, get_model, layer_of, node_keys, split_layers
-from harness.checkpoints.validate import CheckpointInfo, validate
-from harness.checkpoints.write import plan_shards, write_safetensors, write_sharded
+from mali_hil.harness.checkpoints.fill import FILL_DTYPES, FILL_KINDS, SPECIAL_BF16, make_fill, materialize
+from mali_hil.harness.checkpoints.format import DTYPE_BITS, TensorInfo, TensorSpec, numpy_dtype
+from mali_hil.harness.checkpoints.index import Checkpoint, validate_checkpoint
+from mali_hil.harness.checkpoints.make import check_checkpoint, make_checkpoint
+from mali_hil.harness.checkpoints.models import MODELS, ModelConfig, get_model, layer_of, node_keys, split_layers
+from mali_hil.harness.checkpoints.validate import CheckpointInfo, validate
+from mali_hil.harness.checkpoints.write import plan_shards, write_safetensors, write_sharded
 
 __all__ = [
     "DTYPE_BITS",

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from harness.checkpoints.errors import FillError
-from harness.checkpoints.format import TensorSpec, numpy_dtype
+from mali_hil.harness.checkpoints.errors import FillError
+from mali_hil.harness.checkpoints.format import TensorSpec, numpy_dtype
 
 #: Dtypes the fills can produce.
 FILL_DTYPES = ("BF16", "F16", "F32", "F64")

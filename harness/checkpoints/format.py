@@ -22,7 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.errors import (
     DuplicateKeyError,
     InvalidHeaderDeserializationError,
     InvalidHeaderError,

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.errors import (
     CheckpointNotFoundError,
     IndexFormatError,
     IndexTensorMissingError,
     ShardMissingError,
     UnindexedTensorError,
 )
-from harness.checkpoints.format import TensorInfo, unique_keys
-from harness.checkpoints.validate import CheckpointInfo, validate
+from mali_hil.harness.checkpoints.format import TensorInfo, unique_keys
+from mali_hil.harness.checkpoints.validate import CheckpointInfo, validate
 
 INDEX_SUFFIX = ".safetensors.index.json"
 DEFAULT_INDEX_NAME = "model" + INDEX_SUFFIX

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.checkpoints.errors import CheckpointWriteError, ModelError
-from harness.checkpoints.fill import FILL_DTYPES, make_fill
-from harness.checkpoints.index import Checkpoint, validate_checkpoint
-from harness.checkpoints.models import ModelConfig, get_model
-from harness.checkpoints.write import write_safetensors, write_sharded
+from mali_hil.harness.checkpoints.errors import CheckpointWriteError, ModelError
+from mali_hil.harness.checkpoints.fill import FILL_DTYPES, make_fill
+from mali_hil.harness.checkpoints.index import Checkpoint, validate_checkpoint
+from mali_hil.harness.checkpoints.models import ModelConfig, get_model
+from mali_hil.harness.checkpoints.write import write_safetensors, write_sharded
 
 SINGLE_FILE_NAME = "model.safetensors"
 

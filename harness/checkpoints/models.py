@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from harness.checkpoints.errors import ModelError
-from harness.checkpoints.format import DTYPE_BITS, TensorSpec
+from mali_hil.harness.checkpoints.errors import ModelError
+from mali_hil.harness.checkpoints.format import DTYPE_BITS, TensorSpec
 
 EMBED = "model.embed_tokens.weight"
 NORM = "model.norm.weight"

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.errors import (
     CheckpointNotFoundError,
     HeaderTooLargeError,
     HeaderTooSmallError,
@@ -37,7 +37,7 @@ from harness.checkpoints.errors import (
     TensorInvalidInfoError,
     ValidationOverflowError,
 )
-from harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo, parse_header
+from mali_hil.harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo, parse_header
 
 MAX_HEADER_SIZE = 100_000_000
 PREFIX_SIZE = 8

@@ -18,10 +18,17 @@ from typing import BinaryIO
 
 import numpy as np
 
-from harness.checkpoints.errors import CheckpointWriteError
-from harness.checkpoints.format import DTYPE_BITS, METADATA_KEY, TensorInfo, TensorSpec, encode_header, numpy_dtype
-from harness.checkpoints.index import DEFAULT_INDEX_NAME, index_document
-from harness.checkpoints.validate import PREFIX_SIZE, CheckpointInfo
+from mali_hil.harness.checkpoints.errors import CheckpointWriteError
+from mali_hil.harness.checkpoints.format import (
+    DTYPE_BITS,
+    METADATA_KEY,
+    TensorInfo,
+    TensorSpec,
+    encode_header,
+    numpy_dtype,
+)
+from mali_hil.harness.checkpoints.index import DEFAULT_INDEX_NAME, index_document
+from mali_hil.harness.checkpoints.validate import PREFIX_SIZE, CheckpointInfo
 
 Chunk = bytes | bytearray | memoryview | np.ndarray
 Fill = Callable[[TensorSpec], Iterable[Chunk]]

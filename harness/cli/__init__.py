@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from emulator.errors import MaliHilError
+from mali_hil.emulator.errors import MaliHilError
 
 # Command-group modules, in the order `mali-hil --help` lists them.
 _GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "doctor")
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in _GROUPS:
-        importlib.import_module(f"harness.cli.{name}").register(sub)
+        importlib.import_module(f"mali_hil.harness.cli.{name}").register(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoints import (
+from mali_hil.harness.checkpoints import (
     FILL_DTYPES,
     FILL_KINDS,
     MODELS,

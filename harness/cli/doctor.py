@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from emulator.doctor import run_checks
+    from mali_hil.emulator.doctor import run_checks
 
     failed = 0
     for check in run_checks():

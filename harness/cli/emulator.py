@@ -13,11 +13,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from emulator.errors import MaliHilError
-from emulator.profile import available_profiles, format_size, load_profile, parse_size
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.emulator.profile import available_profiles, format_size, load_profile, parse_size
 
 if TYPE_CHECKING:
-    from emulator.launcher import BoardRun
+    from mali_hil.emulator.launcher import BoardRun
 
 EXIT_OOM_KILLED = 137
 EXIT_TIMEOUT = 124
@@ -118,8 +118,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from emulator.board import EmulatedBoard
-    from emulator.info import describe, render
+    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.info import describe, render
 
     described = describe(EmulatedBoard.from_spec(args.board))
     print(json.dumps(described) if args.json else render(described))
@@ -127,8 +127,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from emulator.board import EmulatedBoard
-    from emulator.launcher import run_on_board
+    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.launcher import run_on_board
 
     cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
     if not cmd:
@@ -144,18 +144,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def verdict_line(run: BoardRun) -> str:
     """One line saying how a BoardRun ended, for people."""
-    from emulator.launcher import RunStatus
+    from mali_hil.emulator.launcher import RunStatus
+    from mali_hil.emulator.supervisor import OomEvidence
 
     peak, limit = format_size(run.peak_unified_bytes), format_size(run.ram_limit)
     what = "budget" if run.enforcement != "container" else "container limit"
     if run.status is RunStatus.OOM_KILLED:
-        if run.peak_unified_bytes > run.ram_limit:
-            detail = f"peak unified {peak} > {what} {limit}"
-        elif run.device is not None and run.device.failed_allocations:
+        if run.end.evidence is OomEvidence.LAYER and run.device is not None:
             detail = (
                 f"device memory past the {format_size(run.device.cap_bytes)} cap, killed by the layer as the "
                 f"OOM killer would; peak unified {peak} of {what} {limit}"
             )
+        elif run.peak_unified_bytes > run.ram_limit:
+            detail = f"peak unified {peak} > {what} {limit}"
         else:
             detail = f"killed by the kernel at the {run.enforcement} limit; peak unified seen {peak} of {what} {limit}"
     elif run.status is RunStatus.TIMEOUT:
@@ -180,7 +181,7 @@ def _signal_name(number: int) -> str:
 
 def exit_code(run: BoardRun) -> int:
     """The shell-style exit code for a BoardRun (see the module docstring)."""
-    from emulator.launcher import RunStatus
+    from mali_hil.emulator.launcher import RunStatus
 
     if run.status is RunStatus.OOM_KILLED:
         return EXIT_OOM_KILLED

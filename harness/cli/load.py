@@ -6,17 +6,18 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from emulator.profile import format_size, parse_size
+from mali_hil.emulator.profile import format_size, parse_size
+from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 if TYPE_CHECKING:
-    from harness.results import LoadResult
+    from mali_hil.harness.results import LoadResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("load", help="load a checkpoint with one loader variant on a device and measure it")
     parser.add_argument("checkpoint", help="a .safetensors file or a sharded model.safetensors.index.json")
     parser.add_argument("--loader", default="chunked", help="built-in name or module:function (default: chunked)")
-    parser.add_argument("--device", default=None, help="e.g. emulated-mali:mali-g610:3GiB (the default), local")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"e.g. {DEFAULT_DEVICE} (the default), local")
     parser.add_argument("--shard", default=None, help="inclusive layer range this node loads, e.g. 0-7")
     parser.add_argument("--chunk", default="64MiB", help="chunk size for chunked/mmap loaders (default 64MiB)")
     parser.add_argument("--no-lru", action="store_true", help="turn tinygrad's LRU buffer cache off (LRU=0)")
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.devices import DEFAULT_DEVICE, make_device
-    from harness.jobs import LoadJob, parse_shard
+    from mali_hil.harness.devices import make_device
+    from mali_hil.harness.jobs import LoadJob, parse_shard
 
     job = LoadJob(
         checkpoint=str(Path(args.checkpoint).resolve()),
@@ -41,7 +42,7 @@ def _load(args: argparse.Namespace) -> int:
         digests=not args.no_digests,
         timeout_s=args.timeout,
     )
-    with make_device(args.device or DEFAULT_DEVICE) as device:
+    with make_device(args.device) as device:
         result = device.run(job)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -62,7 +63,8 @@ def summary(result: LoadResult) -> str:
         f"  device peak  {size(result.device_peak_bytes)} of {size(result.device_cap_bytes)}"
         f" (live after {size(result.device_live_after)}, LRU cache {'on' if result.lru_cache else 'off'})",
         f"  RAM peak     {size(result.peak_unified_bytes)} unified of {size(result.ram_budget_bytes)} budget"
-        f" (anon {size(result.peak_anon_bytes)}, file-backed {size(result.peak_file_bytes)}, {result.enforcement})",
-        f"  {result.fp16}",
+        f" (anon {size(result.peak_anon_bytes)}, file-backed {size(result.peak_file_bytes)},"
+        f" {result.describe_enforcement()})",
+        f"  {result.fp16.describe()}",
     ]
     return "\n".join(lines)

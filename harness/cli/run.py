@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emulator.errors import MaliHilError
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
-SUITE = Path(__file__).resolve().parents[2] / "tests" / "properties"
+SUITE_PACKAGE = "mali_hil.properties"  # the property suite ships inside the package, so a wheel can run it
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run the property suite on a device (the main job)")
-    parser.add_argument("--device", action="append", default=[], help="default: emulated-mali:mali-g610:3GiB")
+    parser.add_argument("--device", action="append", default=[], help=f"default: {DEFAULT_DEVICE}")
     parser.add_argument("--loader", action="append", default=[], help="default: every built-in variant")
     parser.add_argument("--profile", choices=("dev", "ci", "nightly"), default=None,
                         help="hypothesis profile (default: ci when CI is set, else dev)")  # fmt: skip
@@ -26,19 +27,26 @@ def _run(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
-    if not SUITE.is_dir():
-        raise MaliHilError(
-            f"the property suite is not at {SUITE}: `mali-hil run` needs a source checkout of mali-hil "
-            "(git clone, then `bash ci/setup.sh`)"
-        )
+    suite = suite_path()
     # A child pytest: this process has imported mali-hil already, which pytest could no longer assert-rewrite.
-    argv = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q", "-rfEx"]
+    # The suite's folder is a package; pytest must import it under the name it is installed as.
+    argv = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rfEx"]
     argv += [f"--device={d}" for d in args.device] + [f"--loader={loader}" for loader in args.loader]
     if args.profile:
-        argv.append(f"--hypothesis-profile={args.profile}")
+        argv.append(f"--mali-hil-profile={args.profile}")
     if args.junitxml:
         argv.append(f"--junitxml={args.junitxml}")
     if args.results:
         argv.append(f"--mali-hil-results={args.results}")
     argv += [a for a in args.pytest_args if a != "--"]
     return subprocess.call(argv)
+
+
+def suite_path() -> Path:
+    """The installed property suite's folder (in a checkout, tests/properties; in a wheel, inside mali_hil)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(SUITE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MaliHilError(f"the property suite ({SUITE_PACKAGE}) is not installed: reinstall mali-hil")
+    return Path(next(iter(spec.submodule_search_locations)))

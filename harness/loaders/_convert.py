@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor, dtypes
 
-from harness.checkpoints import numpy_dtype
+from mali_hil.harness.checkpoints import numpy_dtype
 
 _F16_INF = 0x7C00
 _F16_QNAN = 0x7E00  # the canonical quiet NaN (sign added separately), as ml_dtypes produces

@@ -24,7 +24,7 @@ from tinygrad import Device, Tensor
 from tinygrad.device import Allocator, Buffer
 from tinygrad.dtype import DType, dtypes
 
-from harness.loaders.base import LoaderError
+from mali_hil.harness.loaders.base import LoaderError
 
 
 def allocate(shape: Sequence[int], dtype: DType, device: str) -> Tensor:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator.errors import MaliHilError
-from harness.checkpoints import DTYPE_BITS, Checkpoint, layer_of, validate_checkpoint
-
-DEFAULT_CHUNK_BYTES = 64 << 20
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.harness.checkpoints import DTYPE_BITS, Checkpoint, layer_of, validate_checkpoint
+from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
 
 #: Safetensors dtypes the loaders accept. Floats are converted to the target dtype; the rest pass through.
 FLOAT_SOURCES = ("BF16", "F16", "F32")
@@ -139,7 +138,7 @@ def select_keys(checkpoint: Checkpoint, options: LoadOptions) -> tuple[str, ...]
 
     Layers ``start..end``; the embedding on the first node; every other non-layer tensor (final norm,
     lm_head) on the last node. A tied model has no ``lm_head``: its last node needs the embedding too.
-    Same answer as ``harness.checkpoints.node_keys`` for its models, but read off the checkpoint's own names
+    Same answer as ``mali_hil.harness.checkpoints.node_keys`` for its models, but read off the checkpoint's own names
     (a checkpoint does not say which model config made it), so extra non-layer tensors go to the last node.
     """
     names = tuple(checkpoint.tensors)

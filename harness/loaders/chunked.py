@@ -20,10 +20,18 @@ import numpy as np
 from tinygrad import Device, Tensor
 from tinygrad.nn.state import safe_dtypes
 
-from harness.checkpoints import numpy_dtype
-from harness.loaders._convert import host_convert
-from harness.loaders._device import allocate, mapped_at, write_at
-from harness.loaders.base import ITEMSIZE, BoundInputs, Loader, LoadOptions, TensorPlan, as_checkpoint, plan_load
+from mali_hil.harness.checkpoints import numpy_dtype
+from mali_hil.harness.loaders._convert import host_convert
+from mali_hil.harness.loaders._device import allocate, mapped_at, write_at
+from mali_hil.harness.loaders.base import (
+    ITEMSIZE,
+    BoundInputs,
+    Loader,
+    LoadOptions,
+    TensorPlan,
+    as_checkpoint,
+    plan_load,
+)
 
 
 def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor]:

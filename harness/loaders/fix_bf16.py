@@ -22,7 +22,7 @@ from tinygrad import Device, Tensor, dtypes
 from tinygrad.dtype import DType
 from tinygrad.nn.state import safe_dtypes, safe_load
 
-from harness.loaders.base import TARGETS, BoundInputs, Loader, LoadOptions, as_checkpoint, plan_load
+from mali_hil.harness.loaders.base import TARGETS, BoundInputs, Loader, LoadOptions, as_checkpoint, plan_load
 
 SUPPORT_BF16_ENV = "SUPPORT_BF16"
 HOST_DEVICE = "CPU"

@@ -22,9 +22,17 @@ from tinygrad.engine.realize import compile_linear, link_linear, run_linear
 from tinygrad.nn.state import safe_dtypes, safe_load
 from tinygrad.uop.ops import UOp
 
-from harness.loaders._convert import bits_dtype, device_bits
-from harness.loaders._device import allocate, copy_at, release_cache, write_at
-from harness.loaders.base import ITEMSIZE, BoundInputs, Loader, LoadOptions, TensorPlan, as_checkpoint, plan_load
+from mali_hil.harness.loaders._convert import bits_dtype, device_bits
+from mali_hil.harness.loaders._device import allocate, copy_at, release_cache, write_at
+from mali_hil.harness.loaders.base import (
+    ITEMSIZE,
+    BoundInputs,
+    Loader,
+    LoadOptions,
+    TensorPlan,
+    as_checkpoint,
+    plan_load,
+)
 
 WINDOW = 1 << 20  # elements one launch of the conversion kernel converts (a staging pair this small: all of it)
 ALIGN = 128  # window starts are multiples of this; an unaligned variable start measured 2x slower on PoCL

@@ -15,8 +15,16 @@ import numpy as np
 from tinygrad import Device, Tensor
 from tinygrad.nn.state import get_state_dict, load_state_dict, safe_dtypes
 
-from harness.checkpoints import numpy_dtype
-from harness.loaders.base import BoundInputs, Loader, LoaderError, LoadOptions, TensorPlan, as_checkpoint, plan_load
+from mali_hil.harness.checkpoints import numpy_dtype
+from mali_hil.harness.loaders.base import (
+    BoundInputs,
+    Loader,
+    LoaderError,
+    LoadOptions,
+    TensorPlan,
+    as_checkpoint,
+    plan_load,
+)
 
 
 def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor]:

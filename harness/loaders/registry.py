@@ -12,19 +12,10 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from harness.loaders.base import Loader, LoaderError
+from mali_hil.harness.loaders import BUILTIN_LOADERS, BUILTIN_NAMES, ENTRY_POINT_GROUP
+from mali_hil.harness.loaders.base import Loader, LoaderError
 
-ENTRY_POINT_GROUP = "mali_hil.loaders"
-#: module -> attributes holding its Loader records; adding a variant is one module and one line here.
-BUILTIN_MODULES = {
-    "harness.loaders.naive": ("LOADER",),
-    "harness.loaders.fix_bf16": ("DEVICE_LOADER", "HOST_LOADER"),
-    "harness.loaders.chunked": ("LOADER",),
-    "harness.loaders.mmap": ("LOADER",),
-}
-
-#: The built-ins' names, in the order reports list them; known without importing tinygrad.
-BUILTIN_NAMES = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
+__all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "as_loader", "available", "get_loader", "register"]
 
 _registry: dict[str, Loader] = {}
 _builtins_loaded = False
@@ -52,10 +43,11 @@ def _load_builtins() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True  # set first: a failing import must not re-register half the built-ins next time
-    for module_name, attrs in BUILTIN_MODULES.items():
-        module = importlib.import_module(module_name)
-        for attr in attrs:
-            _add(getattr(module, attr))
+    for name, where in BUILTIN_LOADERS.items():
+        loader = _import_attr(where)
+        if not isinstance(loader, Loader) or loader.name != name:
+            raise LoaderError(f"built-in loader {name!r} at {where} is {loader!r}, not a Loader named {name!r}")
+        _add(loader)
 
 
 def available() -> tuple[str, ...]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator import build
-from emulator.build import build_layer, layer_path
-from emulator.errors import LayerBuildError
-from emulator.profile import Profile, available_profiles, load_profile
+from mali_hil.emulator import build
+from mali_hil.emulator.build import build_layer, layer_path
+from mali_hil.emulator.errors import LayerBuildError
+from mali_hil.emulator.profile import Profile, available_profiles, load_profile
 from tests.emulator._subprocess import run_ok, run_snippet
 
 CL_INVALID_VALUE = -30
@@ -28,7 +28,7 @@ def expected_extensions(profile: Profile, pocl_has_fp16: bool) -> list[str]:
 
 PYOPENCL_IDENTITY = """
 import pyopencl as cl
-from emulator.stats import read_layer_stats
+from mali_hil.emulator.stats import read_layer_stats
 platform = cl.get_platforms()[0]
 dev = platform.get_devices()[0]
 emit({
@@ -199,7 +199,7 @@ def _missing_key(text: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("mutation", [_unknown_key, _bad_number, _missing_key])
 def test_bad_config_is_refused_with_the_place(tmp_path: Path, mutation) -> None:
-    from emulator.board import layer_config_text
+    from mali_hil.emulator.board import layer_config_text
 
     text, words = mutation(layer_config_text(load_profile("mali-g52")))
     conf = tmp_path / "bad.conf"
@@ -219,7 +219,7 @@ emit([dev.name, dev.extensions.split()])
 
 
 def test_bf16_in_a_hand_written_config_is_never_advertised(tmp_path: Path, backend) -> None:
-    from emulator.board import layer_config_text
+    from mali_hil.emulator.board import layer_config_text
 
     profile = load_profile("mali-g52")
     bf16 = " cl_khr_bf16 cl_arm_BFloat16_dot cl_ext_bfloat16_conversions"
@@ -282,7 +282,7 @@ def test_compile_error_shows_the_compiler_output(monkeypatch: pytest.MonkeyPatch
 
 
 def test_concurrent_first_builds_agree_and_leave_no_debris(tmp_path: Path) -> None:
-    code = "from emulator.build import layer_path\nemit(str(layer_path()))\n"
+    code = "from mali_hil.emulator.build import layer_path\nemit(str(layer_path()))\n"
     env = {"XDG_CACHE_HOME": str(tmp_path)}
     with ThreadPoolExecutor(max_workers=4) as pool:
         runs = list(pool.map(lambda _: run_snippet(code, env), range(4)))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.errors import MaliHilError, ProfileError
-from emulator.profile import (
+from mali_hil.emulator.errors import MaliHilError, ProfileError
+from mali_hil.emulator.profile import (
     PROFILE_DIR,
     OomFailure,
     available_profiles,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.board import EmulatedBoard
-from emulator.errors import BudgetError
-from emulator.launcher import BoardRun, RunStatus, run_with_budget
-from emulator.ram import (
+from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.errors import BudgetError
+from mali_hil.emulator.launcher import BoardRun, RunStatus, run_with_budget
+from mali_hil.emulator.ram import (
     CGROUP_ENV,
     CgroupEnforcer,
     WatchdogEnforcer,
@@ -34,7 +34,8 @@ MiB = 1 << 20
 PY = sys.executable
 
 needs_layer = pytest.mark.skipif(
-    importlib.util.find_spec("emulator.build") is None, reason="emulator.build (the OpenCL layer) is not written yet"
+    importlib.util.find_spec("mali_hil.emulator.build") is None,
+    reason="mali_hil.emulator.build (the OpenCL layer) is not written yet",
 )
 
 
@@ -251,7 +252,7 @@ def _alive(pid: int) -> bool:
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([PY, "-m", "mali_hil.harness.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_emulator_list() -> None:
@@ -313,7 +314,7 @@ CL_ALLOC = textwrap.dedent("""
 
 @needs_layer
 def test_board_run_reports_device_stats() -> None:
-    from emulator.launcher import run_on_board
+    from mali_hil.emulator.launcher import run_on_board
 
     run = run_on_board(EmulatedBoard.from_spec("mali-g610:2GiB"), [PY, "-c", CL_ALLOC, "2"], capture_output=True)
     assert run.status is RunStatus.OK, run.stderr
@@ -325,7 +326,7 @@ def test_board_run_reports_device_stats() -> None:
 
 @needs_layer
 def test_the_layers_own_oom_kill_is_classified_oom_killed() -> None:
-    from emulator.launcher import run_on_board
+    from mali_hil.emulator.launcher import run_on_board
 
     # 1 GiB board: device cap ~0.9 GiB; the fourth 256 MiB buffer passes it and the layer SIGKILLs the process
     board = EmulatedBoard.from_spec("mali-g610:1GiB", ram_budget=4 << 30)

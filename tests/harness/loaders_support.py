@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.loaders import Loader, LoadOptions
+from mali_hil.harness.loaders import Loader, LoadOptions
 
 DEVICE = "CL"
 
@@ -30,8 +30,8 @@ def external_load(checkpoint: Any, device: str, options: LoadOptions) -> dict[st
     from safetensors import safe_open
     from tinygrad import Tensor
 
-    from harness.checkpoints import numpy_dtype
-    from harness.loaders import as_checkpoint, plan_load
+    from mali_hil.harness.checkpoints import numpy_dtype
+    from mali_hil.harness.loaders import as_checkpoint, plan_load
 
     out = {}
     for plan in plan_load(as_checkpoint(checkpoint), options):
@@ -56,7 +56,7 @@ def _anon_bytes() -> int:
 
 class _AnonPeak:
     """Peak anonymous RSS, sampled every 2 ms: on PoCL device buffers are anonymous host memory too, so this is
-    the unified figure a Mali board's RAM pays (own sampler: harness.meter's API is still moving)."""
+    the unified figure a Mali board's RAM pays (own sampler: mali_hil.harness.meter's API is still moving)."""
 
     def __init__(self) -> None:
         self.peak = _anon_bytes()
@@ -75,8 +75,8 @@ class _AnonPeak:
 
 
 def _read_back_matches(tensor: Any, expected: np.ndarray) -> bool:
-    """harness.loaders._device.read_at, in two pieces, against tinygrad's own read-back."""
-    from harness.loaders._device import read_at
+    """mali_hil.harness.loaders._device.read_at, in two pieces, against tinygrad's own read-back."""
+    from mali_hil.harness.loaders._device import read_at
 
     if tensor.numel() == 0 or tensor.uop.buffer.base is not tensor.uop.buffer:
         return True  # nothing to read, or not a whole buffer (external loaders may return views)
@@ -130,13 +130,13 @@ def main(spec_path: str) -> int:
     report: dict[str, Any] = {"loader": spec["loader"], "jobs": {}}
     stats = None
     if spec.get("board"):
-        from emulator.board import EmulatedBoard
+        from mali_hil.emulator.board import EmulatedBoard
 
         EmulatedBoard.from_spec(spec["board"]).activate()
-        import emulator.stats as stats
+        import mali_hil.emulator.stats as stats
     from tinygrad import Device
 
-    from harness.loaders import get_loader
+    from mali_hil.harness.loaders import get_loader
 
     device = Device[DEVICE]
     report["device"] = device.device_name

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from harness.loaders import LoadOptions
+from mali_hil.harness.loaders import LoadOptions
 
 
 def hangs(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def hoards_device_memory(checkpoint: Any, device: str, options: LoadOptions) -> 
     """Allocates 32 MiB device buffers until the device refuses one."""
     from tinygrad import dtypes
 
-    from harness.loaders._device import allocate
+    from mali_hil.harness.loaders._device import allocate
 
     hoard = []
     for _ in range(256):

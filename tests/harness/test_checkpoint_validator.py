@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from harness.checkpoints import CheckpointError, validate, validate_checkpoint
-from harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints import CheckpointError, validate, validate_checkpoint
+from mali_hil.harness.checkpoints.errors import (
     FORMAT_ERRORS,
     CheckpointNotFoundError,
     DuplicateKeyError,
@@ -39,7 +39,7 @@ from harness.checkpoints.errors import (
     UnknownDtypeError,
     ValidationOverflowError,
 )
-from harness.checkpoints.format import DTYPE_BITS, MAX_JSON_DEPTH
+from mali_hil.harness.checkpoints.format import DTYPE_BITS, MAX_JSON_DEPTH
 
 U64_MAX = 2**64 - 1
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from harness.checkpoints import (
+from mali_hil.harness.checkpoints import (
     MODELS,
     SPECIAL_BF16,
     CheckpointInfo,
@@ -39,9 +39,9 @@ from harness.checkpoints import (
     write_safetensors,
     write_sharded,
 )
-from harness.checkpoints.errors import CheckpointWriteError, FillError
-from harness.checkpoints.fill import ConstantFill, NormalFill, SpecialFill
-from harness.checkpoints.models import EMBED, LM_HEAD, NORM
+from mali_hil.harness.checkpoints.errors import CheckpointWriteError, FillError
+from mali_hil.harness.checkpoints.fill import ConstantFill, NormalFill, SpecialFill
+from mali_hil.harness.checkpoints.models import EMBED, LM_HEAD, NORM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -430,8 +430,8 @@ def test_make_checkpoint_into_a_folder_and_with_overrides(tmp_path: Path) -> Non
 _RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys
-    from harness.checkpoints import TensorSpec, validate, write_safetensors
-    from harness.checkpoints.fill import ConstantFill, NormalFill
+    from mali_hil.harness.checkpoints import TensorSpec, validate, write_safetensors
+    from mali_hil.harness.checkpoints.fill import ConstantFill, NormalFill
 
     kind, mib, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     fill = ConstantFill(value=0.5) if kind == "constant" else NormalFill(seed=1)

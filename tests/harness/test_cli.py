@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import get_model, make_checkpoint, node_keys
-from harness.oracles import expected_digests
-from harness.results import LoadResult, Status
+from mali_hil.harness.checkpoints import get_model, make_checkpoint, node_keys
+from mali_hil.harness.oracles import expected_digests
+from mali_hil.harness.results import LoadResult, Status
 
 SMALL_BOARD = "emulated-mali:mali-g52:512MiB"
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mali_hil.harness.cli", *args], capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
 

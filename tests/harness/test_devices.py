@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import make_checkpoint
-from harness.devices import make_device
-from harness.devices.emulated import EmulatedMali
-from harness.devices.worker_device import WorkerDevice
-from harness.errors import DeviceSpecError
-from harness.jobs import LoadJob
-from harness.oracles import expected_digests
-from harness.results import LoadResult, Status
+from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.emulator.ram import Enforcement
+from mali_hil.harness.checkpoints import make_checkpoint
+from mali_hil.harness.devices import Board, Device, DeviceSpec, make_device
+from mali_hil.harness.errors import DeviceSpecError
+from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.oracles import expected_digests
+from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.transports.local import LocalTransport
 
 ODD = "tests.harness.odd_loaders"
 
@@ -31,9 +32,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def board() -> Iterator[EmulatedMali]:
+def board() -> Iterator[Device]:
     device = make_device("emulated-mali:mali-g52:256MiB")
-    assert isinstance(device, EmulatedMali)
     with device:
         yield device
 
@@ -42,25 +42,25 @@ def _job(checkpoint: Path, loader: str = "chunked", **fields: object) -> LoadJob
     return LoadJob(checkpoint=str(checkpoint), loader=loader, **fields)  # type: ignore[arg-type]
 
 
-def _ok_after(board: EmulatedMali, tiny: Path) -> None:
+def _ok_after(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny))
     assert result.status is Status.OK, result.error_message
     assert result.digests == expected_digests(tiny)
 
 
-def test_a_load_is_measured_and_matches_the_oracle(board: EmulatedMali, tiny: Path) -> None:
+def test_a_load_is_measured_and_matches_the_oracle(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny))
     assert result.status is Status.OK, result.error_message
     assert result.digests == expected_digests(tiny)
     assert result.bytes_loaded == sum(d.nbytes for d in result.digests.values()) > 0
     assert result.device_peak_bytes == result.device_live_after == result.bytes_loaded  # chunked: final bytes only
-    assert result.device_cap_bytes == board.board.profile.global_mem
-    assert result.ram_budget_bytes == 256 << 20 and result.enforcement.startswith("watchdog")
-    assert result.fp16.startswith("fp16: ")
+    assert result.device_cap_bytes == board.facts.cap_bytes is not None
+    assert result.ram_budget_bytes == 256 << 20 and result.enforcement is Enforcement.WATCHDOG
+    assert result.fp16 in (Fp16Fidelity.NATIVE, Fp16Fidelity.EMULATED)
     assert LoadResult.from_dict(result.to_dict()) == result
 
 
-def test_a_hung_job_times_out_and_the_next_one_runs(board: EmulatedMali, tiny: Path) -> None:
+def test_a_hung_job_times_out_and_the_next_one_runs(board: Device, tiny: Path) -> None:
     starts = board.starts
     began = time.monotonic()
     result = board.run(_job(tiny, f"{ODD}:hangs", timeout_s=3))
@@ -69,14 +69,14 @@ def test_a_hung_job_times_out_and_the_next_one_runs(board: EmulatedMali, tiny: P
     assert board.starts == starts + 1  # the hung worker was replaced
 
 
-def test_a_crashing_worker_is_an_error_with_its_cause(board: EmulatedMali, tiny: Path) -> None:
+def test_a_crashing_worker_is_an_error_with_its_cause(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:crashes"))
     assert (result.status, result.error_type) == (Status.ERROR, "WorkerDied")
     assert "exit -6" in (result.error_message or "")  # SIGABRT, not mistaken for an OOM kill
     _ok_after(board, tiny)
 
 
-def test_a_raising_loader_keeps_the_worker(board: EmulatedMali, tiny: Path) -> None:
+def test_a_raising_loader_keeps_the_worker(board: Device, tiny: Path) -> None:
     starts = board.starts
     result = board.run(_job(tiny, f"{ODD}:raises"))
     assert (result.status, result.error_type) == (Status.ERROR, "ValueError")
@@ -85,14 +85,14 @@ def test_a_raising_loader_keeps_the_worker(board: EmulatedMali, tiny: Path) -> N
     assert board.starts == starts
 
 
-def test_passing_the_ram_budget_is_oom_killed(board: EmulatedMali, tiny: Path) -> None:
+def test_passing_the_ram_budget_is_oom_killed(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:hoards_host_memory"))
     assert result.status is Status.OOM_KILLED, result.error_message
     assert result.peak_unified_bytes is not None and result.peak_unified_bytes >= 256 << 20
     _ok_after(board, tiny)
 
 
-def test_passing_the_device_cap_is_device_oom_with_the_numbers(board: EmulatedMali, tiny: Path) -> None:
+def test_passing_the_device_cap_is_device_oom_with_the_numbers(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:hoards_device_memory", lru=False))
     # On a unified-memory board the RAM budget and the device cap race; either ending is an OOM, never an error.
     assert result.status in (Status.DEVICE_OOM, Status.OOM_KILLED), result.error_message
@@ -106,13 +106,13 @@ def test_passing_the_device_cap_is_device_oom_with_the_numbers(board: EmulatedMa
     ("loader", "error_type"),
     [("no-such-loader", "LoaderError"), ("no_module_here:fn", "LoaderError")],
 )
-def test_unknown_loaders_are_typed_errors(board: EmulatedMali, tiny: Path, loader: str, error_type: str) -> None:
+def test_unknown_loaders_are_typed_errors(board: Device, tiny: Path, loader: str, error_type: str) -> None:
     result = board.run(_job(tiny, loader))
     assert (result.status, result.error_type) == (Status.ERROR, error_type)
     assert "chunked" in (result.error_message or "") or ":" in loader  # names what is available
 
 
-def test_a_corrupt_checkpoint_is_refused_before_the_device(board: EmulatedMali, tmp_path: Path, tiny: Path) -> None:
+def test_a_corrupt_checkpoint_is_refused_before_the_device(board: Device, tmp_path: Path, tiny: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(tiny.read_bytes()[:-7])
     result = board.run(_job(bad))
@@ -126,9 +126,10 @@ def test_unknown_device_kind_lists_the_known_ones() -> None:
 
 
 def test_a_worker_that_cannot_start_is_an_infra_error(tiny: Path) -> None:
-    class Broken(WorkerDevice):
-        def worker_argv(self) -> tuple[str, ...]:
+    class NoPython(LocalTransport):
+        def python(self) -> tuple[str, ...]:
             return ("/nonexistent/python",)
 
-    result = Broken("local").run(_job(tiny))
-    assert result.status is Status.INFRA_ERROR and "cannot start the worker" in (result.error_message or "")
+    result = Device(Board(DeviceSpec.parse("local"), physical=False), NoPython()).run(_job(tiny))
+    assert result.status is Status.INFRA_ERROR and "could not start the worker" in (result.error_message or "")
+    assert "/nonexistent/python" in (result.error_message or "")

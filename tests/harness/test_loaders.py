@@ -23,16 +23,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from harness.checkpoints import CheckpointError, get_model, make_checkpoint, node_keys
-from harness.loaders import Loader, LoaderError, LoadOptions, TensorPlan, get_loader, register, select_keys
-from harness.loaders import registry as loader_registry
-from harness.loaders.base import ITEMSIZE
+from mali_hil.harness.checkpoints import CheckpointError, get_model, make_checkpoint, node_keys
+from mali_hil.harness.loaders import Loader, LoaderError, LoadOptions, TensorPlan, get_loader, register, select_keys
+from mali_hil.harness.loaders import registry as loader_registry
+from mali_hil.harness.loaders.base import ITEMSIZE
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
 EXTERNAL = "tests.harness.loaders_support:external_load"
 VARIANTS = (*BUILTINS, EXTERNAL)
-BOARD = "mali-g610:3GiB" if importlib.util.find_spec("emulator.build") else None
+BOARD = "mali-g610:3GiB" if importlib.util.find_spec("mali_hil.emulator.build") else None
 SMALL_CHUNK = 4096  # forces many chunks (and a tail) on the 256x256 tensors
 BOUNDS_CHUNK = 1 << 20
 # tinygrad emulates half in float32 when the device lacks cl_khr_fp16, and that emulation flushes values below
@@ -239,19 +239,19 @@ def test_shard_loads_exactly_the_nodes_keys(runs: dict, variant: str, job: str, 
 
 @pytest.mark.parametrize("variant", BUILTINS)
 def test_device_peak_stays_within_declared_bound(runs: dict, variant: str) -> None:
-    pytest.importorskip("emulator.stats")
+    pytest.importorskip("mali_hil.emulator.stats")
     result = _result(runs, variant, "bounds")
     if result["device_peak_bytes"] is None:
-        pytest.skip("no layer in front of the device: emulator.build is missing")
+        pytest.skip("no layer in front of the device: mali_hil.emulator.build is missing")
     assert result["device_peak_bytes"] <= result["bounds"][0]
 
 
 def test_chunked_stays_within_its_bounds_where_the_2024_loaders_do_not(runs: dict) -> None:
-    pytest.importorskip("emulator.stats")
+    pytest.importorskip("mali_hil.emulator.stats")
     chunked, naive = _result(runs, "chunked", "bounds"), _result(runs, "naive", "bounds")
     exo_device = _result(runs, "fix_bf16-device", "bounds")
     if chunked["device_peak_bytes"] is None:
-        pytest.skip("no layer in front of the device: emulator.build is missing")
+        pytest.skip("no layer in front of the device: mali_hil.emulator.build is missing")
     device_bound, ram_bound = chunked["bounds"]
     assert chunked["device_peak_bytes"] <= device_bound
     assert chunked["ram_peak_bytes"] <= ram_bound + (16 << 20)  # slack: Python and tinygrad bookkeeping

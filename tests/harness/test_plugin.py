@@ -10,7 +10,7 @@ pytest_plugins = ["pytester"]
 
 USER_TESTS = """
 import pytest
-from harness.results import Status
+from mali_hil.harness.results import Status
 
 @pytest.mark.mali_hil_property("numerics")
 def test_tiny_loads(load, loader_name, make_checkpoint):
@@ -58,7 +58,8 @@ def test_devices_and_loaders_parametrize_and_are_reported(pytester: pytest.Pytes
     assert props["mali_hil.device_name"] == "Mali-T860"
     assert props["mali_hil.profile"] == "mali-t860:512MiB"
     assert props["mali_hil.backend"].startswith("OpenCL") and "PoCL" in props["mali_hil.backend"]
-    assert props["mali_hil.fp16"].startswith("fp16: ")
+    assert props["mali_hil.fp16"] in ("native", "emulated")
+    assert props["mali_hil.enforcement"] == "watchdog"
 
 
 def test_an_unavailable_device_fails_its_tests_with_the_first_cause(pytester: pytest.Pytester) -> None:

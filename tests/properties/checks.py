@@ -2,7 +2,7 @@
 (idempotence, shards), as functions: a property test and test_wrong_loaders.py call the same one, the latter to
 see it fail on a deliberately wrong loader. Values are judged by conftest's ``check_oracle`` everywhere.
 
-Memory figures come from two places with different precision (see harness.worker):
+Memory figures come from two places with different precision (see mali_hil.harness.worker):
 - device bytes are the OpenCL layer's counters: exact, every byte of every live memory object; no slack;
 - RAM growth is the worker's own RSS sampled every 2 ms: sampling can only miss a peak, never invent one, but
   the figure also holds what is not the loader's: the interpreter's and tinygrad's bookkeeping of a job (UOp
@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.checkpoints import ModelConfig, node_keys
-from harness.results import LoadResult, Status
+from mali_hil.harness.checkpoints import ModelConfig, node_keys
+from mali_hil.harness.results import LoadResult, Status
 
 from .conftest import check_oracle, failed
 

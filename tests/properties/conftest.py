@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from harness.devices import make_device
-from harness.jobs import LoadJob
-from harness.oracles import expected_digests, expected_tensors
-from harness.results import LoadResult, Status
+from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.harness.devices import Device, DevicePool, DeviceUnavailable
+from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.oracles import expected_digests, expected_tensors
+from mali_hil.harness.results import LoadResult, Status
+
+from .hypothesis_profiles import suite_profile
 
 FP16_EXPONENT, FP16_MANTISSA, FP16_SIGN = 0x7C00, 0x03FF, 0x8000
 PROBE_TIMEOUT_S = 60.0
@@ -59,9 +62,9 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def emulated_half(result: LoadResult) -> bool:
     """The result's values came from half arithmetic that tinygrad emulated (see the module's docstring)."""
-    from harness.loaders import get_loader
+    from mali_hil.harness.loaders import get_loader
 
-    return "emulated" in result.fp16 and get_loader(result.loader).device_half
+    return result.fp16 is Fp16Fidelity.EMULATED and get_loader(result.loader).device_half
 
 
 def check_values(name: str, got: np.ndarray, want: np.ndarray, result: LoadResult, may_flush: bool = True) -> int:
@@ -81,7 +84,7 @@ def check_values(name: str, got: np.ndarray, want: np.ndarray, result: LoadResul
         flush_note = f" ({int(allowed.sum())} others are emulated-half edge values)" if allowed.any() else ""
         raise AssertionError(
             f"{result.loader}: {name}: {int(wrong.sum())} of {want.size} values differ from the oracle{flush_note};"
-            f" expected -> got bits: {pairs} [{result.fp16}]"
+            f" expected -> got bits: {pairs} [{result.fp16.describe()}]"
         )
     return int(flushed.sum())
 
@@ -131,52 +134,45 @@ def idle_device_bytes(load: Callable[..., LoadResult], empty_checkpoint: Path) -
     return probe.device_live_before
 
 
+@pytest.fixture(autouse=True)
+def _suite_hypothesis_profile(request: pytest.FixtureRequest) -> Iterator[None]:
+    """This suite's hypothesis profile, for this suite's tests only (see hypothesis_profiles)."""
+    with suite_profile(request.config.getoption("mali_hil_profile")):
+        yield
+
+
 # --- boards of other sizes, for the memory properties (test_memory_bound, test_oom, test_fit) ---
-
-
-class MeasuredBoards:
-    """Emulated boards of any profile and size for one session: one warm worker per spec, started on first use
-    (the session's own ``--device`` stays as the user gave it)."""
-
-    def __init__(self, session: Any) -> None:
-        self._session = session
-        self._devices: dict[str, Any] = {}
-
-    def device(self, spec: str) -> Any:
-        """The started device for ``spec``: a board of its own for ``emulated-mali`` specs, else the session's."""
-        if not spec.startswith("emulated-mali"):
-            return self._session.device(spec)
-        if spec not in self._devices:
-            device = make_device(spec)
-            device.start()
-            self._devices[spec] = device
-        return self._devices[spec]
-
-    def restart(self, spec: str) -> None:
-        """Stop ``spec``'s worker; the next job starts a fresh one (a clean process for a baseline)."""
-        if spec in self._devices:
-            self._devices[spec].stop()
-
-    def close(self) -> None:
-        for device in self._devices.values():
-            device.stop()
-        self._devices.clear()
 
 
 class BoardRunner:
     """``run(spec, checkpoint, loader, **job_fields) -> LoadResult`` on a measured board, recorded for the report as
     ``load()``'s results are; ``settle(spec)`` runs an empty job after a failed one, which checks that the worker
-    is back to an empty device before the next measured job."""
+    is back to an empty device before the next measured job.
 
-    def __init__(self, boards: MeasuredBoards, session: Any, nodeid: str, empty: Path) -> None:
+    Measured boards come from a device pool of their own (``boards``): one warm worker per spec, apart from the
+    session's ``--device`` workers, so what the session's jobs leave in a worker never reaches a measured baseline.
+    """
+
+    def __init__(self, boards: DevicePool, session: Any, nodeid: str, empty: Path) -> None:
         self.boards, self._session, self._nodeid, self._empty = boards, session, nodeid, empty
 
     def __call__(self, spec: str, checkpoint: str | Path, loader: str, **job_fields: Any) -> LoadResult:
         job_fields.setdefault("timeout_s", self._session.job_timeout)
         job = LoadJob(checkpoint=str(Path(checkpoint).resolve()), loader=loader, **job_fields)
-        result = self.boards.device(spec).run(job)
+        result = self.device(spec).run(job)
         self._session.record(self._nodeid, result)
         return result
+
+    def device(self, spec: str) -> Device:
+        """The started measured board for ``spec``."""
+        try:
+            return self.boards.acquire(spec)
+        except DeviceUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def restart(self, spec: str) -> None:
+        """Stop ``spec``'s worker; the next job starts a fresh one (a clean process for a baseline)."""
+        self.boards.release(spec, restart=True)
 
     def settle(self, spec: str) -> None:
         probe = self(spec, self._empty, "chunked", timeout_s=PROBE_TIMEOUT_S)
@@ -184,16 +180,14 @@ class BoardRunner:
 
 
 @pytest.fixture(scope="session")
-def boards(request: pytest.FixtureRequest) -> Iterator[MeasuredBoards]:
-    from harness.report import SESSION_KEY
-
-    measured = MeasuredBoards(request.config.stash[SESSION_KEY])
-    yield measured
-    measured.close()
+def boards() -> Iterator[DevicePool]:
+    pool = DevicePool()
+    yield pool
+    pool.close()
 
 
 @pytest.fixture
-def on_board(request: pytest.FixtureRequest, boards: MeasuredBoards, empty_checkpoint: Path) -> BoardRunner:
-    from harness.report import SESSION_KEY
+def on_board(request: pytest.FixtureRequest, boards: DevicePool, empty_checkpoint: Path) -> BoardRunner:
+    from mali_hil.harness.session import SESSION_KEY
 
     return BoardRunner(boards, request.config.stash[SESSION_KEY], request.node.nodeid, empty_checkpoint)

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from harness.checkpoints import errors
-from harness.checkpoints.format import DTYPE_BITS
-from harness.loaders.base import FLOAT_SOURCES, PASSTHROUGH_SOURCES
-from harness.results import LoadResult, Status
+from mali_hil.harness.checkpoints import errors
+from mali_hil.harness.checkpoints.format import DTYPE_BITS
+from mali_hil.harness.loaders.base import FLOAT_SOURCES, PASSTHROUGH_SOURCES
+from mali_hil.harness.results import LoadResult, Status
 
 from .conftest import check_oracle, failed, idle_device_bytes
 

@@ -1,6 +1,6 @@
 """Property 4, fit prediction: from a board's profile and a checkpoint, each variant's declared bounds predict
-whether it loads (``harness.fit.predict_fit``: device bound <= cap and baseline + RAM bound <= budget), and the load
-agrees: ``ok`` when predicted to fit, ``device-oom`` or ``oom-killed`` when not.
+whether it loads (``mali_hil.harness.fit.predict_fit``: device bound <= cap and baseline + RAM bound <= budget), and
+the load agrees: ``ok`` when predicted to fit, ``device-oom`` or ``oom-killed`` when not.
 
 How the numbers are made comparable:
 - the baseline is measured once per variant, from a tiny job of that variant in a fresh worker (after a first
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from harness.fit import predict_fit
-from harness.loaders import LoadOptions, get_loader
-from harness.results import Status
+from mali_hil.harness.fit import predict_fit
+from mali_hil.harness.loaders import LoadOptions, get_loader
+from mali_hil.harness.results import Status
 
 from .checks import MIB
 from .conftest import failed
@@ -53,10 +53,11 @@ def test_bounds_predict_fit(on_board, loader_name: str, make_checkpoint) -> None
     loader = get_loader(loader_name)
     if loader.device_bound is None or loader.ram_bound is None:
         pytest.skip(f"{loader_name} declares no bounds (a plain callable): there is nothing to predict from")
-    board = on_board.boards.device(FIT_BOARD).board
-    cap, budget = board.profile.global_mem, board.ram_budget
+    facts = on_board.device(FIT_BOARD).facts
+    cap, budget = facts.cap_bytes, facts.ram_budget_bytes
+    assert cap is not None and budget is not None, f"{FIT_BOARD} states no cap or budget: {facts}"
     tiny = make_checkpoint("tiny")
-    on_board.boards.restart(FIT_BOARD)
+    on_board.restart(FIT_BOARD)
     on_board(FIT_BOARD, tiny, loader_name, digests=False)  # the variant's one-off start costs
     probe = on_board(FIT_BOARD, tiny, loader_name, digests=False)
     assert probe.ok and probe.ram_baseline_bytes is not None, failed(probe)

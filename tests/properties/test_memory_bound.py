@@ -6,7 +6,7 @@ so a job's RAM growth is its own and not hidden by what an earlier job left resi
 second is judged: the first compiles the variant's kernels for these shapes (tinygrad keeps them in the worker)
 and frees what an earlier job left behind. The compiler's one-off memory (PoCL's LLVM, tens to ~170 MB) is the
 device runtime's, not the loader's, and none of the bounds claims it. Jobs skip the digest read-back
-(``digests=False``): harness.worker's digest loop keeps the last tensor alive past the job's cleanup, and the
+(``digests=False``): mali_hil.harness.worker's digest loop keeps the last tensor alive past the job's cleanup, and the
 next job then counts it as live device memory.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.loaders import LoadOptions, get_loader
-from harness.results import Status
+from mali_hil.harness.loaders import LoadOptions, get_loader
+from mali_hil.harness.results import Status
 
 from .checks import MIB, check_memory_bound, check_within_cap
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from emulator.board import EmulatedBoard
-from harness.checkpoints import TensorSpec, make_fill, validate_checkpoint, write_safetensors
-from harness.loaders import LoadOptions, bound_inputs
-from harness.results import LoadResult, Status
+from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.profile import load_profile
+from mali_hil.harness.checkpoints import TensorSpec, make_fill, validate_checkpoint, write_safetensors
+from mali_hil.harness.loaders import LoadOptions, bound_inputs
+from mali_hil.harness.results import LoadResult, Status
 
 from .checks import MIB, check_oom, check_recovered, oom_figures
 
@@ -63,9 +64,9 @@ def _before_and_after(on_board, spec: str, loader: str, small: Path, big: Path) 
                                                                                           LoadResult]:  # fmt: skip
     """(the small job before, the big job, the same small job after) on one board, in a fresh worker (what earlier
     jobs left in a warm one counts against the board's RAM). The reference runs second and without the digest
-    read-back, so that nothing of an earlier job is live when the big one starts (harness.worker's digest loop
+    read-back, so that nothing of an earlier job is live when the big one starts (mali_hil.harness.worker's digest loop
     keeps the last tensor past the job's cleanup)."""
-    on_board.boards.restart(spec)
+    on_board.restart(spec)
     on_board(spec, small, loader)
     reference = on_board(spec, small, loader, digests=False)
     assert reference.ok, f"the small job must load before the big one: {reference.error_message}"
@@ -102,7 +103,7 @@ def test_profile_failure_mode(on_board, make_checkpoint, over_cap: Path, mode: s
     failing the wrong way for a profile, the worker misclassifying the enqueue error (``error`` instead of
     ``device-oom``), an OOM kill by the layer reported as a plain death, and each mode's recovery."""
     spec = MODE_BOARDS[mode]
-    profile = on_board.boards.device(spec).board.profile
+    profile = load_profile(spec.partition(":")[2])
     assert profile.oom_failure.value == mode, f"{spec} fails by {profile.oom_failure.value}, not {mode}"
     small = make_checkpoint("tiny")
     reference, result, after = _before_and_after(on_board, spec, "chunked", small, over_cap)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkpoints import get_model, split_layers
-from harness.oracles import expected_digests
+from mali_hil.harness.checkpoints import get_model, split_layers
+from mali_hil.harness.oracles import expected_digests
 
 from .checks import check_node
 from .conftest import failed

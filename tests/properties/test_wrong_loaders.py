@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from harness.checkpoints import get_model
-from harness.loaders import LoadOptions, get_loader
-from harness.results import LoadResult
+from mali_hil.harness.checkpoints import get_model
+from mali_hil.harness.loaders import LoadOptions, get_loader
+from mali_hil.harness.results import LoadResult
 
 from .checks import check_memory_bound, check_node, check_same_job_twice
 from .conftest import check_oracle, idle_device_bytes
 from .test_corrupt_input import NAMED, _apply, _judge
 
-WRONG = "tests.properties.wrong_loaders:"
+WRONG = f"{__package__}.wrong_loaders:"  # importable wherever the suite is: a checkout or the wheel
 
 
 def _with_loader(load: Any, name: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.loaders import Loader, LoadOptions, chunked
+from mali_hil.harness.loaders import Loader, LoadOptions, chunked
 
 LEAK_BYTES = 1 << 20
 _LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
@@ -41,10 +41,10 @@ def _chunked_with(
     from tinygrad import Device
     from tinygrad.nn.state import safe_dtypes
 
-    from harness.checkpoints import numpy_dtype
-    from harness.loaders import as_checkpoint, plan_load
-    from harness.loaders._device import allocate, write_at
-    from harness.loaders.base import ITEMSIZE
+    from mali_hil.harness.checkpoints import numpy_dtype
+    from mali_hil.harness.loaders import as_checkpoint, plan_load
+    from mali_hil.harness.loaders._device import allocate, write_at
+    from mali_hil.harness.loaders.base import ITEMSIZE
 
     out = {}
     for plan in plan_load(as_checkpoint(checkpoint), options):
@@ -64,7 +64,7 @@ def _chunked_with(
 def _toward_zero(raw: np.ndarray, final_dtype: str) -> np.ndarray:
     """The final dtype's value next to zero of the two around ``raw``: rounding to nearest, then one step back
     wherever that went away from zero (so a finite value past fp16's range becomes 65504, not inf)."""
-    from harness.loaders._convert import host_convert
+    from mali_hil.harness.loaders._convert import host_convert
 
     rounded = host_convert(raw, final_dtype)
     if rounded is raw or rounded.dtype != np.float16:
@@ -83,7 +83,7 @@ def truncating(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, 
 
 def short_tail(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
     """chunked that never writes the last chunk of a tensor loaded in several (an off-by-one in the chunk loop)."""
-    from harness.loaders._convert import host_convert
+    from mali_hil.harness.loaders._convert import host_convert
 
     return _chunked_with(checkpoint, device, options, host_convert, drop_tail=True)
 
@@ -92,8 +92,8 @@ def leaky(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
     """chunked, plus a scratch buffer per job kept alive in a module-level list (a 'cache' never cleared)."""
     from tinygrad import dtypes
 
-    from harness.loaders._device import allocate
-    from harness.loaders.chunked import load
+    from mali_hil.harness.loaders._device import allocate
+    from mali_hil.harness.loaders.chunked import load
 
     _LEAKED.append(allocate((LEAK_BYTES,), dtypes.uint8, device))
     return load(checkpoint, device, options)
@@ -101,13 +101,13 @@ def leaky(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
 
 def whole_model(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
     """chunked, ignoring the node's shard range: every node loads the whole model (exo issue #128)."""
-    from harness.loaders.chunked import load
+    from mali_hil.harness.loaders.chunked import load
 
     return load(checkpoint, device, replace(options, shard=None))
 
 
 def _load_fix_bf16_device(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
-    from harness.loaders.fix_bf16 import load_device
+    from mali_hil.harness.loaders.fix_bf16 import load_device
 
     return load_device(checkpoint, device, options)
 
@@ -126,9 +126,9 @@ def header_order(checkpoint: Any, device: str, options: LoadOptions) -> dict[str
     the data in the header's key order; ``data_offsets`` and the validated checkpoint it was given are ignored."""
     from tinygrad import Tensor
 
-    from harness.checkpoints import numpy_dtype
-    from harness.loaders._convert import host_convert
-    from harness.loaders.base import FLOAT_SOURCES, TARGETS
+    from mali_hil.harness.checkpoints import numpy_dtype
+    from mali_hil.harness.loaders._convert import host_convert
+    from mali_hil.harness.loaders.base import FLOAT_SOURCES, TARGETS
 
     out = {}
     for path in checkpoint.files:

@@ -1,11 +1,11 @@
 """The device-side worker: runs load jobs in its own process, so an OOM kill or a driver crash can't take the
-test process down. One protocol for every device: JSON lines in on stdin, JSON lines out on the process's
-original stdout (everything the loaders print is sent to stderr instead). A warm worker serves many jobs;
-between jobs it drops every tensor and tinygrad's buffer cache, so each job starts from the same baseline.
+test process down. It speaks :mod:`mali_hil.harness.worker.protocol` on stdin and on the process's original
+stdout (everything the loaders print is sent to stderr instead), whatever transport carries it. A warm worker
+serves many jobs; between jobs it drops every tensor and tinygrad's buffer cache, so each job starts from the
+same baseline.
 
-    -> {"op": "load", "job": {...LoadJob...}}      <- {"op": "result", "result": {...LoadResult...}}
-    -> {"op": "exit"}
-    <- {"op": "hello", ...} once, when ready
+When told to emulate (``MALI_HIL_EMULATE=PROFILE[:RAM]``), the worker puts itself on that emulated Mali before
+its first OpenCL call, on whatever machine it runs: the OpenCL layer is built and configured there.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import time
 import traceback
 from typing import IO, Any
 
-from emulator.errors import MaliHilError
-from harness.digest import Digest
-from harness.jobs import LoadJob
-from harness.meter import MemoryMeter
-from harness.results import LoadResult, Status, TensorDigest
+from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.harness.digest import Digest
+from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.meter import MemoryMeter
+from mali_hil.harness.results import LoadResult, Status, TensorDigest
+from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, PROTOCOL
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
@@ -35,23 +37,34 @@ _OOM_CODES = ("CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY", "CL_MEM_OBJECT_ALL
 def _layer_stats() -> Any | None:
     """The layer's counters, or None where no layer sits in front of the device (`--device=local`)."""
     try:
-        from emulator.stats import read_layer_stats
+        from mali_hil.emulator.stats import read_layer_stats
 
         return read_layer_stats()
     except MaliHilError:
         return None
 
 
-def _backend_facts() -> dict[str, str]:
+def _put_on_board() -> str:
+    """Put this process on the emulated Mali it was told to emulate, if any; returns the backend's description."""
+    spec = os.environ.get(EMULATE_ENV)
+    if not spec:
+        return os.environ.get(BACKEND_ENV, "")
+    from mali_hil.emulator.board import EmulatedBoard
+
+    if not os.environ.get(BACKEND_ENV):  # ask before the layer is in: then it answers as the Mali
+        from mali_hil.harness.transports.local import backend_description
+
+        os.environ[BACKEND_ENV] = backend_description()
+    EmulatedBoard.from_spec(spec).activate()
+    return os.environ[BACKEND_ENV]
+
+
+def _backend_facts(backend: str) -> dict[str, str]:
     from tinygrad import Device
 
     dev = Device[DEVICE]
-    fp16 = "cl_khr_fp16" in dev.device_exts
-    return {
-        "device_name": dev.device_name,
-        "fp16": "fp16: native (backend has cl_khr_fp16)" if fp16 else "fp16: emulated (backend lacks cl_khr_fp16)",
-        "backend": os.environ.get("MALI_HIL_BACKEND", ""),
-    }
+    fp16 = Fp16Fidelity.NATIVE if "cl_khr_fp16" in dev.device_exts else Fp16Fidelity.EMULATED
+    return {"device_name": dev.device_name, "fp16": fp16.value, "backend": backend}
 
 
 def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
@@ -60,8 +73,8 @@ def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
     import numpy as np
     from tinygrad.dtype import _to_np_dtype
 
-    from harness.loaders._device import read_at
-    from harness.loaders.base import LoaderError
+    from mali_hil.harness.loaders._device import read_at
+    from mali_hil.harness.loaders.base import LoaderError
 
     np_dtype = np.dtype(_to_np_dtype(tensor.dtype))
     digest = Digest()
@@ -104,8 +117,8 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     from tinygrad import Device
     from tinygrad.helpers import Context
 
-    from harness.checkpoints import validate_checkpoint
-    from harness.loaders import LoadOptions, get_loader
+    from mali_hil.harness.checkpoints import validate_checkpoint
+    from mali_hil.harness.loaders import LoadOptions, get_loader
 
     base: dict[str, Any] = {
         "loader": job.loader,
@@ -119,7 +132,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     started = time.monotonic()
     before = _layer_stats()
     if before is not None:  # a layer counts this device: this job's peak and event counters start here
-        from emulator.stats import reset_layer_stats
+        from mali_hil.emulator.stats import reset_layer_stats
 
         reset_layer_stats()
     try:
@@ -213,23 +226,40 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
         outbox.write(json.dumps(message) + "\n")
         outbox.flush()
 
-    facts = _backend_facts()
-    send({"op": "hello", "pid": os.getpid(), **facts})
+    try:
+        facts = _backend_facts(_put_on_board())
+    except Exception as exc:  # no device to serve on: say why in the hello, where the harness reads it
+        send({"op": "hello", "protocol": PROTOCOL, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    send({"op": "hello", "protocol": PROTOCOL, "pid": os.getpid(), **facts})
     for line in inbox:
-        request = json.loads(line)
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict):
+            send({"op": "error", "message": f"not a JSON object: {line[:200]!r}"})
+            continue
         if request.get("op") == "exit":
             break
         if request.get("op") == "load":
-            job = LoadJob.from_dict(request["job"])
-            try:
-                result = run_job(job, facts)
-            except Exception as exc:  # a bug of the harness itself, not of the loader: say so, keep serving
-                traceback.print_exc(file=sys.stderr)
-                result = LoadResult(Status.INFRA_ERROR, job.loader, facts["device_name"], job.checkpoint,
-                                    error_type=type(exc).__name__, error_message=f"worker failed: {exc}")  # fmt: skip
-            send({"op": "result", "result": result.to_dict()})
+            send({"op": "result", "id": request.get("id"), "result": _serve_job(request.get("job"), facts)})
         else:
-            send({"op": "error", "message": f"unknown op {request.get('op')!r}"})
+            send({"op": "error", "id": request.get("id"), "message": f"unknown op {request.get('op')!r}"})
+
+
+def _serve_job(data: Any, facts: dict[str, str]) -> dict[str, Any]:
+    try:
+        job = LoadJob.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        return LoadResult(Status.INFRA_ERROR, "", facts["device_name"], "", error_type=type(exc).__name__,
+                          error_message=f"malformed job {str(data)[:200]!r}: {exc}").to_dict()  # fmt: skip
+    try:
+        return run_job(job, facts).to_dict()
+    except Exception as exc:  # a bug of the harness itself, not of the loader: say so, keep serving
+        traceback.print_exc(file=sys.stderr)
+        return LoadResult(Status.INFRA_ERROR, job.loader, facts["device_name"], job.checkpoint,
+                          error_type=type(exc).__name__, error_message=f"worker failed: {exc}").to_dict()  # fmt: skip
 
 
 def main() -> None:
@@ -237,7 +267,3 @@ def main() -> None:
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     serve(sys.stdin, outbox)
-
-
-if __name__ == "__main__":
-    main()

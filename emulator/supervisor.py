@@ -1,0 +1,251 @@
+"""One supervisor for every process mali-hil runs on a board: start it apart, watch its RAM, say how it ended.
+
+Both ``mali-hil emulator run`` (one command, waited for) and the warm load worker (one long-lived process
+that speaks a protocol on its pipes) run under a :class:`Supervised` process, so there is one place that
+decides whether a death was an OOM kill and one record of it (:class:`ProcessEnd`).
+
+The process gets its own session (so its own process group): one ``killpg`` ends all of it, the session finds
+its processes even after their parent exited, and a Ctrl-C meant for the harness does not reach it. Whatever
+ends it, the supervisor SIGKILLs what is left of its tree and waits until that has exited (and given back its
+memory) before it returns the record, so nothing outlives it.
+
+The leader is never reaped before :meth:`Supervised.end`: exits are observed with ``waitid(WNOWAIT)``, and while
+the leader is an unreaped zombie its pid cannot be reused, so every kill (watchdog, timeout, clean-up) hits the
+process's own group and nothing else.
+
+An OOM kill needs evidence, never a guess from the exit code alone. A SIGKILL counts as one when:
+- the RAM enforcer killed it (our watchdog) or saw the kernel kill in its cgroup or container;
+- the OpenCL layer refused device memory and wrote its stats file just before killing its own process (the
+  profiles whose driver fails with ``oom-kill``);
+- the kernel's own OOM-kill counter (``/proc/vmstat``) went up while the process ran (a board or host with
+  no budget of ours, where the kernel's OOM killer is the enforcement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from mali_hil.emulator.board import STATS_FILE_ENV
+from mali_hil.emulator.errors import BackendError, MaliHilError
+from mali_hil.emulator.ram import RamEnforcer, RamVerdict, kill_job
+
+CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
+_VMSTAT = Path("/proc/vmstat")
+
+
+class RunStatus(enum.StrEnum):
+    """How a supervised process ended."""
+
+    OK = "ok"  # exited with code 0
+    FAILED = "failed"  # exited nonzero, or was killed by a signal that is not an OOM kill
+    OOM_KILLED = "oom-killed"  # killed for memory, with evidence (see OomEvidence)
+    TIMEOUT = "timeout"  # still running at its deadline, so the supervisor killed it
+
+
+class OomEvidence(enum.StrEnum):
+    """What showed that a killed process was killed for memory."""
+
+    ENFORCER = "enforcer"  # the RAM enforcer killed it (watchdog) or saw the kernel do so (cgroup, container)
+    LAYER = "layer"  # the OpenCL layer refused device memory and killed its process, as the profile's driver does
+    KERNEL = "kernel"  # SIGKILL while the kernel's own OOM-kill counter went up
+
+
+@dataclass(frozen=True)
+class ProcessEnd:
+    """The one record of how a supervised process ended, with the peaks of its memory."""
+
+    status: RunStatus
+    returncode: int  # as subprocess reports it: negative for a signal (-9 = SIGKILL)
+    evidence: OomEvidence | None  # set exactly when status is OOM_KILLED
+    memory: RamVerdict | None  # what the RAM enforcer saw; None where no budget of ours applied
+    max_rss_bytes: int  # the kernel's high-water RSS of the leader (and the children it reaped): cannot miss a spike
+    elapsed: float  # seconds from spawn to the leader's exit
+    device: Any = None  # mali_hil.emulator.stats.LayerStats, when the OpenCL layer wrote its stats file
+
+    def describe_oom(self) -> str:
+        """Why this end counts as an OOM kill, for people (empty when it does not)."""
+        if self.evidence is OomEvidence.ENFORCER and self.memory is not None:
+            return f"SIGKILLed by the RAM budget's enforcer ({self.memory.enforcement})"
+        if self.evidence is OomEvidence.LAYER:
+            return "SIGKILLed by the device's OOM behaviour (profile failure: oom-kill)"
+        if self.evidence is OomEvidence.KERNEL:
+            return "SIGKILLed by the kernel's OOM killer (its oom_kill counter went up meanwhile)"
+        return ""
+
+
+def kernel_oom_kills() -> int | None:
+    """The kernel's count of OOM kills since boot (``oom_kill`` in /proc/vmstat, Linux >= 4.13), or None."""
+    try:
+        for line in _VMSTAT.read_text(encoding="ascii").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Supervised:
+    """A process started in its own session under a RAM enforcer (or none: the machine's own OOM killer).
+
+    Call :meth:`end` exactly once, after the process exited or was killed; it reaps the leader, cleans up and
+    returns the :class:`ProcessEnd`. Nothing else may wait for the process (``Popen.poll`` would reap it).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        enforcer: RamEnforcer | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        layer_stats: bool = True,
+    ) -> None:
+        if not argv:
+            raise MaliHilError("nothing to run: the command is empty")
+        self.argv = tuple(argv)
+        self._enforcer = enforcer
+        self._lock = threading.Lock()
+        self._ended: ProcessEnd | None = None
+        self._reaped = False  # set under _lock with the reaping: no kill may follow, the pid may be reused then
+        self._timed_out = False
+        # a private folder (0700, unpredictable name) for the layer's stats file: removed by end()
+        self._private = Path(tempfile.mkdtemp(prefix="mali-hil-proc-")) if layer_stats else None
+        full_env = dict(env)
+        if self._private is not None:
+            full_env[STATS_FILE_ENV] = str(self._private / "layer-stats.json")
+        preexec: Callable[[], None] | None = enforcer.prepare() if enforcer is not None else None
+        self._oom_kills_before = kernel_oom_kills()
+        self._started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), env=full_env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+                start_new_session=True, preexec_fn=preexec,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: the preexec hook failed in the child
+            self._cleanup_private()
+            if enforcer is not None:
+                enforcer.stop()
+            how = f" under enforcement {enforcer.name!r}" if enforcer is not None else ""
+            raise BackendError(f"could not start {argv[0]!r}{how}: {exc}") from None
+        if enforcer is not None:
+            enforcer.start(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def exited(self, timeout: float = 0.0) -> bool:
+        """Whether the leader has exited (without reaping it), waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._reaped:
+                return True
+            try:
+                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if info is not None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+
+    def wait(self) -> None:
+        """Block until the leader has exited (not reaped). A Ctrl-C here leaves it to end() to kill."""
+        if not self._reaped:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+
+    def memory(self) -> RamVerdict | None:
+        """What the RAM enforcer has seen so far (never blocks); None without one."""
+        return self._enforcer.poll() if self._enforcer is not None else None
+
+    def kill(self, *, timed_out: bool = False) -> None:
+        """SIGKILL the whole tree now (``timed_out``: because its deadline passed, unless it was OOM-killed)."""
+        with self._lock:
+            if self._reaped:
+                return
+            if timed_out:
+                if self.exited() or (self._enforcer is not None and self._enforcer.poll().killed):
+                    return  # it ended (or was OOM-killed) before its deadline: not a timeout
+                self._timed_out = True
+            kill_job(self.proc.pid)
+
+    def end(self, grace: float = 0.0) -> ProcessEnd:
+        """Wait up to ``grace`` seconds for the leader to exit, kill the tree if it has not, reap it, clean up
+        and classify. Idempotent: later calls return the same record."""
+        with self._lock:
+            if self._ended is not None:
+                return self._ended
+        if not self.exited(grace):
+            self.kill()
+        try:
+            self.wait()
+            elapsed = time.monotonic() - self._started
+        finally:
+            verdict = self._enforcer.stop() if self._enforcer is not None else None
+            with self._lock:
+                # leftovers (or all of it, when unwinding from Ctrl-C); wait until their memory is back, so the
+                # next process on this machine starts from a clean slate
+                kill_job(self.proc.pid, wait=CLEANUP_WAIT)
+                _, status, usage = os.wait4(self.proc.pid, 0)
+                self._reaped = True
+                self.proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen knows it is reaped
+        device = self._read_layer_stats()
+        self._cleanup_private()
+        returncode = self.proc.returncode
+        status_, evidence = self._classify(returncode, verdict, device)
+        ended = ProcessEnd(status_, returncode, evidence, verdict, usage.ru_maxrss * 1024, elapsed, device)
+        with self._lock:
+            self._ended = ended
+        return ended
+
+    def _classify(
+        self, returncode: int, verdict: RamVerdict | None, device: Any
+    ) -> tuple[RunStatus, OomEvidence | None]:
+        if verdict is not None and verdict.killed:
+            return RunStatus.OOM_KILLED, OomEvidence.ENFORCER
+        if self._timed_out:
+            return RunStatus.TIMEOUT, None
+        if returncode == -signal.SIGKILL:
+            # The layer raises SIGKILL on itself for an "oom-kill" profile, after counting the refused allocation
+            # and writing its stats file (a SIGKILL runs no exit handlers, so the file cannot come from an exit).
+            if device is not None and device.failed_allocations > 0:
+                return RunStatus.OOM_KILLED, OomEvidence.LAYER
+            after = kernel_oom_kills()
+            if after is not None and self._oom_kills_before is not None and after > self._oom_kills_before:
+                return RunStatus.OOM_KILLED, OomEvidence.KERNEL
+        return (RunStatus.OK if returncode == 0 else RunStatus.FAILED), None
+
+    def _read_layer_stats(self) -> Any:
+        if self._private is None:
+            return None
+        path = self._private / "layer-stats.json"
+        if not path.exists():
+            return None
+        from mali_hil.emulator.stats import read_stats_file
+
+        try:
+            return read_stats_file(path)
+        except MaliHilError:
+            return None  # a process killed mid-write leaves a torn file: its end still stands without device figures
+
+    def _cleanup_private(self) -> None:
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)

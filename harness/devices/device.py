@@ -1,0 +1,178 @@
+"""A device: a board reached through a transport, running load jobs on a warm worker. One class for every kind.
+
+A kind (emulated-mali, local, later ssh and docker) only decides the :class:`Board` (data) and the
+:class:`~mali_hil.harness.transports.base.Transport` (behaviour); the lifecycle lives here: a lazy start, one job
+at a time with a timeout, every way a job can end turned into a result record, and a new worker after a death.
+How a dead worker ended (an OOM kill or not) is the supervisor's verdict on the worker's side, never a guess here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.emulator.ram import Enforcement
+from mali_hil.emulator.supervisor import ProcessEnd, RunStatus
+from mali_hil.harness.devices.board import Board, DeviceFacts
+from mali_hil.harness.errors import WorkerError
+from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.transports.base import Channel, Transport
+from mali_hil.harness.worker.protocol import EMULATE_ENV, WORKER_MODULE, WorkerClient, WorkerGone, WorkerTimeout
+
+# glibc's adaptive mmap threshold keeps large freed buffers in the heap, so one job's leftovers would sit in the
+# next job's RAM baseline and hide its growth. A fixed threshold is real memory behaviour, not a cap.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+START_TIMEOUT = 120.0  # seconds for a worker to import tinygrad and open its device
+DEATH_GRACE = 5.0  # seconds a worker whose output ended gets to finish exiting before it is killed
+STOP_GRACE = 10.0  # seconds a worker asked to exit gets before it is killed
+
+
+class Device:
+    """Runs load jobs on ``board`` through ``transport``; ``env`` is added to the worker's environment."""
+
+    def __init__(self, board: Board, transport: Transport, env: Mapping[str, str] | None = None) -> None:
+        self.board = board
+        self.transport = transport
+        self._env = dict(env or {})
+        self._channel: Channel | None = None
+        self._client: WorkerClient | None = None
+        self._hello: dict[str, Any] = {}
+        self.starts = 0  # workers started so far: one, unless jobs killed some
+
+    @property
+    def spec(self) -> str:
+        return self.board.spec.text
+
+    @property
+    def facts(self) -> DeviceFacts:
+        board, hello = self.board, self._hello
+        return DeviceFacts(
+            spec=self.spec, kind=board.spec.kind, physical=board.physical, emulated=board.emulate is not None,
+            profile=board.profile, cap_bytes=board.cap_bytes, ram_budget_bytes=board.ram_budget,
+            enforcement=self.transport.enforcement(board.ram_budget), device_name=hello.get("device_name"),
+            backend=hello.get("backend") or None, fp16=Fp16Fidelity(hello.get("fp16", Fp16Fidelity.UNKNOWN)),
+        )  # fmt: skip
+
+    def worker_env(self) -> dict[str, str]:
+        env = {**WORKER_ENV, **self._env}
+        if self.board.emulate_spec is not None:
+            env[EMULATE_ENV] = self.board.emulate_spec
+        return env
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start a worker unless one is running; raises a MaliHilError (with the worker's own words) if it cannot."""
+        if self._client is not None:
+            return
+        argv = (*self.transport.python(), "-m", WORKER_MODULE)
+        channel = self.transport.spawn(argv, self.worker_env(), ram_budget=self.board.ram_budget)
+        self.starts += 1
+        try:
+            client = WorkerClient(channel, START_TIMEOUT)
+        except WorkerError as exc:
+            end = channel.end(DEATH_GRACE)
+            stderr = channel.stderr_tail(1500).strip()
+            raise WorkerError(f"cannot start the worker on {self.spec} ({exc}; it ended {_ended(end)})"
+                              + (f": {stderr}" if stderr else "")) from None  # fmt: skip
+        self._channel, self._client, self._hello = channel, client, dict(client.hello)
+
+    def stop(self) -> None:
+        """Ask the worker to exit (killed if it does not within STOP_GRACE); the next job starts a new one."""
+        channel, client = self._channel, self._client
+        self._channel, self._client = None, None
+        if client is not None:
+            client.exit()
+        if channel is not None:
+            channel.end(STOP_GRACE)
+
+    def close(self) -> None:
+        self.stop()
+        self.transport.close()
+
+    def __enter__(self) -> Device:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- jobs ----------------------------------------------------------------------------------------------
+    def run(self, job: LoadJob) -> LoadResult:
+        """Run one job; always returns a result record (dead workers and timeouts included), never raises."""
+        try:
+            self.start()
+            placed = replace(job, checkpoint=self.transport.place(Path(job.checkpoint)))
+        except MaliHilError as exc:
+            self.stop()
+            return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, f"could not start the worker: {exc}")
+        assert self._client is not None and self._channel is not None
+        channel = self._channel
+        try:
+            data = self._client.load(placed.to_dict(), job.timeout_s)
+        except WorkerTimeout:
+            self._channel, self._client = None, None
+            channel.kill()
+            end = channel.end()
+            message = f"no result within {job.timeout_s:g} s; worker killed"
+            return self._failed(job, Status.TIMEOUT, "Timeout", message, end)
+        except WorkerGone:
+            self._channel, self._client = None, None
+            return self._after_death(job, channel.end(DEATH_GRACE), channel.stderr_tail(1500))
+        except WorkerError as exc:
+            self.stop()
+            return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, str(exc))
+        data["device"] = self.spec
+        data.update(self._ram_figures(channel))
+        try:
+            return LoadResult.from_dict(data)
+        except (TypeError, ValueError, KeyError) as exc:
+            return self._failed(job, Status.INFRA_ERROR, "WorkerError", f"the worker's result is malformed: {exc}")
+
+    def _ram_figures(self, channel: Channel) -> dict[str, Any]:
+        memory = channel.memory()
+        if memory is None:
+            return {"enforcement": Enforcement.KERNEL}
+        return {"ram_budget_bytes": memory.limit_bytes, "enforcement": memory.enforcement,
+                "enforcement_gap_s": memory.max_gap}  # fmt: skip
+
+    def _after_death(self, job: LoadJob, end: ProcessEnd, stderr: str) -> LoadResult:
+        if end.status is RunStatus.OOM_KILLED:
+            message = end.describe_oom()
+            if end.memory is not None:
+                message += f": unified memory peaked at {end.memory.peak_unified_bytes} bytes against a budget of " \
+                           f"{end.memory.limit_bytes}"  # fmt: skip
+            return self._failed(job, Status.OOM_KILLED, "OOMKilled", message, end)
+        message = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
+        return self._failed(job, Status.ERROR, "WorkerDied", message, end)
+
+    def _failed(self, job: LoadJob, status: Status, error_type: str, message: str,
+                end: ProcessEnd | None = None) -> LoadResult:  # fmt: skip
+        figures: dict[str, Any] = {"enforcement": self.transport.enforcement(self.board.ram_budget),
+                                   "ram_budget_bytes": self.board.ram_budget}  # fmt: skip
+        memory = end.memory if end is not None else None
+        if memory is not None:
+            figures.update(peak_anon_bytes=memory.peak_anon_bytes, peak_file_bytes=memory.peak_file_bytes,
+                           peak_unified_bytes=memory.peak_unified_bytes, ram_budget_bytes=memory.limit_bytes,
+                           enforcement=memory.enforcement, enforcement_gap_s=memory.max_gap)  # fmt: skip
+        device = end.device if end is not None else None
+        if device is not None:  # the layer's last counters, written as it killed its process (oom-kill profiles)
+            figures.update(
+                device_peak_bytes=device.peak_bytes,
+                device_live_after=device.live_bytes,
+                device_cap_bytes=device.cap_bytes,
+                device_failed_allocations=device.failed_allocations,
+            )
+        return LoadResult(status, loader=job.loader, device=self.spec, checkpoint=job.checkpoint, shard=job.shard,
+                          error_type=error_type, error_message=message, lru_cache=job.lru,
+                          fp16=self.facts.fp16, backend=self.facts.backend or "", **figures)  # fmt: skip
+
+
+def _ended(end: ProcessEnd) -> str:
+    """``exit N`` as subprocess numbers it (negative: the signal that killed it), and why it was an OOM kill."""
+    how = f"exit {end.returncode}"
+    return how if end.status is not RunStatus.OOM_KILLED else f"{how}, {end.describe_oom()}"

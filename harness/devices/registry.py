@@ -1,0 +1,74 @@
+"""Device kinds by name: the entry point group ``mali_hil.devices`` (the built-ins are registered there too) and
+:func:`register_device` for kinds defined at run time, e.g. in a test module.
+
+A kind is a factory ``f(spec: DeviceSpec) -> Device``. Adding one touches its own module (and one entry point
+line), never this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, TypeAlias
+
+from mali_hil.harness.devices.spec import DeviceSpec
+from mali_hil.harness.errors import DeviceSpecError
+
+if TYPE_CHECKING:
+    from mali_hil.harness.devices.device import Device
+
+ENTRY_POINT_GROUP = "mali_hil.devices"
+DEFAULT_DEVICE = "emulated-mali:mali-g610:3GiB"
+
+DeviceFactory: TypeAlias = "Callable[[DeviceSpec], Device]"
+_registered: dict[str, DeviceFactory] = {}
+
+
+def register_device(kind: str, factory: DeviceFactory | None = None) -> Callable[..., DeviceFactory]:
+    """Register ``factory`` for ``kind`` (also usable as a decorator); a kind can be registered once, and not
+    over a kind an installed distribution declares."""
+    DeviceSpec.parse(kind)  # the same rule for kind names as for --device values
+
+    def add(made: DeviceFactory) -> DeviceFactory:
+        if kind in _registered or kind in _entry_points():
+            raise DeviceSpecError(f"device kind {kind!r} is registered twice")
+        _registered[kind] = made
+        return made
+
+    if factory is not None:
+        add(factory)
+        return lambda made: made
+    return add
+
+
+def unregister_device(kind: str) -> None:
+    """Forget a kind registered at run time (tests clean up after themselves with this)."""
+    _registered.pop(kind, None)
+
+
+def device_kinds() -> list[str]:
+    return sorted({*_registered, *_entry_points()})
+
+
+def make_device(spec: str | DeviceSpec) -> Device:
+    """``emulated-mali:mali-g610:3GiB``, ``local``, ... -> a Device (not started). The kind validates its target."""
+    from mali_hil.harness.devices.device import Device
+
+    parsed = DeviceSpec.parse(spec)
+    factory = _registered.get(parsed.kind)
+    if factory is None:
+        found = _entry_points().get(parsed.kind)
+        if found is None:
+            raise DeviceSpecError(f"unknown device {parsed.text!r}: known kinds are {', '.join(device_kinds())}")
+        try:
+            factory = found.load()
+        except Exception as exc:  # a broken third-party kind: name it, do not show its traceback
+            raise DeviceSpecError(f"device kind {parsed.kind!r} ({found.value}) failed to import: {exc}") from exc
+    device = factory(parsed)
+    if not isinstance(device, Device):
+        raise DeviceSpecError(f"device kind {parsed.kind!r} made a {type(device).__name__}, not a Device")
+    return device
+
+
+def _entry_points() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}

@@ -1,0 +1,96 @@
+"""The plugin's session: options read once, the pool of started devices, and every job's result record.
+
+Kept under a StashKey on pytest's config (as pytest's own junitxml keeps its object). Every job result is kept,
+and written with ``--mali-hil-results``: nothing a device reports is lost, including jobs of tests that failed.
+Devices are imported and started only when a test asks for one, so a project that merely has mali-hil installed
+pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from mali_hil.harness.devices.registry import DEFAULT_DEVICE
+from mali_hil.harness.loaders import BUILTIN_NAMES
+
+if TYPE_CHECKING:
+    from mali_hil.harness.devices import Device, DevicePool
+    from mali_hil.harness.results import LoadResult
+
+SESSION_KEY = pytest.StashKey["HarnessSession"]()
+DEFAULT_JOB_TIMEOUT = 600.0
+
+
+@dataclass(eq=False)
+class HarnessSession:
+    devices: list[str]
+    loaders: list[str]
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    results_path: Path | None = None
+    profile: str | None = None  # the suite's hypothesis profile (dev, ci, nightly; None: by the CI variable)
+    explicit: bool = False  # a mali-hil option or ini value was given: say so in the report header
+    records: list[tuple[str, LoadResult]] = field(default_factory=list)
+    _pool: DevicePool | None = None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> HarnessSession:
+        given_devices = config.getoption("mali_hil_devices") or config.getini("mali_hil_devices")
+        given_loaders = config.getoption("mali_hil_loaders") or config.getini("mali_hil_loaders")
+        results = config.getoption("mali_hil_results")
+        if given_devices:
+            _check_devices(given_devices)
+        return cls(
+            devices=list(dict.fromkeys(given_devices or [DEFAULT_DEVICE])),
+            loaders=list(dict.fromkeys(given_loaders or BUILTIN_NAMES)),
+            job_timeout=config.getoption("mali_hil_job_timeout") or DEFAULT_JOB_TIMEOUT,
+            results_path=Path(results) if results else None,
+            profile=config.getoption("mali_hil_profile"),
+            explicit=bool(given_devices or given_loaders or results),
+        )
+
+    @property
+    def pool(self) -> DevicePool:
+        if self._pool is None:
+            from mali_hil.harness.devices import DevicePool
+
+            self._pool = DevicePool()
+        return self._pool
+
+    def device(self, spec: str) -> Device:
+        """The started device for ``spec``; a device that cannot start fails every test that needs it, with the
+        first cause (not a fresh attempt per test against a broken board)."""
+        from mali_hil.harness.devices import DeviceUnavailable
+
+        try:
+            return self.pool.acquire(spec)
+        except DeviceUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def record(self, nodeid: str, result: LoadResult) -> None:
+        self.records.append((nodeid, result))
+        if self.results_path is not None:
+            with self.results_path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"test": nodeid, **result.to_dict()}) + "\n")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _check_devices(specs: list[str]) -> None:
+    """Refuse a malformed ``--device`` or an unknown kind at once, as a usage error (nothing is started here)."""
+    from mali_hil.harness.devices import DeviceSpec, device_kinds
+    from mali_hil.harness.errors import DeviceSpecError
+
+    for spec in specs:
+        try:
+            kind = DeviceSpec.parse(spec).kind
+        except DeviceSpecError as exc:
+            raise pytest.UsageError(f"--device: {exc}") from None
+        if kind not in device_kinds():
+            raise pytest.UsageError(f"--device: unknown device {spec!r}: known kinds are {', '.join(device_kinds())}")

@@ -1,0 +1,126 @@
+"""This machine as a transport: processes run under the shared supervisor, files are already here.
+
+Output lines are read by a thread into a queue so that every wait has a timeout: a hung worker can never hang
+the harness. Stderr goes to a private temporary file (it may be large, and nobody reads it until a death).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from mali_hil.emulator.ram import Enforcement, RamVerdict, select_enforcer
+from mali_hil.emulator.supervisor import ProcessEnd, Supervised
+from mali_hil.harness.transports.base import Channel, Transport
+from mali_hil.harness.worker.protocol import BACKEND_ENV
+
+_EOF = object()
+
+
+class LocalChannel(Channel):
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], ram_budget: int | None) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the channel
+        enforcer = select_enforcer(ram_budget) if ram_budget is not None else None
+        try:
+            self._process = Supervised(
+                argv, env={**os.environ, **env}, enforcer=enforcer,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            )  # fmt: skip
+        except BaseException:
+            self._stderr.close()
+            raise
+        self._lines: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=self._read, name="mali-hil-channel-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        stdout = self._process.proc.stdout
+        assert stdout is not None
+        for line in stdout:
+            self._lines.put(line.decode("utf-8", errors="replace").rstrip("\n"))
+        self._lines.put(_EOF)
+
+    def send(self, line: str) -> None:
+        stdin = self._process.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(line.encode("utf-8") + b"\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # gone (or closed by end()): receive() sees the end of its output and end() says how it ended
+
+    def receive(self, timeout: float) -> str | None:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line within {timeout:g} s") from None
+        if line is _EOF:
+            self._lines.put(_EOF)  # stays at the end for later callers
+            return None
+        return str(line)
+
+    def memory(self) -> RamVerdict | None:
+        return self._process.memory()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def end(self, grace: float = 0.0) -> ProcessEnd:
+        stdin = self._process.proc.stdin
+        if stdin is not None and not stdin.closed:
+            with contextlib.suppress(OSError):
+                stdin.close()  # a worker that reads its stdin to the end exits by itself within the grace
+        ended = self._process.end(grace)
+        if self._process.proc.stdout is not None:
+            self._process.proc.stdout.close()
+        return ended
+
+    def stderr_tail(self, limit: int = 4000) -> str:
+        if self._stderr.closed:
+            return ""
+        size = self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, size - 4 * limit))
+        return self._stderr.read().decode(errors="replace")[-limit:]
+
+    def __del__(self) -> None:
+        self._stderr.close()
+
+
+@cache
+def backend_description() -> str:
+    """This machine's OpenCL backend (PoCL's own platform version), asked once per process in a process without
+    the layer (which answers as the Mali); workers on this machine get it instead of asking again."""
+    from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV
+
+    code = "from mali_hil.emulator.backend import backend_info as b; print(b().platform_version.split('  ')[0])"
+    env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                              check=True)  # fmt: skip
+    except (subprocess.SubprocessError, OSError):
+        return "unknown OpenCL backend"
+    return done.stdout.strip()
+
+
+class LocalTransport(Transport):
+    """Processes on this machine, each in a session of its own under the RAM enforcer a budget asks for."""
+
+    def enforcement(self, ram_budget: int | None) -> Enforcement:
+        return Enforcement.KERNEL if ram_budget is None else select_enforcer(ram_budget).name
+
+    def python(self) -> Sequence[str]:
+        return (sys.executable,)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], *, ram_budget: int | None) -> Channel:
+        return LocalChannel(argv, {BACKEND_ENV: backend_description(), **env}, ram_budget)
+
+    def place(self, path: Path) -> str:
+        return str(Path(path).resolve())

@@ -1,0 +1,3 @@
+from mali_hil.harness.worker.serve import main
+
+main()
