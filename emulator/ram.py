@@ -79,7 +79,11 @@ class RamVerdict:
     kernel_peak_bytes: int | None = None  # cgroup memory.peak (includes page cache); None where there is none
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "enforcement": self.enforcement.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RamVerdict:
+        return cls(**{**data, "enforcement": Enforcement(data["enforcement"])})  # type: ignore[arg-type]
 
 
 class RamEnforcer(Protocol):

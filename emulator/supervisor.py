@@ -52,6 +52,7 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"  # exited nonzero, or was killed by a signal that is not an OOM kill
     OOM_KILLED = "oom-killed"  # killed for memory, with evidence (see OomEvidence)
     TIMEOUT = "timeout"  # still running at its deadline, so the supervisor killed it
+    LOST = "lost"  # the transport lost it (a dropped connection): how it ended is unknown, it was not seen to fail
 
 
 class OomEvidence(enum.StrEnum):
@@ -73,6 +74,39 @@ class ProcessEnd:
     max_rss_bytes: int  # the kernel's high-water RSS of the leader (and the children it reaped): cannot miss a spike
     elapsed: float  # seconds from spawn to the leader's exit
     device: Any = None  # mali_hil.emulator.stats.LayerStats, when the OpenCL layer wrote its stats file
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON, for a supervisor on another machine to say how its process ended."""
+        return {
+            "status": self.status.value,
+            "returncode": self.returncode,
+            "evidence": None if self.evidence is None else self.evidence.value,
+            "memory": None if self.memory is None else self.memory.to_dict(),
+            "max_rss_bytes": self.max_rss_bytes,
+            "elapsed": self.elapsed,
+            "device": None if self.device is None else self.device.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProcessEnd:
+        from mali_hil.emulator.ram import RamVerdict
+        from mali_hil.emulator.stats import LayerStats
+
+        memory, device = data.get("memory"), data.get("device")
+        return cls(
+            status=RunStatus(data["status"]),
+            returncode=int(data["returncode"]),
+            evidence=None if data.get("evidence") is None else OomEvidence(data["evidence"]),
+            memory=None if memory is None else RamVerdict.from_dict(memory),
+            max_rss_bytes=int(data.get("max_rss_bytes") or 0),
+            elapsed=float(data.get("elapsed") or 0.0),
+            device=None if device is None else LayerStats.from_mapping(device, "a remote supervisor"),
+        )
+
+    @classmethod
+    def lost(cls, returncode: int, memory: RamVerdict | None, elapsed: float) -> ProcessEnd:
+        """The end of a process whose transport went away before it said how the process ended."""
+        return cls(RunStatus.LOST, returncode, None, memory, 0, elapsed)
 
     def describe_oom(self) -> str:
         """Why this end counts as an OOM kill, for people (empty when it does not)."""

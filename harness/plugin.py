@@ -140,7 +140,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         item.user_properties.append(("mali_hil.loader", params["loader_name"]))
     if "mali_device" not in params:
         return
-    facts = _session(item.config).device(params["mali_device"]).facts
+    facts = _session(item.config).device(params["mali_device"], item).facts
     item.user_properties.extend((f"mali_hil.{key}", value) for key, value in facts.properties().items())
     if item.get_closest_marker("board_only") and not facts.physical:
         pytest.skip(f"board_only: {facts.spec} is not a physical board")

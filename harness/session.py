@@ -61,15 +61,18 @@ class HarnessSession:
             self._pool = DevicePool()
         return self._pool
 
-    def device(self, spec: str) -> Device:
-        """The started device for ``spec``; a device that cannot start fails every test that needs it, with the
-        first cause (not a fresh attempt per test against a broken board)."""
+    def device(self, spec: str, item: pytest.Item | None = None) -> Device:
+        """The started device for ``spec``. A device that cannot start (an unreachable or unhealthy board) errors
+        every test that needs it with the first cause, marked ``MISS`` (not run because of the infrastructure,
+        in KernelCI's terms): never a test failure, and never a fresh attempt per test against a broken board."""
         from mali_hil.harness.devices import DeviceUnavailable
 
         try:
             return self.pool.acquire(spec)
         except DeviceUnavailable as exc:
-            pytest.fail(str(exc), pytrace=False)
+            if item is not None:
+                item.user_properties.append(("mali_hil.outcome", "MISS"))
+            pytest.fail(f"MISS: {exc}", pytrace=False)
 
     def record(self, nodeid: str, result: LoadResult) -> None:
         self.records.append((nodeid, result))

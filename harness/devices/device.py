@@ -33,16 +33,24 @@ STOP_GRACE = 10.0  # seconds a worker asked to exit gets before it is killed
 
 
 class Device:
-    """Runs load jobs on ``board`` through ``transport``; ``env`` is added to the worker's environment."""
+    """Runs load jobs on ``board`` through ``transport``; ``env`` is added to the worker's environment.
 
-    def __init__(self, board: Board, transport: Transport, env: Mapping[str, str] | None = None) -> None:
+    ``retries``: how often a job is run again when the transport lost its worker (a dropped connection, never a
+    worker that was seen to fail); then it is an ``infra-error``. Jobs that ended are never run again.
+    """
+
+    def __init__(self, board: Board, transport: Transport, env: Mapping[str, str] | None = None,
+                 retries: int = 0) -> None:  # fmt: skip
         self.board = board
         self.transport = transport
-        self._env = dict(env or {})
+        self.retries = retries
+        self.env = dict(env or {})  # added to every worker's environment
         self._channel: Channel | None = None
         self._client: WorkerClient | None = None
         self._hello: dict[str, Any] = {}
+        self._busy = False  # a job is in flight: stopping must kill, not wait for the worker to finish it
         self.starts = 0  # workers started so far: one, unless jobs killed some
+        self.lost = 0  # workers the transport lost (dropped connections), each retried or reported
 
     @property
     def spec(self) -> str:
@@ -59,7 +67,7 @@ class Device:
         )  # fmt: skip
 
     def worker_env(self) -> dict[str, str]:
-        env = {**WORKER_ENV, **self._env}
+        env = {**WORKER_ENV, **self.env}
         if self.board.emulate_spec is not None:
             env[EMULATE_ENV] = self.board.emulate_spec
         return env
@@ -85,10 +93,13 @@ class Device:
         """Ask the worker to exit (killed if it does not within STOP_GRACE); the next job starts a new one."""
         channel, client = self._channel, self._client
         self._channel, self._client = None, None
-        if client is not None:
+        if channel is not None and self._busy:
+            channel.kill()  # interrupted mid-job (Ctrl-C): the job's result is not coming, do not wait for it
+        elif client is not None:
             client.exit()
         if channel is not None:
-            channel.end(STOP_GRACE)
+            channel.end(0.0 if self._busy else STOP_GRACE)
+        self._busy = False
 
     def close(self) -> None:
         self.stop()
@@ -104,6 +115,20 @@ class Device:
     # --- jobs ----------------------------------------------------------------------------------------------
     def run(self, job: LoadJob) -> LoadResult:
         """Run one job; always returns a result record (dead workers and timeouts included), never raises."""
+        for attempt in range(self.retries + 1):
+            result = self._run_once(job)
+            if result is not None:
+                return result
+            self.lost += 1
+            last = attempt == self.retries
+            if last:
+                return self._failed(job, Status.INFRA_ERROR, "TransportLost",
+                                    f"{self.spec} lost the worker (the connection dropped) {attempt + 1} time(s) "
+                                    f"during this job; it was run {attempt + 1} time(s), never completed")  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _run_once(self, job: LoadJob) -> LoadResult | None:
+        """One attempt; None when the transport lost the worker (the caller may run the job again)."""
         try:
             self.start()
             placed = replace(job, checkpoint=self.transport.place(Path(job.checkpoint)))
@@ -112,20 +137,25 @@ class Device:
             return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, f"could not start the worker: {exc}")
         assert self._client is not None and self._channel is not None
         channel = self._channel
+        self._busy = True
         try:
             data = self._client.load(placed.to_dict(), job.timeout_s)
         except WorkerTimeout:
-            self._channel, self._client = None, None
+            self._channel, self._client, self._busy = None, None, False
             channel.kill()
             end = channel.end()
             message = f"no result within {job.timeout_s:g} s; worker killed"
             return self._failed(job, Status.TIMEOUT, "Timeout", message, end)
         except WorkerGone:
-            self._channel, self._client = None, None
-            return self._after_death(job, channel.end(DEATH_GRACE), channel.stderr_tail(1500))
+            self._channel, self._client, self._busy = None, None, False
+            end = channel.end(DEATH_GRACE)
+            if end.status is RunStatus.LOST:
+                return None
+            return self._after_death(job, end, channel.stderr_tail(1500))
         except WorkerError as exc:
             self.stop()
             return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, str(exc))
+        self._busy = False
         data["device"] = self.spec
         data.update(self._ram_figures(channel))
         try:

@@ -44,3 +44,14 @@ def hoards_device_memory(checkpoint: Any, device: str, options: LoadOptions) -> 
     for _ in range(256):
         hoard.append(allocate((32 << 20,), dtypes.uint8, device))
     return {}
+
+
+def slow(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """The chunked loader after a pause of SLOW_SECONDS: a job long enough to be interrupted mid-way."""
+    from mali_hil.harness.loaders import get_loader
+
+    time.sleep(SLOW_SECONDS)
+    return get_loader("chunked").load(checkpoint, device, options)
+
+
+SLOW_SECONDS = 4.0

@@ -20,7 +20,7 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[2]
 # not hypothesis: its own pytest plugin imports it at every session's terminal summary
 HEAVY = ("tinygrad", "ml_dtypes", "numpy", "pyopencl", "safetensors")
-SOURCE_DIRS = ("mali_hil", "harness", "emulator", "tests", "benchmarks")
+SOURCE_DIRS = ("src", "harness", "emulator", "tests", "benchmarks")
 MODULE_PATH = re.compile(r"(harness|emulator)(\.[A-Za-z_]\w*)+(:[\w.]+)?\Z")
 
 

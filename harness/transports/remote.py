@@ -1,0 +1,197 @@
+"""The board's side of a remote transport: ``python -m mali_hil.harness.transports.remote health|supervise|sha256``.
+
+Runs in mali-hil's venv on the board. ``supervise`` is the small remote supervisor: it runs the worker under the
+same :class:`~mali_hil.emulator.supervisor.Supervised` as a local worker (its own session, the emulated board's
+RAM watchdog when there is one, else the kernel's OOM killer as the enforcement), relays the job protocol between
+its stdin/stdout and the worker, and adds two kinds of lines of its own on stdout:
+
+    {"op": "memory", ...RamVerdict...}     what the RAM enforcement has seen, sent just before each result
+    {"op": "end", ...ProcessEnd...}        how the worker ended, decided here from evidence on the board
+
+and takes one of its own on stdin: ``{"op": "kill"}`` kills the worker's tree. When its stdin ends without an
+``exit`` having passed (the harness died, or the connection dropped), it kills the worker at once: nothing runs
+on after the harness is gone, and its temporary files (under ``WORKDIR/tmp``) are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+MEMORY_OP, END_OP, KILL_OP = "memory", "end", "kill"
+
+
+def _write(out: BinaryIO, lock: threading.Lock, message: dict[str, Any] | bytes) -> None:
+    line = message if isinstance(message, bytes) else (json.dumps(message) + "\n").encode()
+    with lock:
+        try:
+            out.write(line)
+            out.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the harness is gone; the worker is killed by the stdin side
+
+
+def supervise(argv: list[str], env: dict[str, str], ram_budget: int | None) -> int:
+    from mali_hil.emulator.ram import select_enforcer
+    from mali_hil.emulator.supervisor import Supervised
+
+    out, lock = sys.stdout.buffer, threading.Lock()
+    enforcer = select_enforcer(ram_budget) if ram_budget is not None else None
+    process = Supervised(argv, env={**os.environ, **env}, enforcer=enforcer, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)  # fmt: skip
+    graceful = threading.Event()
+
+    def end_now(*_: object) -> None:  # SIGTERM/SIGHUP: the session is going away
+        process.kill()
+
+    signal.signal(signal.SIGTERM, end_now)
+    signal.signal(signal.SIGHUP, end_now)
+
+    def relay_out() -> None:
+        assert process.proc.stdout is not None
+        for line in process.proc.stdout:
+            try:
+                op = json.loads(line).get("op")
+            except (ValueError, AttributeError):
+                op = None
+            if op == "result":
+                memory = process.memory()
+                if memory is not None:
+                    _write(out, lock, {"op": MEMORY_OP, **memory.to_dict()})
+            _write(out, lock, line)
+
+    def relay_in() -> None:
+        worker_in = process.proc.stdin
+        assert worker_in is not None
+        for line in sys.stdin.buffer:
+            try:
+                op = json.loads(line).get("op")
+            except (ValueError, AttributeError):
+                op = None
+            if op == KILL_OP:
+                process.kill()
+                continue
+            if op == "exit":
+                graceful.set()
+            try:
+                worker_in.write(line)
+                worker_in.flush()
+            except (BrokenPipeError, OSError):
+                pass
+        with contextlib.suppress(OSError):
+            worker_in.close()
+        if not graceful.is_set():
+            process.kill()  # stdin ended without an exit: the harness or its connection is gone
+
+    # The worker's output decides when this ends: it closes when the worker exits or is killed (for memory on
+    # the board, by the harness's kill, or because the harness went away), and then the end is reported at once.
+    threading.Thread(target=relay_in, name="mali-hil-relay-in", daemon=True).start()
+    relay_out()
+    end = process.end(grace=10.0 if graceful.is_set() else 0.0)
+    _write(out, lock, {"op": END_OP, **end.to_dict()})
+    return 0
+
+
+def health(workdir: Path, emulate: str | None, ram_budget: int | None) -> dict[str, Any]:
+    """What the harness checks before it uses the board; every probe that fails says why."""
+    from mali_hil import __version__
+    from mali_hil.emulator.ram import select_enforcer
+
+    facts: dict[str, Any] = {"python": list(sys.version_info[:3]), "mali_hil": __version__, "workdir": str(workdir)}
+    facts["mem_available"] = _mem_available()
+    facts["disk_free"] = shutil.disk_usage(workdir).free
+    facts["enforcement"] = select_enforcer(ram_budget).name.value if ram_budget is not None else "kernel"
+    probe = [sys.executable, "-m", "mali_hil.harness.transports.remote", "opencl"]
+    if emulate:
+        probe += ["--emulate", emulate]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False)
+    try:
+        facts["opencl"] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        facts["opencl"] = {"error": f"the OpenCL probe failed (exit {done.returncode}): {done.stderr.strip()[-800:]}"}
+    return facts
+
+
+def opencl(emulate: str | None) -> dict[str, Any]:
+    """The first OpenCL device this board gives a process (through the emulated Mali's layer with ``emulate``)."""
+    try:
+        if emulate:
+            from mali_hil.emulator.board import EmulatedBoard
+
+            EmulatedBoard.from_spec(emulate).activate()
+        import pyopencl as cl
+
+        device = cl.get_platforms()[0].get_devices()[0]
+        return {"platform": device.platform.name, "device_name": device.name, "global_mem": device.global_mem_size,
+                "max_alloc": device.max_mem_alloc_size, "fp16": "cl_khr_fp16" in device.extensions.split()}  # fmt: skip
+    except Exception as exc:  # any failure is the board's answer, reported as text
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mali_hil.harness.transports.remote")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("supervise")
+    run.add_argument("--workdir", type=Path, required=True)
+    run.add_argument("--ram-budget", type=int, default=None)
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    check = sub.add_parser("health")
+    check.add_argument("--workdir", type=Path, required=True)
+    check.add_argument("--emulate", default=None)
+    check.add_argument("--ram-budget", type=int, default=None)
+    probe = sub.add_parser("opencl")
+    probe.add_argument("--emulate", default=None)
+    digest = sub.add_parser("sha256")
+    digest.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.action == "supervise":
+        tmp = args.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(tmp)  # the supervisor's private folders live here, and go with it
+        env = dict(pair.split("=", 1) for pair in args.env)
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return supervise(command, env, args.ram_budget)
+    if args.action == "health":
+        print(json.dumps(health(args.workdir, args.emulate, args.ram_budget)))
+    elif args.action == "opencl":
+        print(json.dumps(opencl(args.emulate)))
+    else:
+        print(json.dumps({str(path): sha256(path) for path in args.paths}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
