@@ -8,7 +8,8 @@ RAM growth is its own and not hidden by what an earlier job left resident. Each 
 judged (checks ``run_twice``). The compiler's one-off memory (PoCL's LLVM, tens to ~170 MB) is the device
 runtime's, not the loader's, and none of the bounds claims it. The examples skip the digest read-back
 (``digests=False``) for time only: it runs after the memory figures are taken and leaves nothing live (measured:
-the next job starts at the same live device bytes).
+the next job starts at the same live device bytes). The job past every chunk (the last test here) reads its
+digests back: the numerics property checks them.
 """
 
 from __future__ import annotations
@@ -95,3 +96,15 @@ def test_declared_bounds_hold(request, on_board, loader_name: str, mali_device, 
         check_judged(warm, result, loader.bounds_or_default(checkpoint, options))
 
     check()
+
+
+def test_bounds_hold_past_the_default_chunk(request, loader_name: str, past_every_chunk, past_every_chunk_job) -> None:
+    """The checkpoint past every chunk and window (conftest ``past_every_chunk``) at the default chunk size: the one
+    job whose tensors span several 64 MiB chunks, so a bound's whole-chunk terms (a 64 MiB chunk of source and its
+    conversion, staging sized by the chunk) meet a real second chunk. Catches: a bound that assumes one chunk per
+    tensor; a chunk buffer allocated per chunk and kept; staging sized by the tensor instead of the chunk. The
+    same job's values are the numerics property's (test_numerics)."""
+    loader = get_loader(loader_name)
+    request.node.user_properties.append(("mali_hil.bounds", loader.bounds_kind))
+    warm, result = past_every_chunk_job
+    check_judged(warm, result, loader.bounds_or_default(past_every_chunk, LoadOptions()))

@@ -70,6 +70,19 @@ def test_short_tail_is_caught_by_digests(load, make_checkpoint) -> None:
     check_oracle(load(checkpoint, loader="chunked", chunk_bytes=4096, values=True), checkpoint)
 
 
+@pytest.mark.mali_hil_property("numerics")
+def test_fixed_window_and_lost_last_chunk_are_caught_past_every_chunk(load, past_every_chunk: Path) -> None:
+    """The checkpoint past every chunk (conftest ``past_every_chunk``) at the default 64 MiB chunk: a fixed 16 MiB
+    conversion buffer writes a quarter of each full chunk, and short_tail never writes the second chunk of the
+    66 MiB tensors. Every other numerics test loads tensors of at most 3 MB, which both load correctly. The
+    wrong loaders run first, so no buffer of the right values is in any cache yet."""
+    for wrong in ("fixed_window", "short_tail"):
+        result = load(past_every_chunk, loader=WRONG + wrong)
+        with pytest.raises(AssertionError, match=r"past_chunk\.bf16 differs from the oracle"):
+            check_oracle(result, past_every_chunk)
+    check_oracle(load(past_every_chunk, loader=WRONG + "streaming"), past_every_chunk)
+
+
 @pytest.mark.mali_hil_property("memory-bound")
 def test_hoarding_is_caught_by_the_default_bound(on_board, mali_device, make_checkpoint) -> None:
     """hoarding declares no bounds, so memory-bound judges it by the default (final bytes plus one tensor in

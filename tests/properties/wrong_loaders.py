@@ -4,6 +4,8 @@ run from the repository root). Each reuses a built-in variant's code and changes
 
 - ``truncating``: chunked, but bf16/f32 -> fp16 rounds toward zero instead of to nearest even (numerics);
 - ``short_tail``: chunked, but a tensor of several chunks never gets its last one (numerics: digests);
+- ``fixed_window``: chunked through a fixed 16 MiB conversion buffer: a larger chunk's overflow is dropped
+  (numerics: digests of the tensors past every chunk);
 - ``hoarding``: a plain function that keeps every converted host chunk until it returns, twice the RAM of a
   streaming loader, and declares no bounds (memory-bound: the default bound);
 - ``leaky``: chunked, plus a 1 MiB device buffer per job kept in a module-level list (idempotence);
@@ -29,6 +31,7 @@ import numpy as np
 from mali_hil.harness.loaders import Loader, LoadOptions, chunked
 
 LEAK_BYTES = 1 << 20
+FIXED_WINDOW_BYTES = 16 << 20
 _LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
 
 
@@ -36,11 +39,12 @@ Convert = Callable[[np.ndarray, str], np.ndarray]
 
 
 def _chunked_with(checkpoint: Any, device: str, options: LoadOptions, convert: Convert, drop_tail: bool = False,
-                  hoard: list[np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+                  window: int | None = None, hoard: list[np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
     """chunked's scheme (plan, one final buffer per tensor, row chunks read, converted on the host, written at their
     offset), with the conversion swapped and, each a one-line bug: with ``drop_tail``, the last chunk of
-    multi-chunk tensors skipped; with ``hoard``, every converted chunk appended there. Written against the
-    loaders' public helpers only, so a rewrite of chunked's internals leaves it working."""
+    multi-chunk tensors skipped; with ``window``, each chunk cut to that many source bytes; with ``hoard``, every
+    converted chunk appended there. Written against the loaders' public helpers only, so a rewrite of chunked's
+    internals leaves it working."""
     from tinygrad import Device
     from tinygrad.nn.state import safe_dtypes
 
@@ -55,7 +59,8 @@ def _chunked_with(checkpoint: Any, device: str, options: LoadOptions, convert: C
         chunks = plan.chunks(options.chunk_bytes)
         if drop_tail and len(chunks) > 1:
             chunks = chunks[:-1]
-        for first, count in chunks:
+        for first, whole in chunks:
+            count = whole if window is None else min(whole, window // ITEMSIZE[plan.source_dtype])
             offset = plan.offset + first * ITEMSIZE[plan.source_dtype]
             raw = np.fromfile(plan.path, dtype=numpy_dtype(plan.source_dtype), count=count, offset=offset)
             host = convert(raw, plan.final_dtype)
@@ -99,6 +104,14 @@ def short_tail(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, 
     from mali_hil.harness.loaders._convert import host_convert
 
     return _chunked_with(checkpoint, device, options, host_convert, drop_tail=True)
+
+
+def fixed_window(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming through a fixed 16 MiB conversion buffer: of a larger chunk only the first 16 MiB is converted and
+    written, the rest of the tensor's buffer keeps whatever it held."""
+    from mali_hil.harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert, window=FIXED_WINDOW_BYTES)
 
 
 def hoarding(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
