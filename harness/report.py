@@ -1,8 +1,8 @@
 """The per-variant table at the end of a run: one row per loader, built from immutable result records.
 
 Registered as a plugin beside the session (its report hooks are methods, as in pytest's junitxml). It reads the
-test reports' properties (which property, which loader) and the session's result records; it starts nothing
-and changes nothing.
+test reports' properties (which property, which loader, which bounds its memory was judged by) and the session's
+result records; it starts nothing and changes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class VariantTable:
     def __init__(self, session: HarnessSession) -> None:
         self.session = session
         self.outcomes: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.bounds: dict[str, str] = {}  # loader -> what its memory was judged by: "declared", "default", ...
 
     @property
     def loaders(self) -> Sequence[str]:
@@ -44,6 +45,8 @@ class VariantTable:
         prop, loader = props.get("mali_hil.property"), props.get("mali_hil.loader")
         if prop is None or loader is None:
             return
+        if "mali_hil.bounds" in props:
+            self.bounds[str(loader)] = str(props["mali_hil.bounds"])
         if report.when == "call" or report.outcome != "passed":  # setup/teardown only count when they fail
             outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
             self.outcomes[(str(loader), str(prop))].append(outcome)
@@ -59,10 +62,12 @@ class VariantTable:
     def table(self) -> list[str]:
         props = [p for p in PROPERTIES if any(k[1] == p for k in self.outcomes)]
         limits = ["device peak / cap (ok jobs)", "RAM peak / budget (ok jobs)", "jobs ok / oom / other"]
-        header = ["loader", *props, *limits]
+        judged = ["bounds"] if self.bounds else []
+        header = ["loader", *judged, *props, *limits]
         rows = [header]
         for loader in self.loaders:
-            cells = [loader] + [_verdict(self.outcomes.get((loader, p), [])) for p in props]
+            cells = [loader] + [self.bounds.get(loader, "-") for _ in judged]
+            cells += [_verdict(self.outcomes.get((loader, p), [])) for p in props]
             mine = [r for _, r in self.records if r.loader == loader]
             finished = [r for r in mine if r.ok]  # a killed job's peak is the limit it crossed, not a fit
             cells += [
@@ -74,6 +79,13 @@ class VariantTable:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
         lines.insert(1, "-+-".join("-" * w for w in widths))
+        if any(kind.startswith("default") for kind in self.bounds.values()):
+            from mali_hil.harness.loaders.base import DEFAULT_BOUND
+
+            lines.append(
+                f"bounds: default = {DEFAULT_BOUND} (one tensor in flight), for device and RAM, wherever a loader"
+                " declares none; declare Loader.device_bound/ram_bound to be judged by your own"
+            )
         return lines
 
 

@@ -218,13 +218,41 @@ def bound_inputs(checkpoint: Checkpoint | str | Path, options: LoadOptions) -> B
 LoadFn = Callable[[Any, str, LoadOptions], dict[str, Any]]
 BoundFn = Callable[[BoundInputs], int]
 
+DEFAULT_BOUND = "final_bytes + largest_source_bytes + largest_final_bytes"
+
+
+def default_bound(b: BoundInputs) -> int:
+    """final_bytes + largest_source_bytes + largest_final_bytes, for device and RAM alike: the bound of a loader
+    that declares none. What a streaming loader needs with one whole tensor in flight: the final buffers, plus
+    that tensor as read (source) and as converted (final), on the host or the device (one pool on Mali). A loader
+    that goes tensor by tensor fits it at any chunk size; one that holds a second tensor, every chunk, the whole
+    file or the model twice does not. A loader that needs more states its own bounds."""
+    return b.final_bytes + b.largest_source_bytes + b.largest_final_bytes
+
+
+@dataclass(frozen=True)
+class JudgedBounds:
+    """The device and RAM bounds (bytes) a load is judged against; ``defaulted`` names those that are
+    ``default_bound`` because the loader declares none ("device", "RAM")."""
+
+    device: int
+    ram: int
+    defaulted: tuple[str, ...] = ()
+
+    def source(self, which: str) -> str:
+        """How a message names the ``which`` ("device" or "RAM") bound."""
+        if which in self.defaulted:
+            return f"the default {which} bound (it declares none: {DEFAULT_BOUND})"
+        return f"its declared {which} bound"
+
 
 @dataclass(frozen=True)
 class Loader:
     """A loader variant under test: ``load(checkpoint, device, options) -> {name: realized Tensor}``.
 
     ``device_bound``/``ram_bound`` give the most device memory / RAM (host plus device: one pool on Mali) the
-    loader's own allocations may reach, as formulas of ``BoundInputs``; None when the loader declares none.
+    loader's own allocations may reach, as formulas of ``BoundInputs``; None when the loader declares none, and
+    is then judged against ``default_bound`` (``bounds_or_default``).
     ``device_half`` says the loader converts to half with kernels on the device: its values then depend on the
     device's fp16 arithmetic, which the emulator can only emulate where the backend lacks ``cl_khr_fp16``.
     """
@@ -245,6 +273,27 @@ class Loader:
         device = self.device_bound(inputs) if self.device_bound else None
         ram = self.ram_bound(inputs) if self.ram_bound else None
         return device, ram
+
+    @property
+    def defaulted(self) -> tuple[str, ...]:
+        """The bounds ("device", "RAM") this loader does not declare, so is judged on by ``default_bound``."""
+        return tuple(
+            which for which, bound in (("device", self.device_bound), ("RAM", self.ram_bound)) if bound is None
+        )
+
+    @property
+    def bounds_kind(self) -> str:
+        """For reports: ``declared``, ``default``, or ``default device``/``default RAM`` when only one is."""
+        if not self.defaulted:
+            return "declared"
+        return "default" if len(self.defaulted) == 2 else f"default {self.defaulted[0]}"
+
+    def bounds_or_default(self, checkpoint: Checkpoint | str | Path, options: LoadOptions) -> JudgedBounds:
+        """``bounds`` with each undeclared bound replaced by ``default_bound``: a loader escapes being judged on
+        memory only by declaring bounds of its own, never by declaring none."""
+        inputs = bound_inputs(checkpoint, options)
+        device, ram = self.device_bound or default_bound, self.ram_bound or default_bound
+        return JudgedBounds(device(inputs), ram(inputs), self.defaulted)
 
 
 def _is_embedding(name: str) -> bool:

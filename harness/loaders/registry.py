@@ -2,8 +2,9 @@
 
 A user's loader is treated exactly like ours: ``get_loader("mypkg.loaders:fast")`` or an entry point in group
 ``mali_hil.loaders`` may name a ``Loader`` (with declared bounds) or a plain callable
-``f(checkpoint, device, options) -> dict`` (wrapped, bounds undeclared). Built-in modules are imported on first
-use, so listing options or building a ``LoadOptions`` never imports tinygrad.
+``f(checkpoint, device, options) -> dict`` (wrapped, bounds undeclared: the property suite then judges its memory
+against ``base.default_bound``). Built-in modules are imported on first use, so listing options or building a
+``LoadOptions`` never imports tinygrad.
 """
 
 from __future__ import annotations

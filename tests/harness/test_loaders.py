@@ -323,3 +323,28 @@ def test_registry_errors_name_the_problem() -> None:
         get_loader("no_such_module_xyz:load")
     with pytest.raises(LoaderError, match="no attribute"):
         get_loader("tests.harness.loaders_support:missing")
+
+
+def test_an_undeclared_bound_is_judged_by_the_default(tmp_path: Path) -> None:
+    """A plain callable, and a Loader without bounds, get ``default_bound`` for both; a declared bound is kept and
+    only the missing one defaults. Fails if a loader without bounds escapes the memory checks again (None bounds),
+    or if the default ever replaces what a loader declares."""
+    from mali_hil.harness.loaders.base import bound_inputs, default_bound
+
+    checkpoint = make_checkpoint(get_model("tiny"), tmp_path / "m.safetensors", fill="constant")
+    options = LoadOptions(chunk_bytes=BOUNDS_CHUNK)
+    inputs = bound_inputs(checkpoint, options)
+    one_tensor = inputs.final_bytes + inputs.largest_source_bytes + inputs.largest_final_bytes
+    assert default_bound(inputs) == one_tensor > inputs.final_bytes
+    plain, chunked = get_loader(EXTERNAL), get_loader("chunked")
+    bare = Loader(name="bare", load=plain.load)
+    half = Loader(name="half", load=plain.load, device_bound=lambda b: 1)
+    judged = {loader.name: loader.bounds_or_default(checkpoint, options) for loader in (plain, bare, half, chunked)}
+    for name in (EXTERNAL, "bare"):
+        assert (judged[name].device, judged[name].ram, judged[name].defaulted) == (one_tensor, one_tensor,
+                                                                                 ("device", "RAM"))  # fmt: skip
+    assert "the default RAM bound (it declares none" in judged["bare"].source("RAM")
+    assert (judged["half"].device, judged["half"].ram, judged["half"].defaulted) == (1, one_tensor, ("RAM",))
+    assert judged["half"].source("device") == "its declared device bound"
+    assert (judged["chunked"].device, judged["chunked"].ram) == chunked.bounds(checkpoint, options)
+    assert [loader.bounds_kind for loader in (chunked, plain, half)] == ["declared", "default", "default RAM"]

@@ -79,3 +79,30 @@ def test_every_result_is_recorded(pytester: pytest.Pytester) -> None:
 
     lines = [json.loads(line) for line in (pytester.path / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["status"] == "ok" and lines[0]["test"].endswith("chunked]")
+
+
+def test_the_table_says_which_loaders_were_judged_by_the_default_bound() -> None:
+    """A loader whose memory tests recorded ``default`` bounds gets that in its row, and the table states the
+    default's formula once; a run where every loader declares its bounds shows no note. Fails if the table hides
+    that a loader was judged by a bound it never declared."""
+    from types import SimpleNamespace
+
+    from mali_hil.harness.loaders.base import DEFAULT_BOUND
+    from mali_hil.harness.report import VariantTable
+    from mali_hil.harness.session import HarnessSession
+
+    def report(loader: str, prop: str, bounds: str) -> SimpleNamespace:
+        props = [("mali_hil.property", prop), ("mali_hil.loader", loader), ("mali_hil.bounds", bounds)]
+        return SimpleNamespace(user_properties=props, when="call", outcome="passed")
+
+    table = VariantTable(HarnessSession(devices=["emulated-mali"], loaders=["chunked", "mine:load"]))
+    table.pytest_runtest_logreport(report("chunked", "memory-bound", "declared"))
+    declared_only = table.table()
+    assert not any(DEFAULT_BOUND in line for line in declared_only)
+    table.pytest_runtest_logreport(report("mine:load", "memory-bound", "default"))
+    lines = table.table()
+    header, rows = [cell.strip() for cell in lines[0].split("|")], {line.split("|")[0].strip(): line for line in lines}
+    column = header.index("bounds")
+    assert [cell.strip() for cell in rows["mine:load"].split("|")][column] == "default"
+    assert [cell.strip() for cell in rows["chunked"].split("|")][column] == "declared"
+    assert sum(DEFAULT_BOUND in line for line in lines) == 1

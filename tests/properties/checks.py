@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from mali_hil.harness.checkpoints import ModelConfig, node_keys
+from mali_hil.harness.loaders.base import JudgedBounds
 from mali_hil.harness.results import LoadResult, Status
 
 from .conftest import check_oracle, failed
@@ -58,21 +60,53 @@ def check_within_cap(result: LoadResult) -> None:
         )
 
 
-def check_memory_bound(result: LoadResult, device_bound: int | None, ram_bound: int | None) -> None:
-    """An ``ok`` job's device peak is within its declared device bound (exactly) and its RAM growth within its
-    declared RAM bound plus ``ram_slack``. A bound that is None (undeclared) or a figure the device cannot measure
-    is not checked."""
+def run_twice(run: Any, spec: str, checkpoint: str | Path, loader: str, digests: bool = False,
+              **job: Any) -> tuple[LoadResult, LoadResult]:  # fmt: skip
+    """memory-bound's protocol on a measured board (conftest ``BoardRunner``): the same job twice, the second is
+    judged. The first compiles the variant's kernels for these shapes (tinygrad keeps them in the worker) and frees
+    what an earlier job left behind; it never reads digests. The judged job reads them with ``digests``, after its
+    memory figures are taken. Each is checked within the cap, and the board settled after a failed one."""
+    warm = run(spec, checkpoint, loader, digests=False, **job)
+    check_within_cap(warm)
+    if not warm.ok:
+        run.settle(spec)
+    result = run(spec, checkpoint, loader, digests=digests, **job)
+    check_within_cap(result)
+    if not result.ok:
+        run.settle(spec)
+    return warm, result
+
+
+def check_judged(warm: LoadResult, result: LoadResult, bounds: JudgedBounds) -> None:
+    """memory-bound's verdict on ``run_twice``: a device-oom only where the device bound passes the cap, and an
+    ``ok`` job within its bounds. RAM only after an ok warm job: after a failed one the judged job ran cold (a new
+    worker, the compiler's one-off memory in it); device bytes are exact and start from a settled device either
+    way."""
+    cap = result.device_cap_bytes
+    if result.status is Status.DEVICE_OOM and cap is not None:
+        assert bounds.device > cap, (
+            f"{result.loader}: device-oom on a {cap}-byte cap although {bounds.source('device')} is {bounds.device}:"
+            f" it uses more device memory than that ({result.error_message})"
+        )
+    if result.ok:
+        check_memory_bound(result, bounds, ram=warm.ok)
+
+
+def check_memory_bound(result: LoadResult, bounds: JudgedBounds, ram: bool = True) -> None:
+    """An ``ok`` job's device peak is within its device bound (exactly) and, with ``ram``, its RAM growth within
+    its RAM bound plus ``ram_slack``: bounds the loader declares, ``default_bound`` where it declares none. A figure
+    the device cannot measure is not checked."""
     assert result.ok, failed(result)
     peak, growth = result.device_peak_bytes, result.ram_growth_bytes
-    if device_bound is not None and peak is not None:
-        assert peak <= device_bound, (
-            f"{result.loader}: device peak {peak} bytes is {peak - device_bound} over its declared device bound"
-            f" {device_bound} ({result.checkpoint})"
+    if peak is not None:
+        assert peak <= bounds.device, (
+            f"{result.loader}: device peak {peak} bytes is {peak - bounds.device} over {bounds.source('device')}"
+            f" {bounds.device} ({result.checkpoint})"
         )
-    if ram_bound is not None and growth is not None:
-        slack = ram_slack(ram_bound)
-        assert growth <= ram_bound + slack, (
-            f"{result.loader}: RAM grew {growth} bytes, {growth - ram_bound} over its declared RAM bound {ram_bound}"
+    if ram and growth is not None:
+        slack = ram_slack(bounds.ram)
+        assert growth <= bounds.ram + slack, (
+            f"{result.loader}: RAM grew {growth} bytes, {growth - bounds.ram} over {bounds.source('RAM')} {bounds.ram}"
             f" (slack {slack}; baseline {result.ram_baseline_bytes}, {result.checkpoint})"
         )
 

@@ -100,13 +100,14 @@ def check_oracle(result: LoadResult, checkpoint: str | Path, keys: Iterable[str]
     extra, missing = sorted(set(result.digests) - set(want)), sorted(set(want) - set(result.digests))
     assert not extra and not missing, f"{result.loader} loaded {extra} too and missed {missing}"
     differing = [name for name, digest in want.items() if result.digests[name] != digest]
-    exact, flushed = set(exact), 0
-    for name, values in expected_tensors(checkpoint, differing).items():
+    for name in differing:  # before any oracle tensor is read whole: a large one may not fit the test's RAM twice
         got, digest = result.digests[name], want[name]
         assert (got.dtype, got.shape, got.nbytes) == (digest.dtype, digest.shape, digest.nbytes), (
             f"{result.loader}: {name} is {got} but the oracle has {digest}"
         )
         assert name in result.values, f"{result.loader}: {name} differs from the oracle: {got} != {digest}"
+    exact, flushed = set(exact), 0
+    for name, values in expected_tensors(checkpoint, differing).items():
         flushed += check_values(name, result.array(name), values, result, may_flush=name not in exact)
     return flushed
 
@@ -191,3 +192,33 @@ def on_board(request: pytest.FixtureRequest, boards: DevicePool, empty_checkpoin
     from mali_hil.harness.session import SESSION_KEY
 
     return BoardRunner(boards, request.config.stash[SESSION_KEY], request.node.nodeid, empty_checkpoint)
+
+
+# --- the job past every chunk and window (test_memory_bound and test_numerics judge the same job) ---------------
+
+
+@pytest.fixture(scope="session")
+def past_every_chunk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of mali_hil.properties.past_chunks: tensors larger than any chunk or window."""
+    from .past_chunks import write
+
+    return write(tmp_path_factory.mktemp("past-chunks") / "past-every-chunk.safetensors")
+
+
+@pytest.fixture(scope="session")
+def _past_every_chunk_jobs() -> dict[tuple[str, str], tuple[LoadResult, LoadResult]]:
+    return {}
+
+
+@pytest.fixture
+def past_every_chunk_job(on_board: BoardRunner, mali_device: Device, loader_name: str, past_every_chunk: Path,
+                         _past_every_chunk_jobs: dict) -> tuple[LoadResult, LoadResult]:  # fmt: skip
+    """``(warm, judged)`` jobs of ``past_every_chunk`` at the default chunk, on the measured twin of the session's
+    board (checks ``run_twice``; the judged job reads digests back after its memory figures). Run once per device
+    and loader, for whichever of its two tests comes first: one load serves both properties."""
+    from .checks import run_twice
+
+    key = (mali_device.spec, loader_name)
+    if key not in _past_every_chunk_jobs:
+        _past_every_chunk_jobs[key] = run_twice(on_board, mali_device.spec, past_every_chunk, loader_name, digests=True)
+    return _past_every_chunk_jobs[key]

@@ -12,6 +12,10 @@ How the numbers are made comparable:
 - each checkpoint's kernels are compiled first on a large twin of the board (same profile, same disk caches), so
   the fit job compiles nothing. Compiling on PoCL costs 50-160 MB in-process (LLVM) and forks the worker to
   link: that is the emulator's cost, not a Mali driver's (whose compiler is not in the loader's bounds either).
+
+A variant that declares no bounds is predicted from ``default_bound`` (mali_hil.harness.loaders.base) and held to
+one direction: where the default predicts a fit, it must load. Where it predicts none, a leaner loader may still
+load: the default is a ceiling the loader must stay under, not its own claim of what it needs.
 """
 
 from __future__ import annotations
@@ -46,13 +50,13 @@ GRID = (
 )
 
 
-def test_bounds_predict_fit(on_board, loader_name: str, make_checkpoint) -> None:
+def test_bounds_predict_fit(request, on_board, loader_name: str, make_checkpoint) -> None:
     """Catches: a RAM bound that forgets a host copy (a variant killed where its bound fits), a bound that
     overstates so much that it refuses loads that fit, a device-oom classified as an error, a worker that keeps
-    memory between jobs (its baseline creeps up and loads predicted to fit are killed)."""
+    memory between jobs (its baseline creeps up and loads predicted to fit are killed); a loader without bounds
+    killed where the default bound fits."""
     loader = get_loader(loader_name)
-    if loader.device_bound is None or loader.ram_bound is None:
-        pytest.skip(f"{loader_name} declares no bounds (a plain callable): there is nothing to predict from")
+    request.node.user_properties.append(("mali_hil.bounds", loader.bounds_kind))
     facts = on_board.device(FIT_BOARD).facts
     cap, budget = facts.cap_bytes, facts.ram_budget_bytes
     assert cap is not None and budget is not None, f"{FIT_BOARD} states no cap or budget: {facts}"
@@ -68,9 +72,11 @@ def test_bounds_predict_fit(on_board, loader_name: str, make_checkpoint) -> None
         model, scale, layers = shape
         checkpoint = make_checkpoint(model, scale=scale, layers=layers, fill="constant")
         options = LoadOptions(chunk_bytes=CHUNK_BYTES)
-        prediction = predict_fit(loader.bounds(checkpoint, options), cap=cap, budget=budget, baseline=baseline)
+        bounds = loader.bounds_or_default(checkpoint, options)
+        prediction = predict_fit((bounds.device, bounds.ram), cap=cap, budget=budget, baseline=baseline)
         assert prediction is not None
         assume(abs(prediction.margin) >= CLEAR_CUT)
+        assume(prediction.fits or not bounds.defaulted)  # where the default does not fit, it claims nothing
         compiled = on_board(COMPILE_BOARD, make_checkpoint(model, scale=scale, layers=1, fill="constant"),
                             loader_name, chunk_bytes=CHUNK_BYTES, digests=False)  # fmt: skip
         assert compiled.ok, f"compiling on {COMPILE_BOARD}: {failed(compiled)}"
@@ -84,7 +90,8 @@ def test_bounds_predict_fit(on_board, loader_name: str, make_checkpoint) -> None
                 f" baseline is {baseline}")  # fmt: skip
             peak = result.peak_unified_bytes
             raise AssertionError(
-                f"{loader_name} on {FIT_BOARD}, {model}@{scale}x{layers}: {prediction.describe()}, but the job ended"
+                f"{loader_name} on {FIT_BOARD}, {model}@{scale}x{layers}: {prediction.describe()} by"
+                f" {bounds.source('device')} and {bounds.source('RAM')}, but the job ended"
                 f" {result.status.value} (unified RAM peak {peak}, device peak {result.device_peak_bytes}){drift}:"
                 f" {result.error_message or ''}"
             )

@@ -1,13 +1,15 @@
 """Property 2, memory bound: what each variant declares (``Loader.bounds``) holds on the device and in the board's
-RAM, and no variant passes a device's cap without reporting ``device-oom``.
+RAM, and no variant passes a device's cap without reporting ``device-oom``. A variant that declares no bounds (a
+plain ``module:function``, or a ``Loader`` without them) is judged against ``default_bound`` instead (one tensor
+in flight: mali_hil.harness.loaders.base), and the table says so: it escapes only by declaring its own.
 
-Jobs run on measured twins of the boards (conftest ``MEASURED_ENV``: memory a job frees goes back to the kernel),
-so a job's RAM growth is its own and not hidden by what an earlier job left resident. Each job runs twice and the
-second is judged: the first compiles the variant's kernels for these shapes (tinygrad keeps them in the worker)
-and frees what an earlier job left behind. The compiler's one-off memory (PoCL's LLVM, tens to ~170 MB) is the
-device runtime's, not the loader's, and none of the bounds claims it. Jobs skip the digest read-back
-(``digests=False``): mali_hil.harness.worker's digest loop keeps the last tensor alive past the job's cleanup, and the
-next job then counts it as live device memory.
+Jobs run on measured twins of the boards (conftest ``on_board``: a worker apart from the session's), so a job's
+RAM growth is its own and not hidden by what an earlier job left resident. Each job runs twice and the second is
+judged (checks ``run_twice``). The compiler's one-off memory (PoCL's LLVM, tens to ~170 MB) is the device
+runtime's, not the loader's, and none of the bounds claims it. The examples skip the digest read-back
+(``digests=False``) for time only: it runs after the memory figures are taken and leaves nothing live (measured:
+the next job starts at the same live device bytes). The job past every chunk (the last test here) reads its
+digests back: the numerics property checks them.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mali_hil.harness.loaders import LoadOptions, get_loader
-from mali_hil.harness.results import Status
 
-from .checks import MIB, check_memory_bound, check_within_cap
+from .checks import MIB, check_judged, run_twice
 
 pytestmark = pytest.mark.mali_hil_property("memory-bound")
 
@@ -71,13 +72,15 @@ def cases(draw: Any) -> Case:
     )
 
 
-def test_declared_bounds_hold(on_board, loader_name: str, mali_device, make_checkpoint) -> None:
+def test_declared_bounds_hold(request, on_board, loader_name: str, mali_device, make_checkpoint) -> None:
     """Each example: a model shape, layer count, source dtype, chunk size, shard range and board. Catches: a bound
     formula that forgets a copy (a source kept on the device, a host copy of the file, a staging buffer, tinygrad's
     cache keeping a freed buffer); a chunk loop that reads whole tensors; buffers allocated per chunk and not
     freed; a bound computed for the whole model when a shard is loaded; a variant that allocates past an
-    enqueue-error cap and returns ok; a device-oom on a load whose declared device bound fits the cap."""
+    enqueue-error cap and returns ok; a device-oom on a load whose declared device bound fits the cap; a loader
+    without bounds that holds more than one tensor in flight (every host chunk, the whole file)."""
     loader = get_loader(loader_name)
+    request.node.user_properties.append(("mali_hil.bounds", loader.bounds_kind))
 
     @example(case=Case("llama-3-8b", 0.1, 4, "BF16", 1 * MIB, None, SESSION_BOARD))  # 37 MB, 1-MiB chunks
     @example(case=Case("llama-3.2-1b", 0.1, 3, "F32", 4 * MIB, (1, 2), SMALL_BOARD))  # f32 source, middle node
@@ -85,29 +88,23 @@ def test_declared_bounds_hold(on_board, loader_name: str, mali_device, make_chec
     def check(case: Case) -> None:
         spec = mali_device.spec if case.board == SESSION_BOARD else case.board
         checkpoint = case.checkpoint(make_checkpoint)
-        job = {"chunk_bytes": case.chunk_bytes, "shard": case.shard, "digests": False}
-        warm = on_board(spec, checkpoint, loader_name, **job)
-        check_within_cap(warm)
-        if not warm.ok:
-            on_board.settle(spec)
-        result = on_board(spec, checkpoint, loader_name, **job)
-        check_within_cap(result)
-        if not result.ok:
-            on_board.settle(spec)
+        options = LoadOptions(shard=case.shard, chunk_bytes=case.chunk_bytes)
+        warm, result = run_twice(on_board, spec, checkpoint, loader_name, chunk_bytes=case.chunk_bytes,
+                                 shard=case.shard)  # fmt: skip
         if result.ok and spec.startswith("emulated-mali"):
             assert result.device_peak_bytes is not None, f"{spec} reported no device counters: is the layer loaded?"
-        device_bound, ram_bound = loader.bounds(checkpoint, LoadOptions(shard=case.shard, chunk_bytes=case.chunk_bytes))
-        cap = result.device_cap_bytes
-        if result.status is Status.DEVICE_OOM and device_bound is not None and cap is not None:
-            assert device_bound > cap, (
-                f"{loader_name}: device-oom on a {cap}-byte cap although its declared device bound is {device_bound}:"
-                f" it uses more device memory than it declares ({result.error_message})"
-            )
-        if result.ok:
-            # RAM only after a warm job: after a failed one the judged job ran cold (a new worker, the compiler's
-            # one-off memory in it); device bytes are exact and start from a settled device either way
-            check_memory_bound(result, device_bound, ram_bound if warm.ok else None)
+        check_judged(warm, result, loader.bounds_or_default(checkpoint, options))
 
     check()
-    if loader.device_bound is None and loader.ram_bound is None:
-        pytest.skip(f"{loader_name} declares no bounds (a plain callable): only the cap part was checked")
+
+
+def test_bounds_hold_past_the_default_chunk(request, loader_name: str, past_every_chunk, past_every_chunk_job) -> None:
+    """The checkpoint past every chunk and window (conftest ``past_every_chunk``) at the default chunk size: the one
+    job whose tensors span several 64 MiB chunks, so a bound's whole-chunk terms (a 64 MiB chunk of source and its
+    conversion, staging sized by the chunk) meet a real second chunk. Catches: a bound that assumes one chunk per
+    tensor; a chunk buffer allocated per chunk and kept; staging sized by the tensor instead of the chunk. The
+    same job's values are the numerics property's (test_numerics)."""
+    loader = get_loader(loader_name)
+    request.node.user_properties.append(("mali_hil.bounds", loader.bounds_kind))
+    warm, result = past_every_chunk_job
+    check_judged(warm, result, loader.bounds_or_default(past_every_chunk, LoadOptions()))

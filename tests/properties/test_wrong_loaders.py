@@ -3,9 +3,11 @@ same check passes for a correct built-in (chunked) on the same job.
 
 The checks are the properties' own functions: conftest ``check_oracle`` (numerics, and the value side of the
 others), test_corrupt_input's judge, and checks.py's functions for idempotence, shards and memory-bound (the
-first two mirror the assertions test_idempotence.py / test_shards.py keep inline). Each ``pytest.raises`` also
-matches the message, so a check that fails for another reason (a job error, a measurement glitch) does not count
-as catching the bug. The wrong loaders run in the session's worker, imported by ``module:function``.
+first two mirror the assertions test_idempotence.py / test_shards.py keep inline). Where the wrong loader is a
+plain function, so is the correct one (``streaming``): both are judged by the same default bound. Each
+``pytest.raises`` also matches the message, so a check that fails for another reason (a job error, a measurement
+glitch) does not count as catching the bug. The wrong loaders run in the session's worker (hoarding on its
+measured twin, as memory-bound runs every loader), imported by ``module:function``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from safetensors.numpy import save_file
 
 from mali_hil.harness.checkpoints import get_model
 from mali_hil.harness.loaders import LoadOptions, get_loader
+from mali_hil.harness.loaders.base import JudgedBounds
 from mali_hil.harness.results import LoadResult
 
-from .checks import check_memory_bound, check_node, check_same_job_twice
+from .checks import MIB, check_judged, check_memory_bound, check_node, check_same_job_twice, run_twice
 from .conftest import check_oracle, idle_device_bytes
 from .test_corrupt_input import NAMED, _apply, _judge
 
@@ -67,6 +70,41 @@ def test_short_tail_is_caught_by_digests(load, make_checkpoint) -> None:
     check_oracle(load(checkpoint, loader="chunked", chunk_bytes=4096, values=True), checkpoint)
 
 
+@pytest.mark.mali_hil_property("numerics")
+def test_fixed_window_and_lost_last_chunk_are_caught_past_every_chunk(load, past_every_chunk: Path) -> None:
+    """The checkpoint past every chunk (conftest ``past_every_chunk``) at the default 64 MiB chunk: a fixed 16 MiB
+    conversion buffer writes a quarter of each full chunk, and short_tail never writes the second chunk of the
+    66 MiB tensors. Every other numerics test loads tensors of at most 3 MB, which both load correctly. The
+    wrong loaders run first, so no buffer of the right values is in any cache yet."""
+    for wrong in ("fixed_window", "short_tail"):
+        result = load(past_every_chunk, loader=WRONG + wrong)
+        with pytest.raises(AssertionError, match=r"past_chunk\.bf16 differs from the oracle"):
+            check_oracle(result, past_every_chunk)
+    check_oracle(load(past_every_chunk, loader=WRONG + "streaming"), past_every_chunk)
+
+
+@pytest.mark.mali_hil_property("memory-bound")
+def test_hoarding_is_caught_by_the_default_bound(on_board, mali_device, make_checkpoint) -> None:
+    """hoarding declares no bounds, so memory-bound judges it by the default (final bytes plus one tensor in
+    flight): 39 MB of final weights plus the 10.7 MB head as read and as converted, 60.5 MB. Keeping every
+    converted host chunk puts the weights in RAM twice (79 MB measured); streaming, the same code without the
+    hoard, grew 45 MB. Memory-bound's own protocol and verdict: run twice on the measured twin, the second judged."""
+    checkpoint = make_checkpoint("llama-3-8b", scale=0.1, layers=4)
+    options = LoadOptions(chunk_bytes=4 * MIB)
+
+    def judged(loader: str) -> None:
+        warm, result = run_twice(on_board, mali_device.spec, checkpoint, loader, chunk_bytes=options.chunk_bytes)
+        bounds = get_loader(loader).bounds_or_default(checkpoint, options)
+        assert bounds.defaulted == ("device", "RAM"), bounds
+        if result.ram_growth_bytes is None:
+            pytest.skip(f"{result.device}: its RAM is not measured, so a hoard cannot show")
+        check_judged(warm, result, bounds)
+
+    with pytest.raises(AssertionError, match="over the default RAM bound"):
+        judged(WRONG + "hoarding")
+    judged(WRONG + "streaming")
+
+
 @pytest.mark.mali_hil_property("idempotence")
 def test_leak_is_caught_by_idempotence(load, mali_device, make_checkpoint, empty_checkpoint: Path) -> None:
     """The same job twice: the leaky loader ends the second with 1 MiB more live device memory than the first. The
@@ -108,18 +146,19 @@ def test_understated_bound_is_caught_by_memory_bound(load, make_checkpoint) -> N
     and settles what the previous test left in the worker)."""
     checkpoint = make_checkpoint("llama-3-8b", scale=0.05, layers=2)
 
-    def judged(loader: str) -> tuple[LoadResult, tuple[int | None, int | None]]:
+    def judged(loader: str) -> tuple[LoadResult, JudgedBounds]:
         load(checkpoint, loader=loader, digests=False)
-        return load(checkpoint, loader=loader, digests=False), get_loader(loader).bounds(checkpoint, LoadOptions())
+        bounds = get_loader(loader).bounds_or_default(checkpoint, LoadOptions())
+        return load(checkpoint, loader=loader, digests=False), bounds
 
     result, bounds = judged(WRONG + "understated")
     if result.device_peak_bytes is None:
         pytest.skip(f"{result.device}: no layer counts this device's memory, so its peak cannot be judged")
     with pytest.raises(AssertionError, match="over its declared device bound"):
-        check_memory_bound(result, *bounds)
+        check_memory_bound(result, bounds)
     for loader in ("fix_bf16-device", "chunked"):
         result, bounds = judged(loader)
-        check_memory_bound(result, *bounds)
+        check_memory_bound(result, bounds)
 
 
 @pytest.mark.mali_hil_property("corrupt-input")

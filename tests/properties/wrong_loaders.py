@@ -4,14 +4,19 @@ run from the repository root). Each reuses a built-in variant's code and changes
 
 - ``truncating``: chunked, but bf16/f32 -> fp16 rounds toward zero instead of to nearest even (numerics);
 - ``short_tail``: chunked, but a tensor of several chunks never gets its last one (numerics: digests);
+- ``fixed_window``: chunked through a fixed 16 MiB conversion buffer: a larger chunk's overflow is dropped
+  (numerics: digests of the tensors past every chunk);
+- ``hoarding``: a plain function that keeps every converted host chunk until it returns, twice the RAM of a
+  streaming loader, and declares no bounds (memory-bound: the default bound);
 - ``leaky``: chunked, plus a 1 MiB device buffer per job kept in a module-level list (idempotence);
 - ``whole_model``: chunked, ignoring the shard range: every node loads every tensor, exo #128 (shards);
 - ``understated``: fix_bf16-device, declaring chunked's bounds: its source copies are not declared (memory-bound);
 - ``header_order``: reads the header with plain json and takes tensors back to back in the header's order,
   ignoring ``data_offsets`` and the validated checkpoint it is given (corrupt-input).
 
-Imports of tinygrad and the built-in loaders happen inside the functions, so the test process can read the
-declared bounds without them.
+``streaming`` is the correct plain function most of them are one line away from: chunked's scheme through the
+loaders' public helpers, bounds undeclared. Imports of tinygrad and the built-in loaders happen inside the
+functions, so the test process can read the declared bounds without them.
 """
 
 from __future__ import annotations
@@ -26,18 +31,20 @@ import numpy as np
 from mali_hil.harness.loaders import Loader, LoadOptions, chunked
 
 LEAK_BYTES = 1 << 20
+FIXED_WINDOW_BYTES = 16 << 20
 _LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
 
 
 Convert = Callable[[np.ndarray, str], np.ndarray]
 
 
-def _chunked_with(
-    checkpoint: Any, device: str, options: LoadOptions, convert: Convert, drop_tail: bool = False
-) -> dict[str, Any]:
+def _chunked_with(checkpoint: Any, device: str, options: LoadOptions, convert: Convert, drop_tail: bool = False,
+                  window: int | None = None, hoard: list[np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
     """chunked's scheme (plan, one final buffer per tensor, row chunks read, converted on the host, written at their
-    offset), with the conversion swapped and, with ``drop_tail``, the last chunk of multi-chunk tensors skipped.
-    Written against the loaders' public helpers only, so a rewrite of chunked's internals leaves it working."""
+    offset), with the conversion swapped and, each a one-line bug: with ``drop_tail``, the last chunk of
+    multi-chunk tensors skipped; with ``window``, each chunk cut to that many source bytes; with ``hoard``, every
+    converted chunk appended there. Written against the loaders' public helpers only, so a rewrite of chunked's
+    internals leaves it working."""
     from tinygrad import Device
     from tinygrad.nn.state import safe_dtypes
 
@@ -52,13 +59,24 @@ def _chunked_with(
         chunks = plan.chunks(options.chunk_bytes)
         if drop_tail and len(chunks) > 1:
             chunks = chunks[:-1]
-        for first, count in chunks:
+        for first, whole in chunks:
+            count = whole if window is None else min(whole, window // ITEMSIZE[plan.source_dtype])
             offset = plan.offset + first * ITEMSIZE[plan.source_dtype]
             raw = np.fromfile(plan.path, dtype=numpy_dtype(plan.source_dtype), count=count, offset=offset)
-            write_at(tensor, first * ITEMSIZE[plan.final_dtype], convert(raw, plan.final_dtype))
+            host = convert(raw, plan.final_dtype)
+            write_at(tensor, first * ITEMSIZE[plan.final_dtype], host)
+            if hoard is not None:
+                hoard.append(host)
         out[plan.name] = tensor
     Device[device].synchronize()
     return out
+
+
+def streaming(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Correct: chunked's scheme as a plain function without declared bounds (judged by the default bound)."""
+    from mali_hil.harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert)
 
 
 def _toward_zero(raw: np.ndarray, final_dtype: str) -> np.ndarray:
@@ -86,6 +104,22 @@ def short_tail(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, 
     from mali_hil.harness.loaders._convert import host_convert
 
     return _chunked_with(checkpoint, device, options, host_convert, drop_tail=True)
+
+
+def fixed_window(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming through a fixed 16 MiB conversion buffer: of a larger chunk only the first 16 MiB is converted and
+    written, the rest of the tensor's buffer keeps whatever it held."""
+    from mali_hil.harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert, window=FIXED_WINDOW_BYTES)
+
+
+def hoarding(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming that keeps every converted host chunk until it returns (a list meant for debugging, never
+    cleared): the model twice in RAM, once on the device and once on the host."""
+    from mali_hil.harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert, hoard=[])
 
 
 def leaky(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
