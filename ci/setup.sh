@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   ocl-icd-libopencl1 ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo
   gcc libc6-dev clang
+  openssh-client openssh-server
   python3 python3-venv python3-dev
 )
 

@@ -115,7 +115,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = _session(metafunc.config)
     if "mali_device" in metafunc.fixturenames:
-        metafunc.parametrize("mali_device", session.devices, indirect=True, scope="session")
+        metafunc.parametrize("mali_device", session.devices, indirect=True, scope="session", ids=session.devices)
     if "loader_name" in metafunc.fixturenames:
         metafunc.parametrize("loader_name", session.loaders, scope="session")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.emulator.ram import STALL_GAP, Enforcement
+from mali_hil.emulator.supervisor import OomEvidence
 
 
 class Status(enum.Enum):
@@ -61,6 +62,7 @@ class LoadResult:
     backend: str = ""  # the OpenCL backend underneath, e.g. "OpenCL 3.0 PoCL 3.1"
     enforcement: Enforcement | None = None  # what kept the job within the board's RAM (None: not known)
     enforcement_gap_s: float | None = None  # the watchdog's longest blind spot between two samples, in seconds
+    oom_evidence: OomEvidence | None = None  # for oom-killed: what showed it (enforcer, layer, kernel)
     digests: dict[str, TensorDigest] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)  # base64 of each tensor's bytes, when the job asked
 
@@ -70,6 +72,8 @@ class LoadResult:
         object.__setattr__(self, "fp16", Fp16Fidelity(self.fp16 or Fp16Fidelity.UNKNOWN))
         if self.enforcement is not None:
             object.__setattr__(self, "enforcement", Enforcement(self.enforcement))
+        if self.oom_evidence is not None:
+            object.__setattr__(self, "oom_evidence", OomEvidence(self.oom_evidence))
 
     @property
     def enforcement_stalled(self) -> bool:
@@ -109,6 +113,7 @@ class LoadResult:
         data["status"] = self.status.value
         data["fp16"] = self.fp16.value
         data["enforcement"] = None if self.enforcement is None else self.enforcement.value
+        data["oom_evidence"] = None if self.oom_evidence is None else self.oom_evidence.value
         data["shard"] = list(self.shard) if self.shard else None
         data["digests"] = {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.digests.items()}
         return data

@@ -189,6 +189,8 @@ class Device:
             figures.update(peak_anon_bytes=memory.peak_anon_bytes, peak_file_bytes=memory.peak_file_bytes,
                            peak_unified_bytes=memory.peak_unified_bytes, ram_budget_bytes=memory.limit_bytes,
                            enforcement=memory.enforcement, enforcement_gap_s=memory.max_gap)  # fmt: skip
+        if end is not None and status is Status.OOM_KILLED:
+            figures["oom_evidence"] = end.evidence
         device = end.device if end is not None else None
         if device is not None:  # the layer's last counters, written as it killed its process (oom-kill profiles)
             figures.update(

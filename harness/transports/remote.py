@@ -1,4 +1,4 @@
-"""The board's side of a remote transport: ``python -m mali_hil.harness.transports.remote health|supervise|sha256``.
+"""The board's side of a remote transport: ``python -m mali_hil.harness.transports.remote health|opencl|supervise``.
 
 Runs in mali-hil's venv on the board. ``supervise`` is the small remote supervisor: it runs the worker under the
 same :class:`~mali_hil.emulator.supervisor.Supervised` as a local worker (its own session, the emulated board's
@@ -149,16 +149,6 @@ def _mem_available() -> int | None:
     return None
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        while chunk := data.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mali_hil.harness.transports.remote")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -173,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--ram-budget", type=int, default=None)
     probe = sub.add_parser("opencl")
     probe.add_argument("--emulate", default=None)
-    digest = sub.add_parser("sha256")
-    digest.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
 
     if args.action == "supervise":
@@ -186,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(command, env, args.ram_budget)
     if args.action == "health":
         print(json.dumps(health(args.workdir, args.emulate, args.ram_budget)))
-    elif args.action == "opencl":
-        print(json.dumps(opencl(args.emulate)))
     else:
-        print(json.dumps({str(path): sha256(path) for path in args.paths}))
+        print(json.dumps(opencl(args.emulate)))
     return 0
 
 

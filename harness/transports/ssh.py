@@ -65,7 +65,8 @@ class SshTransport(Transport):
         self._venv_python: str | None = None
         self.workdir: str | None = None
         self.health: dict[str, Any] = {}
-        self._placed: dict[tuple[str, int, int], str] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, hashed once
+        self._on_board: set[str] = set()  # checkpoint folders known to be on the board
         self.bootstrap_seconds: float | None = None
         self.installed = False  # whether this transport had to install mali-hil on the board
         self.sent_bytes = 0  # checkpoint bytes this transport copied to the board (0: it had them all)
@@ -267,44 +268,43 @@ class SshTransport(Transport):
         files = _checkpoint_files(Path(path))
         if not files:
             return f"{self.workdir}/checkpoints/absent/{Path(path).name}"
-        digest = self._content_hash(files)
-        folder = f"{self.workdir}/checkpoints/{digest}"
-        target = f"{folder}/{Path(path).name}"
         with self._lock:
-            if self.run(["test", "-f", f"{folder}/.complete"], check=False).returncode != 0:
-                self._send(files, folder)
-        return target
+            digest = self._content_hash(files)
+            folder = f"{self.workdir}/checkpoints/{digest}"
+            if digest not in self._on_board:
+                if self.run(["test", "-d", folder], check=False).returncode != 0:
+                    self._send(files, folder)
+                self._on_board.add(digest)
+        return f"{folder}/{Path(path).name}"
 
     def _content_hash(self, files: list[Path]) -> str:
         digest = hashlib.sha256()
         for file in files:
             stat = file.stat()
             key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-            if key not in self._placed:
-                self._placed[key] = _sha256(file)
-            digest.update(file.name.encode() + b"\0" + self._placed[key].encode())
+            if key not in self._hashes:
+                self._hashes[key] = _sha256(file)
+            digest.update(file.name.encode() + b"\0" + self._hashes[key].encode())
         return digest.hexdigest()[:32]
 
     def _send(self, files: list[Path], folder: str) -> None:
-        assert self._venv_python is not None
+        """One sftp session: the files into a staging folder, then one rename. The folder appears whole or not at
+        all (a racing sender's finished folder wins); SSH's own integrity check covers the bytes on the way."""
         staging = f"{folder}.tmp-{secrets.token_hex(4)}"
+        commands = [f"-mkdir {_sftp_quote(str(Path(folder).parent))}", f"mkdir {_sftp_quote(staging)}"]
+        commands += [f"put {_sftp_quote(str(file))} {_sftp_quote(f'{staging}/{file.name}')}" for file in files]
+        commands.append(f"rename {_sftp_quote(staging)} {_sftp_quote(folder)}")
+        argv = ["sftp", "-q", "-b", "-", *self.ssh_options(), "--", _scp_host(self.target.host)]
         try:
-            self.run(["mkdir", "-p", staging])
-            for file in files:
-                self.copy(file, f"{staging}/{file.name}")
-                self.sent_bytes += file.stat().st_size
-            remote = [f"{staging}/{file.name}" for file in files]
-            sums = json.loads(self.run([self._venv_python, "-m", REMOTE_MODULE, "sha256", *remote],
-                                       timeout=3600).stdout)  # fmt: skip
-            for file, name in zip(files, remote, strict=True):
-                if sums.get(name) != _sha256(file):
-                    raise SshError(f"{self.target.destination}: {file.name} arrived damaged (sha256 differs)")
-            self.run(["touch", f"{staging}/.complete"])
-            self.run(["sh", "-c", 'mv -T "$1" "$2" 2>/dev/null || rm -rf "$1"', "sh", staging, folder])
-        except BaseException:
-            with contextlib.suppress(MaliHilError):
-                self.run(["rm", "-rf", staging], check=False)
-            raise
+            done = subprocess.run(argv, input="\n".join(commands).encode(), capture_output=True, timeout=3600)
+        except subprocess.TimeoutExpired:
+            raise SshError(f"{self.target.destination}: sending {files[0].name} took over an hour") from None
+        # on failure, a racing sender's folder may have won the rename: then ours goes and theirs serves
+        cleanup = ["sh", "-c", 'rm -rf "$1"; test -d "$2"', "sh", staging, folder]
+        if done.returncode != 0 and self.run(cleanup, check=False).returncode != 0:
+            raise SshError(f"{self.target.destination}: sftp of {files[0].name} failed: "
+                           f"{done.stderr.decode(errors='replace')[-800:]}")  # fmt: skip
+        self.sent_bytes += sum(file.stat().st_size for file in files)
 
     def close(self) -> None:
         if self._control.exists():
@@ -312,6 +312,11 @@ class SshTransport(Transport):
                 subprocess.run(["ssh", *self.ssh_options(), "-O", "exit", "--", self.target.host],
                                capture_output=True, timeout=10, stdin=subprocess.DEVNULL)  # fmt: skip
             shutil.rmtree(self._control, ignore_errors=True)
+
+
+def _sftp_quote(path: str) -> str:
+    """A path as one word of an sftp batch command (double quotes; backslash escapes quotes and itself)."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _scp_host(host: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.emulator.ram import Enforcement
+from mali_hil.emulator.supervisor import OomEvidence
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Board, Device, DeviceSpec, make_device
 from mali_hil.harness.errors import DeviceSpecError
@@ -88,6 +89,7 @@ def test_a_raising_loader_keeps_the_worker(board: Device, tiny: Path) -> None:
 def test_passing_the_ram_budget_is_oom_killed(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:hoards_host_memory"))
     assert result.status is Status.OOM_KILLED, result.error_message
+    assert result.oom_evidence is OomEvidence.ENFORCER
     assert result.peak_unified_bytes is not None and result.peak_unified_bytes >= 256 << 20
     _ok_after(board, tiny)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator.errors import ProfileError
+from mali_hil.emulator.supervisor import OomEvidence
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Device, DevicePool, DeviceSpec, DeviceUnavailable, make_device
 from mali_hil.harness.devices.ssh import make as make_ssh
@@ -118,7 +119,7 @@ def test_an_oom_kill_on_the_board_is_oom_killed(board: LoopbackBoard, tmp_path: 
         killed = device.run(LoadJob(checkpoint=str(llama), loader="naive", digests=False))
         after = device.run(LoadJob(checkpoint=str(llama), loader="chunked", digests=False))
     assert killed.status is Status.OOM_KILLED, killed.error_message
-    assert "RAM budget's enforcer" in (killed.error_message or "")
+    assert "RAM budget's enforcer" in (killed.error_message or "") and killed.oom_evidence is OomEvidence.ENFORCER
     assert killed.peak_unified_bytes is not None and killed.peak_unified_bytes > 512 << 20
     assert after.status is Status.OK, after.error_message  # a new worker on the same board
 
@@ -258,3 +259,30 @@ def test_the_pool_remembers_an_unreachable_board(tmp_path: Path) -> None:
             pool.acquire(server.url(emulate=EMULATE, connect_timeout="2"))
     assert time.monotonic() - started < 20, "the second acquire tried the board again"
     pool.close()
+
+
+def _suite_verdicts(device: str, junit: Path, cwd: Path) -> dict[str, str]:
+    """Run part of the property suite on ``device``; test name (device left out) -> outcome."""
+    from mali_hil.harness.cli.run import suite_path
+
+    argv = [sys.executable, "-m", "pytest", str(suite_path()), f"--device={device}", "--loader=chunked",
+            "--loader=naive", "--mali-hil-profile=ci", "-k", "numerics or shards or idempotence or corrupt",
+            f"--junitxml={junit}", "-q", "-p", "no:cacheprovider"]  # fmt: skip
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-2000:]
+    import xml.etree.ElementTree as ET
+
+    verdicts = {}
+    for case in ET.parse(junit).iter("testcase"):
+        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        verdicts[case.get("name", "").replace(device, "DEVICE")] = outcome
+    return verdicts
+
+
+def test_the_property_suite_gives_the_same_verdicts_over_ssh(board: LoopbackBoard, tmp_path: Path) -> None:
+    """numerics, shards, idempotence and corrupt-input for two variants: the same examples (derandomized), the
+    same verdicts on the board over SSH as on this machine's emulated Mali of the same profile and size."""
+    over_ssh = _suite_verdicts(board.url(emulate="mali-g52:2GiB"), tmp_path / "ssh.xml", tmp_path)
+    here = _suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
+    assert over_ssh == here
+    assert sum(outcome == "passed" for outcome in here.values()) >= 25, here

@@ -21,6 +21,7 @@ import pytest
 
 from mali_hil.emulator.board import EmulatedBoard
 from mali_hil.emulator.profile import load_profile
+from mali_hil.emulator.supervisor import OomEvidence
 from mali_hil.harness.checkpoints import TensorSpec, make_fill, validate_checkpoint, write_safetensors
 from mali_hil.harness.loaders import LoadOptions, bound_inputs
 from mali_hil.harness.results import LoadResult, Status
@@ -117,6 +118,8 @@ def _check_mode(mode: str, profile: Any, result: LoadResult) -> None:
         assert "device's OOM behaviour" in (result.error_message or ""), (
             f"expected the layer's kill at the cap, not the RAM budget's: {result.error_message}"
         )
+        assert result.oom_evidence is OomEvidence.LAYER, result.oom_evidence
+        assert result.device_failed_allocations, "the layer's last counters are in the killed job's record"
         return
     assert result.status is Status.DEVICE_OOM, f"{mode}: {result.status.value}: {result.error_message}"
     if mode == "alloc-error":

@@ -29,7 +29,9 @@ from .checks import MIB, check_judged, check_memory_bound, check_node, check_sam
 from .conftest import check_oracle, idle_device_bytes
 from .test_corrupt_input import NAMED, _apply, _judge
 
-WRONG = f"{__package__}.wrong_loaders:"  # importable wherever the suite is: a checkout or the wheel
+# by its installed name, which every worker can import (a checkout's editable install, a wheel, a board's venv),
+# whatever name pytest gave this module when it collected the suite
+WRONG = "mali_hil.properties.wrong_loaders:"
 
 
 def _with_loader(load: Any, name: str) -> Any:

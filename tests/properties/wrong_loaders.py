@@ -1,6 +1,6 @@
 """Deliberately wrong loaders, each a plausible bug, for test_wrong_loaders.py: every one must be caught by the
-property meant for it. Load them as ``tests.properties.wrong_loaders:NAME`` (the worker imports this module, so
-run from the repository root). Each reuses a built-in variant's code and changes one thing:
+property meant for it. Load them as ``mali_hil.properties.wrong_loaders:NAME`` (the worker imports this module by
+its installed name, from any folder and on any board). Each reuses a built-in variant's code and changes one thing:
 
 - ``truncating``: chunked, but bf16/f32 -> fp16 rounds toward zero instead of to nearest even (numerics);
 - ``short_tail``: chunked, but a tensor of several chunks never gets its last one (numerics: digests);
