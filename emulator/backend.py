@@ -10,6 +10,7 @@ import ctypes.util
 import enum
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from mali_hil.emulator.errors import BackendError
 
@@ -58,6 +59,21 @@ def _info(fn, handle, param: int) -> bytes:
     buf = ctypes.create_string_buffer(size.value)
     fn(handle, param, size.value, buf, None)
     return buf.raw
+
+
+ICD_VENDORS = Path("/etc/OpenCL/vendors")
+
+
+def backend_icd() -> Path:
+    """PoCL's ICD file: processes on an emulated board are pinned to it (``OCL_ICD_VENDORS``), so that no other
+    installed driver (a real board's libmali, Mesa's rusticl) comes first and wears the Mali identity."""
+    for icd in sorted(ICD_VENDORS.glob("*.icd")):
+        try:
+            if "pocl" in icd.name or "pocl" in icd.read_text(errors="replace"):
+                return icd
+        except OSError:
+            continue
+    raise BackendError(f"PoCL's ICD file is not in {ICD_VENDORS}: {_INSTALL_HINT}")
 
 
 @cache

@@ -97,9 +97,12 @@ class EmulatedBoard:
 
     def environ(self, stats_file: Path | None = None) -> dict[str, str]:
         """The variables that put a new process on this board (add them to its environment)."""
+        from mali_hil.emulator.backend import backend_icd
         from mali_hil.emulator.build import layer_path  # builds the layer on first use
 
-        env = {LAYERS_ENV: str(layer_path()), CONFIG_ENV: str(write_layer_config(self.profile))}
+        # the ICD loader sees PoCL only (OCL_ICD_FILENAMES would be loaded before the vendors: emptied)
+        env = {LAYERS_ENV: str(layer_path()), CONFIG_ENV: str(write_layer_config(self.profile)),
+               "OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""}  # fmt: skip
         if stats_file is not None:
             env[STATS_FILE_ENV] = str(stats_file)
         return env

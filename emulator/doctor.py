@@ -9,6 +9,8 @@ from pathlib import Path
 
 from mali_hil.emulator.errors import MaliHilError
 
+DOCTOR_PROFILE = "mali-g52"  # any profile: the check is that the layer loads and answers with its identity
+
 
 @dataclass(frozen=True)
 class Check:
@@ -52,12 +54,22 @@ def _compiler() -> Check:
 
 
 def _layer() -> Check:
+    """Built, and loaded for real: a process on a board must see the profile's device through the layer (a file
+    that exists proves nothing; an ICD loader skips a layer it cannot load, without an error)."""
+    from mali_hil.emulator.board import EmulatedBoard
     from mali_hil.emulator.build import build_layer
+    from mali_hil.emulator.info import describe
 
     try:
-        return Check("layer", True, str(build_layer()))
+        path = build_layer()
+        board = EmulatedBoard.from_spec(f"{DOCTOR_PROFILE}:256MiB")
+        seen = [device["name"] for platform in describe(board)["platforms"] for device in platform["devices"]]
     except MaliHilError as exc:
         return Check("layer", False, str(exc))
+    if seen[:1] != [board.profile.name]:
+        why = f"a process on {board.profile.spec} sees {seen} instead of {board.profile.name!r}"
+        return Check("layer", False, f"{path} is built, but {why}: the layer did not load (rm {path}; mali-hil doctor)")
+    return Check("layer", True, f"{path} (loaded: a process on {board.profile.spec} sees {seen[0]!r})")
 
 
 def _clang() -> Check:

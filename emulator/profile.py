@@ -161,6 +161,10 @@ def parse_profile_file(path: Path) -> Profile:
         # bool is an int in Python; don't let `true` pass as a number or 1 as a flag
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ProfileError(f"profile file {path}: {where} must be a {kind.__name__}, got {value!r}")
+        # the layer reads its config as key=value lines: a control character would end a value and start a line
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text) for text in texts):
+            raise ProfileError(f"profile file {path}: {where} holds a control character (a line break?): {value!r}")
         values[attr], sources[attr] = value, source
     values["extensions"] = tuple(values["extensions"])
     if any(not isinstance(e, str) or "bf16" in e.lower() or "bfloat16" in e.lower() for e in values["extensions"]):

@@ -4,7 +4,9 @@ Kinds come from the entry point group ``mali_hil.devices`` (the built-ins ``emul
 from :func:`register_device`. Importing this package imports no tinygrad, numpy or OpenCL.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mali_hil._lazy import lazy_exports
 
 # Imported on first use (PEP 562): the plugin reads the default device from the registry at pytest's start,
 # which must not import the device machinery for projects that never use it.
@@ -30,14 +32,7 @@ if TYPE_CHECKING:
     from mali_hil.harness.devices.spec import DeviceSpec
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "DEFAULT_DEVICE",

@@ -5,8 +5,9 @@
 import tinygrad; resolving a built-in does.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mali_hil._lazy import lazy_exports
 from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
 
 #: The built-in variants, in the order reports list them: name -> where its Loader record lives. Known without
@@ -44,14 +45,7 @@ if TYPE_CHECKING:
     from mali_hil.harness.loaders.registry import as_loader, available, get_loader, register
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "BUILTIN_LOADERS",

@@ -10,6 +10,8 @@ same two classes, and nothing above them changes.
 from __future__ import annotations
 
 import abc
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,6 +48,24 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def stderr_tail(self, limit: int = 4000) -> str:
         """The last ``limit`` characters the process wrote to stderr."""
+
+
+class StderrFile:
+    """Where a channel's process writes its stderr: a private temporary file (it may grow large, and is read only
+    after a death), of which ``tail`` gives the end."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the channel
+
+    def tail(self, limit: int = 4000) -> str:
+        if self.file.closed:
+            return ""
+        size = self.file.seek(0, os.SEEK_END)
+        self.file.seek(max(0, size - 4 * limit))  # UTF-8 takes at most 4 bytes a character
+        return self.file.read().decode(errors="replace")[-limit:]
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Transport(abc.ABC):

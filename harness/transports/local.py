@@ -11,7 +11,6 @@ import os
 import queue
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -20,7 +19,7 @@ from typing import Any
 
 from mali_hil.emulator.ram import Enforcement, RamVerdict, select_enforcer
 from mali_hil.emulator.supervisor import ProcessEnd, Supervised
-from mali_hil.harness.transports.base import Channel, Transport
+from mali_hil.harness.transports.base import Channel, StderrFile, Transport
 from mali_hil.harness.worker.protocol import BACKEND_ENV
 
 _EOF = object()
@@ -28,12 +27,12 @@ _EOF = object()
 
 class LocalChannel(Channel):
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], ram_budget: int | None) -> None:
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the channel
+        self._stderr = StderrFile()
         enforcer = select_enforcer(ram_budget) if ram_budget is not None else None
         try:
             self._process = Supervised(
                 argv, env={**os.environ, **env}, enforcer=enforcer,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr.file,
             )  # fmt: skip
         except BaseException:
             self._stderr.close()
@@ -84,11 +83,7 @@ class LocalChannel(Channel):
         return ended
 
     def stderr_tail(self, limit: int = 4000) -> str:
-        if self._stderr.closed:
-            return ""
-        size = self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, size - 4 * limit))
-        return self._stderr.read().decode(errors="replace")[-limit:]
+        return self._stderr.tail(limit)
 
     def __del__(self) -> None:
         self._stderr.close()

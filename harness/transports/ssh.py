@@ -29,7 +29,7 @@ from typing import Any
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import ProcessEnd
-from mali_hil.harness.transports.base import Channel, Transport
+from mali_hil.harness.transports.base import Channel, StderrFile, Transport
 from mali_hil.harness.transports.remote import END_OP, KILL_OP, MEMORY_OP
 from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.transports.wheel import build_running_wheel
@@ -354,10 +354,10 @@ class SshChannel(Channel):
 
     def __init__(self, argv: list[str], destination: str) -> None:
         self._destination = destination
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the channel
+        self._stderr = StderrFile()
         self._started = time.monotonic()
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr.file,
                                           start_new_session=True)  # fmt: skip
         except OSError as exc:
             self._stderr.close()
@@ -428,11 +428,7 @@ class SshChannel(Channel):
         return ProcessEnd.lost(self._proc.returncode, self._memory, time.monotonic() - self._started)
 
     def stderr_tail(self, limit: int = 4000) -> str:
-        if self._stderr.closed:
-            return ""
-        size = self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, size - 4 * limit))
-        return self._stderr.read().decode(errors="replace")[-limit:]
+        return self._stderr.tail(limit)
 
     def __del__(self) -> None:
         self._stderr.close()

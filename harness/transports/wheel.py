@@ -34,8 +34,6 @@ def _package_files() -> dict[str, bytes]:
             relative = path.relative_to(root)
             if "__pycache__" in relative.parts or not path.is_file() or path.suffix not in _SUFFIXES:
                 continue
-            if name == "mali_hil" and relative.parts[0] != "__init__.py":
-                continue  # the other top packages live elsewhere in a checkout and are walked themselves
             files[f"{prefix}/{relative.as_posix()}"] = path.read_bytes()
     return files
 

@@ -44,19 +44,40 @@ def _layer_stats() -> Any | None:
         return None
 
 
-def _put_on_board() -> str:
-    """Put this process on the emulated Mali it was told to emulate, if any; returns the backend's description."""
+def _put_on_board() -> tuple[str, Any]:
+    """Put this process on the emulated Mali it was told to emulate, if any; returns the backend's description
+    and the board (None when the device is the machine's own)."""
     spec = os.environ.get(EMULATE_ENV)
     if not spec:
-        return os.environ.get(BACKEND_ENV, "")
+        return os.environ.get(BACKEND_ENV, ""), None
     from mali_hil.emulator.board import EmulatedBoard
 
     if not os.environ.get(BACKEND_ENV):  # ask before the layer is in: then it answers as the Mali
         from mali_hil.harness.transports.local import backend_description
 
         os.environ[BACKEND_ENV] = backend_description()
-    EmulatedBoard.from_spec(spec).activate()
-    return os.environ[BACKEND_ENV]
+    board = EmulatedBoard.from_spec(spec)
+    board.activate()
+    return os.environ[BACKEND_ENV], board
+
+
+def _check_on_board(board: Any, facts: dict[str, str]) -> None:
+    """The device this process got must be the emulated Mali it asked for: a layer that did not load (a broken
+    or empty .so), or that refused its config, leaves plain PoCL with no cap and no Mali identity, and every
+    verdict would then be wrong while looking fine. Raises BackendError saying which."""
+    from mali_hil.emulator.errors import BackendError
+    from mali_hil.emulator.stats import read_layer_stats
+
+    try:
+        stats = read_layer_stats()
+    except BackendError as exc:
+        raise BackendError(f"the emulated {board.profile.spec} is not in front of the device: {exc}") from None
+    wanted = (board.profile.name, board.profile.global_mem)
+    if (facts["device_name"], stats.cap_bytes) != wanted:
+        raise BackendError(
+            f"the emulated {board.profile.spec} is not configured as asked: the device is "
+            f"{facts['device_name']!r} with a {stats.cap_bytes}-byte cap, not {wanted[0]!r} with {wanted[1]}"
+        )
 
 
 def _backend_facts(backend: str) -> dict[str, str]:
@@ -227,7 +248,10 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
         outbox.flush()
 
     try:
-        facts = _backend_facts(_put_on_board())
+        backend, board = _put_on_board()
+        facts = _backend_facts(backend)
+        if board is not None:
+            _check_on_board(board, facts)
     except Exception as exc:  # no device to serve on: say why in the hello, where the harness reads it
         send({"op": "hello", "protocol": PROTOCOL, "error": f"{type(exc).__name__}: {exc}"})
         return

@@ -5,6 +5,7 @@ These run real workers on the real emulated Mali; the misbehaving loaders are in
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +136,64 @@ def test_a_worker_that_cannot_start_is_an_infra_error(tiny: Path) -> None:
     result = Device(Board(DeviceSpec.parse("local"), physical=False), NoPython()).run(_job(tiny))
     assert result.status is Status.INFRA_ERROR and "could not start the worker" in (result.error_message or "")
     assert "/nonexistent/python" in (result.error_message or "")
+
+
+def test_a_worker_without_its_layer_is_an_infra_error(tiny: Path, tmp_path: Path) -> None:
+    """A broken layer (here an empty .so where the build cache says the layer is) leaves plain PoCL with no cap
+    and no Mali identity: the worker must refuse to serve, not report ``ok`` with no device figures."""
+    from mali_hil.emulator.build import layer_path
+
+    cache = tmp_path / "cache"
+    (cache / "mali-hil").mkdir(parents=True)
+    (cache / "mali-hil" / layer_path().name).write_bytes(b"")  # what the worker will find and load
+    device = make_device("emulated-mali:mali-g52:256MiB")
+    device.env["XDG_CACHE_HOME"] = str(cache)
+    result = device.run(_job(tiny))
+    device.close()
+    assert result.status is Status.INFRA_ERROR, result
+    assert "is not in front of the device" in (result.error_message or "")
+
+
+def test_a_profile_value_cannot_inject_a_layer_config_line(tmp_path: Path) -> None:
+    from mali_hil.emulator.errors import ProfileError
+    from mali_hil.emulator.profile import PROFILE_DIR
+
+    text = (PROFILE_DIR / "mali-g52.toml").read_text()
+    assert '"Mali-G52"' in text
+    hostile = tmp_path / "hostile.toml"
+    hostile.write_text(text.replace('"Mali-G52"', '"Mali-G52\\nglobal_mem=99999999999999"', 1))
+    with pytest.raises(ProfileError, match="control character"):
+        make_device(f"emulated-mali:{hostile}:256MiB")
+
+
+def test_doctor_loads_the_layer_instead_of_looking_at_the_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mali_hil.emulator.build import layer_path
+
+    cache = tmp_path / "cache"
+    (cache / "mali-hil").mkdir(parents=True)
+    (cache / "mali-hil" / layer_path().name).write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "mali_hil.harness.cli", "doctor"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(cache)})  # fmt: skip
+    layer = next(line for line in done.stdout.splitlines() if " layer " in line)
+    assert done.returncode == 1 and layer.startswith("FAIL") and "did not load" in layer, done.stdout
+
+
+def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None:
+    """Another installed driver listed first (here a second copy of PoCL's ICD, given by the caller's
+    OCL_ICD_VENDORS) would be tinygrad's device in a worker that is not pinned: the job must see one platform."""
+    from mali_hil.emulator.backend import backend_icd
+    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.launcher import run_on_board
+
+    vendors = tmp_path / "vendors"
+    vendors.mkdir()
+    for name in ("aaa-other.icd", backend_icd().name):
+        (vendors / name).write_text(backend_icd().read_text())
+    code = "import pyopencl as cl; print(len(cl.get_platforms()), cl.get_platforms()[0].get_devices()[0].name)"
+    run = run_on_board(EmulatedBoard.from_spec("mali-g52:256MiB"), [sys.executable, "-c", code],
+                       env={"OCL_ICD_VENDORS": str(vendors)}, capture_output=True, timeout=120)  # fmt: skip
+    assert (run.stdout or "").split(maxsplit=1) == ["1", "Mali-G52\n"], run.stderr
