@@ -22,6 +22,12 @@ class LoadJob:
     values: bool = False  # also return each tensor's bytes (small tensors only: for tests and diagnostics)
     timeout_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_s, int | float) and 0 < self.timeout_s < float("inf")):
+            raise JobSpecError(f"a job's timeout must be a positive number of seconds, got {self.timeout_s!r}")
+        if isinstance(self.chunk_bytes, bool) or not isinstance(self.chunk_bytes, int) or self.chunk_bytes <= 0:
+            raise JobSpecError(f"a job's chunk size must be a positive number of bytes, got {self.chunk_bytes!r}")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["shard"] = list(self.shard) if self.shard else None

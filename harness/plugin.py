@@ -34,6 +34,12 @@ MARKERS = (
 )
 
 
+def _seconds(text: str) -> float:
+    from mali_hil.harness.cli.args import seconds
+
+    return seconds(text)
+
+
 def _session(config: pytest.Config) -> HarnessSession:
     from mali_hil.harness.session import SESSION_KEY
 
@@ -65,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--job-timeout",
-        type=float,
+        type=_seconds,
         default=None,
         dest="mali_hil_job_timeout",
         metavar="SECONDS",

@@ -47,7 +47,7 @@ class HarnessSession:
         return cls(
             devices=list(dict.fromkeys(given_devices or [DEFAULT_DEVICE])),
             loaders=list(dict.fromkeys(given_loaders or BUILTIN_NAMES)),
-            job_timeout=config.getoption("mali_hil_job_timeout") or DEFAULT_JOB_TIMEOUT,
+            job_timeout=_given(config.getoption("mali_hil_job_timeout"), DEFAULT_JOB_TIMEOUT),
             results_path=Path(results) if results else None,
             profile=config.getoption("mali_hil_profile"),
             explicit=bool(given_devices or given_loaders or results),
@@ -83,6 +83,10 @@ class HarnessSession:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value  # 0 is refused by the option's type, never silently replaced
 
 
 def _check_devices(specs: list[str]) -> None:

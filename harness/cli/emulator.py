@@ -14,7 +14,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.profile import available_profiles, format_size, load_profile, parse_size
+from mali_hil.emulator.profile import available_profiles, format_size, load_profile
+from mali_hil.harness.cli.args import seconds, size
 
 if TYPE_CHECKING:
     from mali_hil.emulator.launcher import BoardRun
@@ -55,29 +56,12 @@ def register(sub: Any) -> None:
     )
     run.add_argument("board", metavar="PROFILE[:RAM]", help="e.g. mali-g610:3GiB")
     run.add_argument(
-        "--ram-budget", type=_size, default=None, metavar="SIZE", help="RAM the job may use (default: the board's RAM)"
+        "--ram-budget", type=size, default=None, metavar="SIZE", help="RAM the job may use (default: the board's RAM)"
     )
-    run.add_argument("--timeout", type=_seconds, default=None, metavar="S", help="wall-clock limit in seconds")
+    run.add_argument("--timeout", type=seconds, default=None, metavar="S", help="wall-clock limit in seconds")
     run.add_argument("--json", action="store_true", help="print the run record as JSON, as the last line of stdout")
     run.add_argument("cmd", nargs="+", metavar="CMD", help="the command, after --")
     run.set_defaults(func=_run)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"timeout must be a positive number of seconds, got {text!r}")
-    return value
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.profile import parse_size
+from mali_hil.harness.cli.args import size
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"an emulated-mali device (default {DEFAULT_DEVICE})")
     parser.add_argument("--loader", action="append", default=[], help="default: every built-in variant")
     parser.add_argument("--shard", default=None, help="inclusive layer range this node loads, e.g. 0-7")
-    parser.add_argument("--chunk", default="64MiB", help="chunk size for chunked/mmap loaders (default 64MiB)")
+    parser.add_argument("--chunk", type=size, default="64MiB", help="chunk size for chunked/mmap loaders (64MiB)")
     parser.set_defaults(func=_fit)
 
 
@@ -35,7 +35,7 @@ def _fit(args: argparse.Namespace) -> int:
     if cap is None or budget is None:
         raise MaliHilError(f"fit predicts for boards whose device memory and RAM budget are known (emulated ones); "
                            f"{device.spec} states no cap or budget")  # fmt: skip
-    options = LoadOptions(shard=parse_shard(args.shard) if args.shard else None, chunk_bytes=parse_size(args.chunk))
+    options = LoadOptions(shard=parse_shard(args.shard) if args.shard else None, chunk_bytes=args.chunk)
     with tempfile.TemporaryDirectory() as tmp, device:
         empty = Path(tmp) / "empty.safetensors"
         save_file({}, str(empty))

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from mali_hil.emulator.profile import format_size, parse_size
+from mali_hil.emulator.profile import format_size
+from mali_hil.harness.cli.args import seconds, size
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 if TYPE_CHECKING:
@@ -19,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--loader", default="chunked", help="built-in name or module:function (default: chunked)")
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"e.g. {DEFAULT_DEVICE} (the default), local")
     parser.add_argument("--shard", default=None, help="inclusive layer range this node loads, e.g. 0-7")
-    parser.add_argument("--chunk", default="64MiB", help="chunk size for chunked/mmap loaders (default 64MiB)")
+    parser.add_argument("--chunk", type=size, default="64MiB", help="chunk size for chunked/mmap loaders (64MiB)")
     parser.add_argument("--no-lru", action="store_true", help="turn tinygrad's LRU buffer cache off (LRU=0)")
     parser.add_argument("--no-digests", action="store_true", help="skip reading the tensors back for digests")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the job is killed (600)")
+    parser.add_argument("--timeout", type=seconds, default=600.0, help="seconds before the job is killed (600)")
     parser.add_argument("--json", action="store_true", help="print the whole record as JSON")
     parser.set_defaults(func=_load)
 
@@ -37,7 +38,7 @@ def _load(args: argparse.Namespace) -> int:
         checkpoint=str(Path(args.checkpoint).resolve()),
         loader=args.loader,
         shard=parse_shard(args.shard) if args.shard else None,
-        chunk_bytes=parse_size(args.chunk),
+        chunk_bytes=args.chunk,
         lru=not args.no_lru,
         digests=not args.no_digests,
         timeout_s=args.timeout,

@@ -31,6 +31,11 @@ class LoaderError(MaliHilError, ValueError):
     """A loader name, loader options, or a checkpoint a loader cannot handle (named, with the fix)."""
 
 
+class LoaderContractError(LoaderError, TypeError):
+    """A loader returned something other than what it promises: a dict of name -> tinygrad Tensor, on the device
+    it was given, floats in the dtype the job asked for. A mistake of the loader under test (status ``error``)."""
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """What to load and how.

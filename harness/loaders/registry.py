@@ -63,9 +63,27 @@ def as_loader(obj: Any, name: str) -> Loader:
     if isinstance(obj, Loader):
         return obj
     if callable(obj):
+        _check_signature(obj, name)
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         return Loader(name=name, load=obj, description=doc[0] if doc else f"external loader {name}")
     raise LoaderError(f"{name!r} is a {type(obj).__name__}, not a Loader or a callable f(checkpoint, device, options)")
+
+
+def _check_signature(obj: Any, name: str) -> None:
+    """A loader is called as ``f(checkpoint, device, options)``: refuse a callable that cannot be, before any job
+    (``os:system`` names a callable too: ``--loader`` is a plugin point that runs code, like pytest's ``-p``)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature to read: they are judged by the call
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise LoaderError(
+            f"loader {name!r} takes {signature}, but a loader is called as f(checkpoint, device, options)"
+        ) from None
 
 
 def get_loader(spec: str | Loader) -> Loader:

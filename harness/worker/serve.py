@@ -165,14 +165,17 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         return _with_device_figures(refused, before, _layer_stats())
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
+    loaded: Any = None
     failure: BaseException | None = None
     try:
         with Context(LRU=int(job.lru)):
-            tensors = loader.load(checkpoint, DEVICE, options)
+            loaded = loader.load(checkpoint, DEVICE, options)
+            tensors = _check_loaded(loaded, checkpoint, job)
             Device[DEVICE].synchronize()
     except Exception as exc:  # the loader is the system under test: anything it raises is a result
         failure, trace = exc, "".join(traceback.format_exception(exc))
         _drop_frames(exc)  # its frames hold the loader's tensors: they must not outlive the cleanup
+    loaded = None  # a rejected return value (tensors elsewhere, a list) must not outlive the cleanup either
     memory = meter.stop()
     elapsed = time.monotonic() - started
     stats = _layer_stats()
@@ -195,6 +198,40 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
     return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
+
+
+def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob) -> dict[str, Any]:
+    """The loader's return value, if it keeps the loader contract; else LoaderContractError saying how not."""
+    import numpy as np
+    from tinygrad import Device, Tensor
+    from tinygrad.dtype import _to_np_dtype
+
+    from mali_hil.harness.loaders.base import FLOAT_SOURCES, LoaderContractError
+
+    promise = f"a loader returns a dict of tensor name -> tinygrad Tensor on the device it is given ({DEVICE})"
+    if not isinstance(loaded, dict):
+        raise LoaderContractError(f"the loader returned {type(loaded).__name__}, not a dict: {promise}")
+    strangers = [f"{name!r}: {type(value).__name__}" for name, value in loaded.items()
+                 if not isinstance(name, str) or not isinstance(value, Tensor)]  # fmt: skip
+    if strangers:
+        raise LoaderContractError(f"{len(strangers)} entries are not tinygrad Tensors ({', '.join(strangers[:3])}):"
+                                  f" {promise}")  # fmt: skip
+    target = Device.canonicalize(DEVICE)
+    elsewhere = [f"{name} on {tensor.device}" for name, tensor in loaded.items()
+                 if not isinstance(tensor.device, str) or Device.canonicalize(tensor.device) != target]  # fmt: skip
+    if elsewhere:
+        raise LoaderContractError(f"{len(elsewhere)} tensors are not on the device under test {target} "
+                                  f"({', '.join(elsewhere[:3])}): their memory is not the board's")  # fmt: skip
+    wrong = []
+    for name, tensor in loaded.items():
+        entry = checkpoint.tensors.get(name)  # names a loader made up are not judged here (the numerics are)
+        got = np.dtype(_to_np_dtype(tensor.dtype)).name
+        if entry is not None and entry[1].dtype in FLOAT_SOURCES and got != job.target_dtype:
+            wrong.append(f"{name} is {got}")
+    if wrong:
+        raise LoaderContractError(f"{len(wrong)} floating tensors are not {job.target_dtype} as the job asked "
+                                  f"({', '.join(wrong[:3])})")  # fmt: skip
+    return loaded
 
 
 def _device_figures(before: Any | None, after: Any | None) -> dict[str, Any]:

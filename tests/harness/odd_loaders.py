@@ -55,3 +55,35 @@ def slow(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
 
 
 SLOW_SECONDS = 4.0
+
+
+def _first_tensors(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    from mali_hil.harness.loaders import get_loader
+
+    return get_loader("chunked").load(checkpoint, device, options)
+
+
+def returns_cpu_tensors(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """A correct load, then every tensor moved to the host's CPU device: not the device under test's memory."""
+    return {name: tensor.to("CPU").realize() for name, tensor in _first_tensors(checkpoint, device, options).items()}
+
+
+def returns_a_list(checkpoint: Any, device: str, options: LoadOptions) -> Any:
+    return list(_first_tensors(checkpoint, device, options).values())
+
+
+def returns_none(checkpoint: Any, device: str, options: LoadOptions) -> Any:
+    _first_tensors(checkpoint, device, options)  # loaded, then dropped on the floor
+    return None
+
+
+def returns_numpy(checkpoint: Any, device: str, options: LoadOptions) -> Any:
+    return {name: tensor.numpy() for name, tensor in _first_tensors(checkpoint, device, options).items()}
+
+
+def returns_float32(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Float tensors widened to float32 where the job asked for float16."""
+    from tinygrad import dtypes
+
+    loaded = _first_tensors(checkpoint, device, options)
+    return {name: t.cast(dtypes.float32).realize() if t.dtype == dtypes.half else t for name, t in loaded.items()}

@@ -13,6 +13,8 @@ from mali_hil.harness.checkpoints import get_model, make_checkpoint, node_keys
 from mali_hil.harness.oracles import expected_digests
 from mali_hil.harness.results import LoadResult, Status
 
+pytest_plugins = ["pytester"]
+
 SMALL_BOARD = "emulated-mali:mali-g52:512MiB"
 
 
@@ -60,3 +62,40 @@ def test_bad_arguments_are_one_line_errors(llama: Path) -> None:
         done = cli(*args)
         assert done.returncode == 2 and done.stderr.startswith("mali-hil: error: "), done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("load", "x.safetensors", "--timeout", "-1"), "a time must be a positive number of seconds"),
+        (("load", "x.safetensors", "--timeout", "nan"), "a time must be a positive number of seconds"),
+        (("load", "x.safetensors", "--timeout", "inf"), "a time must be a positive number of seconds"),
+        (("load", "x.safetensors", "--chunk", "0"), "a size must be positive"),
+        (("emulator", "run", "mali-g610", "--ram-budget", "1e99GiB", "--", "true"), "cannot read memory size"),
+        (("emulator", "run", "mali-g610", "--ram-budget", "9" * 400, "--", "true"), "beyond any machine"),
+    ],
+)
+def test_bad_numbers_are_usage_errors_not_tracebacks(args: tuple[str, ...], says: str) -> None:
+    done = cli(*args, timeout=60)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_board_size_beyond_any_machine_is_one_line(tmp_path: Path) -> None:
+    done = cli("emulator", "run", "mali-g610:" + "9" * 400 + "GiB", "--", "true", timeout=60)
+    assert done.returncode == 2 and "beyond any machine" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_jobs_refuse_impossible_timeouts_and_chunks() -> None:
+    from mali_hil.harness.errors import JobSpecError
+    from mali_hil.harness.jobs import LoadJob
+
+    for fields in ({"timeout_s": 0}, {"timeout_s": float("nan")}, {"timeout_s": float("inf")}, {"chunk_bytes": 0}):
+        with pytest.raises(JobSpecError):
+            LoadJob(checkpoint="x", **fields)  # type: ignore[arg-type]
+
+
+def test_a_zero_job_timeout_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user="def test_x(load):\n    pass\n")
+    result = pytester.runpytest_subprocess("--job-timeout=0", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*a time must be a positive number of seconds, got '0'*"])

@@ -197,3 +197,25 @@ def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None
     run = run_on_board(EmulatedBoard.from_spec("mali-g52:256MiB"), [sys.executable, "-c", code],
                        env={"OCL_ICD_VENDORS": str(vendors)}, capture_output=True, timeout=120)  # fmt: skip
     assert (run.stdout or "").split(maxsplit=1) == ["1", "Mali-G52\n"], run.stderr
+
+
+@pytest.mark.parametrize(
+    ("loader", "says"),
+    [
+        ("returns_cpu_tensors", "not on the device under test CL"),
+        ("returns_a_list", "returned list, not a dict"),
+        ("returns_none", "returned NoneType, not a dict"),
+        ("returns_numpy", "are not tinygrad Tensors"),
+        ("returns_float32", "floating tensors are not float16 as the job asked"),
+    ],
+)
+def test_a_loader_that_breaks_its_contract_is_an_error_and_leaks_nothing(board: Device, tiny: Path, loader: str,
+                                                                         says: str) -> None:  # fmt: skip
+    """Before: CPU tensors passed as ``ok`` with a device peak of 0, and a list, None or numpy arrays were a
+    harness ``infra-error`` whose tensors stayed live into the next job's baseline."""
+    idle = board.run(_job(tiny, digests=False)).device_live_before
+    result = board.run(_job(tiny, f"{ODD}:{loader}"))
+    assert (result.status, result.error_type) == (Status.ERROR, "LoaderContractError"), result.error_message
+    assert says in (result.error_message or "")
+    after = board.run(_job(tiny, digests=False))
+    assert after.ok and after.device_live_before == idle, "the rejected tensors were still held by the next job"

@@ -348,3 +348,17 @@ def test_an_undeclared_bound_is_judged_by_the_default(tmp_path: Path) -> None:
     assert judged["half"].source("device") == "its declared device bound"
     assert (judged["chunked"].device, judged["chunked"].ram) == chunked.bounds(checkpoint, options)
     assert [loader.bounds_kind for loader in (chunked, plain, half)] == ["declared", "default", "default RAM"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("os:system", "takes (command), but a loader is called as f(checkpoint, device, options)"),
+        ("os:sep", "is a str, not a Loader or a callable"),
+        ("json:dumps", "takes (obj, *, skipkeys"),
+    ],
+)
+def test_a_loader_that_cannot_be_called_as_one_is_refused_before_any_job(spec: str, says: str) -> None:
+    with pytest.raises(LoaderError) as refused:
+        get_loader(spec)
+    assert says in str(refused.value)
