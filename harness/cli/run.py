@@ -8,6 +8,7 @@ from pathlib import Path
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
+INTERRUPT_GRACE = 60.0  # seconds an interrupted suite gets to stop its workers and write its reports
 SUITE_PACKAGE = "mali_hil.properties"  # the property suite ships inside the package, so a wheel can run it
 
 
@@ -39,7 +40,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.results:
         argv.append(f"--mali-hil-results={args.results}")
     argv += [a for a in args.pytest_args if a != "--"]
-    return subprocess.call(argv)
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child pytest too (one foreground process group): let it stop its workers and write
+        # its reports, as a plain pytest does, instead of killing it a moment later as subprocess.call would
+        try:
+            return child.wait(timeout=INTERRUPT_GRACE)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            child.kill()  # a second Ctrl-C, or a child stuck past the grace
+            child.wait()
+            return 130
 
 
 def suite_path() -> Path:

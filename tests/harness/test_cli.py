@@ -99,3 +99,42 @@ def test_a_zero_job_timeout_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--job-timeout=0", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*a time must be a positive number of seconds, got '0'*"])
+
+
+def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole foreground group, as from a terminal. Before: `mali-hil run` killed its pytest
+    0.25 s later, so the JUnit XML was never written and a worker stuck in a job ran on forever."""
+    import os
+    import signal
+    import time
+
+    from mali_hil.emulator.memory import tree_pids
+
+    junit = tmp_path / "junit.xml"
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen([sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader",
+                            "tests.harness.odd_loaders:hangs", "--junitxml", str(junit), "--", "-k",
+                            "test_same_job_twice"], cwd=root, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def workers() -> list[int]:
+        found = []
+        for pid in tree_pids(run.pid, living=True):
+            try:
+                if b"mali_hil.harness.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 120
+    while not (started := workers()):
+        assert run.poll() is None and time.monotonic() < deadline, "no worker started"
+        time.sleep(0.2)
+    time.sleep(3)  # the hanging job is running now
+    os.killpg(run.pid, signal.SIGINT)
+    output = run.communicate(timeout=90)[0].decode(errors="replace")
+    assert junit.is_file() and "<testcase" in junit.read_text(), output[-3000:]
+    time.sleep(1)
+    alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert alive == [], f"workers {alive} outlived the interrupted run"
