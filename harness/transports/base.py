@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import abc
 import os
+import queue
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import ProcessEnd
@@ -48,6 +50,45 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def stderr_tail(self, limit: int = 4000) -> str:
         """The last ``limit`` characters the process wrote to stderr."""
+
+
+_EOF = object()
+
+
+class PipeChannel(Channel):
+    """A channel over a local process's pipes (the worker itself, or an ``ssh`` client in front of it): lines are
+    written to its stdin, and read from its stdout by a thread into a queue, so that every wait has a timeout and
+    a hung process can never hang the harness."""
+
+    def __init__(self) -> None:
+        self._lines: queue.Queue[Any] = queue.Queue()
+
+    @abc.abstractmethod
+    def _stdin(self) -> IO[bytes] | None:
+        """The process's stdin."""
+
+    def _deliver(self, line: str | None) -> None:
+        """For the reader thread: one line of output, or None at its end."""
+        self._lines.put(_EOF if line is None else line)
+
+    def send(self, line: str) -> None:
+        stdin = self._stdin()
+        assert stdin is not None
+        try:
+            stdin.write(line.encode("utf-8") + b"\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # gone (or closed by end()): receive() sees the end of its output and end() says how it ended
+
+    def receive(self, timeout: float) -> str | None:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line within {timeout:g} s") from None
+        if line is _EOF:
+            self._lines.put(_EOF)  # stays at the end for later callers
+            return None
+        return str(line)
 
 
 class StderrFile:

@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from mali_hil.emulator.ram import Enforcement, RamVerdict, select_enforcer
 from mali_hil.emulator.supervisor import ProcessEnd, Supervised
-from mali_hil.harness.transports.base import Channel, StderrFile, Transport
+from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
 from mali_hil.harness.worker.protocol import BACKEND_ENV
 
-_EOF = object()
 
-
-class LocalChannel(Channel):
+class LocalChannel(PipeChannel):
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], ram_budget: int | None) -> None:
         self._stderr = StderrFile()
         enforcer = select_enforcer(ram_budget) if ram_budget is not None else None
@@ -37,34 +34,18 @@ class LocalChannel(Channel):
         except BaseException:
             self._stderr.close()
             raise
-        self._lines: queue.Queue[Any] = queue.Queue()
+        super().__init__()
         threading.Thread(target=self._read, name="mali-hil-channel-reader", daemon=True).start()
 
     def _read(self) -> None:
         stdout = self._process.proc.stdout
         assert stdout is not None
         for line in stdout:
-            self._lines.put(line.decode("utf-8", errors="replace").rstrip("\n"))
-        self._lines.put(_EOF)
+            self._deliver(line.decode("utf-8", errors="replace").rstrip("\n"))
+        self._deliver(None)
 
-    def send(self, line: str) -> None:
-        stdin = self._process.proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(line.encode("utf-8") + b"\n")
-            stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # gone (or closed by end()): receive() sees the end of its output and end() says how it ended
-
-    def receive(self, timeout: float) -> str | None:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no line within {timeout:g} s") from None
-        if line is _EOF:
-            self._lines.put(_EOF)  # stays at the end for later callers
-            return None
-        return str(line)
+    def _stdin(self) -> IO[bytes] | None:
+        return self._process.proc.stdin
 
     def memory(self) -> RamVerdict | None:
         return self._process.memory()

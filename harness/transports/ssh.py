@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import secrets
 import shlex
 import shutil
@@ -24,12 +23,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import ProcessEnd
-from mali_hil.harness.transports.base import Channel, StderrFile, Transport
+from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
 from mali_hil.harness.transports.remote import END_OP, KILL_OP, MEMORY_OP
 from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.transports.wheel import build_running_wheel
@@ -41,7 +40,6 @@ MIN_FREE_RAM = 128 << 20  # bytes of MemAvailable below which a board is too loa
 _TRANSIENT = ("Connection refused", "Connection timed out", "Connection reset", "Connection closed",
               "No route to host", "Network is unreachable", "kex_exchange_identification",
               "Operation timed out")  # fmt: skip
-_EOF = object()
 
 
 class SshError(MaliHilError, RuntimeError):
@@ -349,7 +347,7 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-class SshChannel(Channel):
+class SshChannel(PipeChannel):
     """The remote supervisor's stdin/stdout through an ``ssh`` client process, in a session of its own."""
 
     def __init__(self, argv: list[str], destination: str) -> None:
@@ -362,7 +360,7 @@ class SshChannel(Channel):
         except OSError as exc:
             self._stderr.close()
             raise SshError(f"cannot run the OpenSSH client (ssh): {exc}") from None
-        self._lines: queue.Queue[Any] = queue.Queue()
+        super().__init__()
         self._memory: RamVerdict | None = None
         self._end: ProcessEnd | None = None
         self._reader = threading.Thread(target=self._read, name="mali-hil-ssh-reader", daemon=True)
@@ -382,27 +380,11 @@ class SshChannel(Channel):
             elif op == END_OP:
                 self._end = ProcessEnd.from_dict({k: v for k, v in message.items() if k != "op"})
             else:
-                self._lines.put(line)
-        self._lines.put(_EOF)
+                self._deliver(line)
+        self._deliver(None)
 
-    def send(self, line: str) -> None:
-        stdin = self._proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(line.encode("utf-8") + b"\n")
-            stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
-
-    def receive(self, timeout: float) -> str | None:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no line within {timeout:g} s") from None
-        if line is _EOF:
-            self._lines.put(_EOF)
-            return None
-        return str(line)
+    def _stdin(self) -> IO[bytes] | None:
+        return self._proc.stdin
 
     def memory(self) -> RamVerdict | None:
         return self._memory
