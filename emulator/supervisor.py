@@ -61,6 +61,7 @@ class OomEvidence(enum.StrEnum):
     ENFORCER = "enforcer"  # the RAM enforcer killed it (watchdog) or saw the kernel do so (cgroup, container)
     LAYER = "layer"  # the OpenCL layer refused device memory and killed its process, as the profile's driver does
     KERNEL = "kernel"  # SIGKILL while the kernel's own OOM-kill counter went up
+    CONTAINER = "container-cgroup"  # the container engine saw its memory cgroup's OOM killer act (Docker: OOMKilled)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class ProcessEnd:
             return f"SIGKILLed by the RAM budget's enforcer ({self.memory.enforcement})"
         if self.evidence is OomEvidence.LAYER:
             return "SIGKILLed by the device's OOM behaviour (profile failure: oom-kill)"
+        if self.evidence is OomEvidence.CONTAINER:
+            return "SIGKILLed by the kernel's OOM killer in the container's memory cgroup (the engine: OOMKilled)"
         if self.evidence is OomEvidence.KERNEL:
             return "SIGKILLed by the kernel's OOM killer (its oom_kill counter went up meanwhile)"
         return ""

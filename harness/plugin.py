@@ -56,8 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         dest="mali_hil_devices",
         metavar="DEVICE",
-        help=f"where load jobs run: emulated-mali[:PROFILE[:RAM]] (default {DEFAULT_DEVICE}), local, or a kind "
-        "of the entry point group mali_hil.devices. "
+        help=f"where load jobs run: emulated-mali[:PROFILE[:RAM]] (default: $MALI_HIL_DEVICE, else {DEFAULT_DEVICE}), "
+        "local, docker[:PROFILE[:RAM]], ssh://..., or a kind of the entry point group mali_hil.devices. "
         "Repeat for several: tests then run once per device.",
     )
     group.addoption(

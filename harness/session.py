@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mali_hil.harness.devices.registry import DEFAULT_DEVICE
+from mali_hil.harness.devices.registry import DEFAULT_DEVICE, env_devices
 from mali_hil.harness.loaders import BUILTIN_NAMES
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class HarnessSession:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> HarnessSession:
-        given_devices = config.getoption("mali_hil_devices") or config.getini("mali_hil_devices")
+        given_devices = config.getoption("mali_hil_devices") or env_devices() or config.getini("mali_hil_devices")
         given_loaders = config.getoption("mali_hil_loaders") or config.getini("mali_hil_loaders")
         results = config.getoption("mali_hil_results")
         if given_devices:

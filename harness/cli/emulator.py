@@ -63,6 +63,17 @@ def register(sub: Any) -> None:
     run.add_argument("cmd", nargs="+", metavar="CMD", help="the command, after --")
     run.set_defaults(func=_run)
 
+    image = actions.add_parser(
+        "build-image",
+        help="build the emulator as a Docker image (for --device=docker), cached by content",
+        description="Build the emulator image: PoCL, the ICD loader, our layer and this mali-hil, its entry point "
+        "the job worker. Without --base the base is made here with debootstrap (no registry needed).",
+    )
+    image.add_argument("--base", default=None, metavar="IMAGE", help="base image with apt, e.g. debian:12-slim")
+    image.add_argument("--tag", default=None, metavar="T", help="tag for the image (default: by content hash)")
+    image.add_argument("--json", action="store_true", help="print the build record as JSON")
+    image.set_defaults(func=_build_image)
+
 
 def _list(args: argparse.Namespace) -> int:
     rows = []
@@ -124,6 +135,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run.to_dict()), flush=True)
     return exit_code(run)
+
+
+def _build_image(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from mali_hil.emulator.image import build_image
+    from mali_hil.emulator.profile import format_size
+
+    built = build_image(args.base, args.tag, log=None if args.json else print)
+    if args.json:
+        print(json.dumps(asdict(built)))
+        return 0
+    how = "found (same content)" if built.cached else "built"
+    print(
+        f"{built.tag}: {how} in {built.seconds:.1f} s, {format_size(built.size_bytes)}; backend {built.backend}; "
+        f"fp16: {built.fp16}" + ("" if built.fp16 == "native" else " (the image's PoCL lacks cl_khr_fp16)")
+    )
+    return 0
 
 
 def verdict_line(run: BoardRun) -> str:

@@ -7,6 +7,7 @@ line), never this file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, TypeAlias
@@ -19,9 +20,17 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "mali_hil.devices"
 DEFAULT_DEVICE = "emulated-mali:mali-g610:3GiB"
+# the default for --device where none is given (comma-separated for several): a CI matrix sets it per job and
+# runs the same command everywhere; a --device given on the command line wins
+DEVICE_ENV = "MALI_HIL_DEVICE"
 
 DeviceFactory: TypeAlias = "Callable[[DeviceSpec], Device]"
 _registered: dict[str, DeviceFactory] = {}
+
+
+def env_devices() -> list[str]:
+    """The devices ``MALI_HIL_DEVICE`` names (empty when it is unset or blank)."""
+    return [item.strip() for item in os.environ.get(DEVICE_ENV, "").split(",") if item.strip()]
 
 
 def register_device(kind: str, factory: DeviceFactory | None = None) -> Callable[..., DeviceFactory]:
