@@ -36,6 +36,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DOCKERFILE = Path(__file__).parent / "docker" / "Dockerfile"
 BUILD_LABEL = "mali-hil.build"  # the running mali-hil's wheel version (with its content hash)
 KEY_LABEL = "mali-hil.key"  # the hash of everything the image was made from
+BASE_ENV = "MALI_HIL_DOCKER_BASE"  # the default for --base (CI where a registry is reachable sets debian:12-slim)
 
 
 class DockerError(MaliHilError, RuntimeError):
@@ -114,6 +115,7 @@ def build_image(base: str | None = None, tag: str | None = None, log: Any = None
     client = docker_client()
     say = log or (lambda line: None)
     started = time.monotonic()
+    base = base or os.environ.get(BASE_ENV) or None
     if base is None:
         say(f"base: {BASE_REPOSITORY}:{DEFAULT_SUITE} (debootstrap, made once)")
         base = ensure_base(client)
@@ -177,10 +179,11 @@ def _probe_system(client: Any, image: str) -> tuple[str, str, str]:
 
 
 def _probe_opencl(client: Any, image: str) -> dict[str, Any]:
-    """The image's PoCL as it is, without our layer: whether its CPU device has cl_khr_fp16."""
-    argv = ["/opt/mali-hil/bin/python", "-m", "mali_hil.harness.transports.remote", "opencl"]
+    """The image's PoCL as it is, without our layer: its platform version and whether its device has fp16."""
+    code = ("import json, pyopencl as cl; p = cl.get_platforms()[0]; d = p.get_devices()[0]; "
+            "print(json.dumps({'platform': p.version, 'fp16': 'cl_khr_fp16' in d.extensions.split()}))")  # fmt: skip
     try:
-        return dict(json.loads(_run_in(client, image, argv).strip().splitlines()[-1]))
+        return dict(json.loads(_run_in(client, image, ["/opt/mali-hil/bin/python", "-c", code]).splitlines()[-1]))
     except (ValueError, IndexError, DockerError) as exc:
         return {"error": str(exc)}
 
