@@ -181,7 +181,8 @@ def _probe_system(client: Any, image: str) -> tuple[str, str, str]:
 def _probe_opencl(client: Any, image: str) -> dict[str, Any]:
     """The image's PoCL as it is, without our layer: its platform version and whether its device has fp16."""
     code = ("import json, pyopencl as cl; p = cl.get_platforms()[0]; d = p.get_devices()[0]; "
-            "print(json.dumps({'platform': p.version, 'fp16': 'cl_khr_fp16' in d.extensions.split()}))")  # fmt: skip
+            "print(json.dumps({'platform': p.version.split('  ')[0], "
+            "'fp16': 'cl_khr_fp16' in d.extensions.split()}))")  # fmt: skip
     try:
         return dict(json.loads(_run_in(client, image, ["/opt/mali-hil/bin/python", "-c", code]).splitlines()[-1]))
     except (ValueError, IndexError, DockerError) as exc:
