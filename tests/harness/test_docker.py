@@ -159,3 +159,33 @@ def test_the_property_suite_gives_the_same_verdicts_in_a_container(image: BuiltI
     here = _suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
     assert in_docker == here
     assert sum(outcome == "passed" for outcome in here.values()) >= 25, json.dumps(here, indent=1)
+
+
+def test_ctrl_c_mid_job_removes_the_container(image: BuiltImage, tmp_path: Path) -> None:
+    """Ctrl-C while a job runs: the device stops (kills the job, not waiting for it) and its container goes."""
+    llama = tmp_path / "llama.safetensors"
+    make_checkpoint("llama-3.2-1b", llama, scale=0.3, fill="constant")
+    script = (
+        "from mali_hil.harness.devices import make_device\n"
+        "from mali_hil.harness.jobs import LoadJob\n"
+        "device = make_device('docker:mali-g52:2GiB')\n"
+        "device.start()\n"
+        "print('started', flush=True)\n"
+        "try:\n"
+        f"    while True: device.run(LoadJob(checkpoint={str(llama)!r}, loader='naive', digests=False))\n"
+        "except KeyboardInterrupt:\n"
+        "    device.close()\n"
+        "    print('closed', flush=True)\n"
+    )
+    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=tmp_path)
+    assert harness.stdout is not None and harness.stdout.readline().strip() == b"started"
+    client = docker_client()
+    mine = {"label": f"{OWNER_LABEL}"}
+    assert [c for c in client.containers.list(filters=mine) if c.labels[OWNER_LABEL].split("/")[1] == str(harness.pid)]
+    time.sleep(2.0)  # inside the first job
+    harness.send_signal(signal.SIGINT)
+    out, _ = harness.communicate(timeout=90)
+    assert b"closed" in out and harness.returncode == 0
+    left = [c for c in client.containers.list(all=True, filters=mine)
+            if c.labels[OWNER_LABEL].split("/")[1] == str(harness.pid)]  # fmt: skip
+    assert left == [], "a container outlived the interrupted harness"
