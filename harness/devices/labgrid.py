@@ -18,6 +18,7 @@ from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.spec import DeviceSpec
 from mali_hil.harness.errors import DeviceSpecError
 
+LEASES_ENV = "MALI_HIL_FARM_LEASES"
 _coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
 
 
@@ -43,6 +44,19 @@ class LabgridDevice(Device):
             super().close()
         finally:
             self.lease.release()  # type: ignore[attr-defined]
+            _record(self.lease)
+
+
+def _record(lease: object) -> None:
+    """For ``mali-hil farm run``: the lease's place, holder, timings and whether the lock was lost, one JSON line
+    in ``$MALI_HIL_FARM_LEASES`` (set only in the processes it starts)."""
+    import json
+    import os
+
+    path = os.environ.get(LEASES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(lease.describe()) + "\n")  # type: ignore[attr-defined]
 
 
 def parse_target(target: str) -> tuple[dict[str, str], float | None, dict[str, str]]:

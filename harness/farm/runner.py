@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from mali_hil.harness.devices.labgrid import LEASES_ENV
 from mali_hil.harness.farm import summary
 from mali_hil.harness.farm.client import LabgridClient
 from mali_hil.harness.farm.errors import CoordinatorError, FarmError, PlaceError
@@ -142,7 +143,8 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
                 "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
                 f"--junitxml={folder / f'attempt-{attempt}.xml'}",
                 f"--mali-hil-results={folder / f'attempt-{attempt}.results.jsonl'}", *options.pytest_args]  # fmt: skip
-        env = {**os.environ, OUTCOMES_ENV: str(outcomes), "GRPC_ENABLE_FORK_SUPPORT": "0"}
+        leases = folder / f"attempt-{attempt}.leases.jsonl"
+        env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0"}
         if client.coordinator:
             env["LG_COORDINATOR"] = client.coordinator
         began = time.monotonic()
@@ -162,6 +164,8 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
         entry = {"attempt": attempt, "returncode": code, "wall_s": round(time.monotonic() - began, 2),
                  "cpu_s": round(cpu, 2), "ran": len(tests), "junit": str(folder / f"attempt-{attempt}.xml"),
                  "log": str(folder / f"attempt-{attempt}.log")}  # fmt: skip
+        entry["leases"] = [json.loads(line) for line in _lines(leases)]
+        board["lock_lost"] = board.get("lock_lost", False) or any(lease["lock_lost"] for lease in entry["leases"])
         board["attempts"].append(entry)
         for name, data in tests.items():
             data["attempts"] = attempt
@@ -196,6 +200,13 @@ def _read_outcomes(path: Path, device: str) -> dict[str, dict[str, Any]]:
         found[key] = {"status": data["status"], "message": data.get("message", ""),
                       "duration_s": data.get("duration_s"), "nodeid": data["test"]}  # fmt: skip
     return found
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")]
+    except OSError:
+        return []
 
 
 def _sweep(client: LabgridClient, children: _Children) -> None:

@@ -97,18 +97,33 @@ def start_holder(farm: LabgridFarm, selector: str, hold: float) -> tuple[subproc
 
 # --- the farm run --------------------------------------------------------------------------------------------
 def _cut_when_a_worker_runs(board: LoopbackBoard, done: threading.Event, cuts: list[str]) -> None:
-    """Drop the board's SSH connections (its sshd's session processes) once a worker runs there: mid-job."""
+    """Drop the board's SSH connections (its sshd's session processes) mid-job: once a worker there has the job's
+    checkpoint open (in its files or mappings); if a tiny job slips between two looks, 20 s after the worker
+    started. ``cuts`` says which happened."""
     assert board._proc is not None
+    first_seen = None
     while not done.is_set():
         tree = _children(board._proc.pid)
         workers = [pid for pid in tree if b"mali_hil.harness.worker" in _cmdline(pid)]
-        if workers:
-            time.sleep(1.0)
+        loading = [pid for pid in workers if "/checkpoints/" in _open_files(pid)]
+        first_seen = first_seen or (time.monotonic() if workers else None)
+        if loading or (first_seen is not None and time.monotonic() - first_seen > 20):
             for pid in (pid for pid in tree if _comm(pid) == "sshd"):
                 os.kill(pid, signal.SIGKILL)
-                cuts.append(str(pid))
+            cuts.append("mid-job" if loading else "worker running")
             return
-        time.sleep(0.1)
+        time.sleep(0.02)
+
+
+def _open_files(pid: int) -> str:
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        found.append(Path(f"/proc/{pid}/maps").read_text())
+    except OSError:
+        pass
+    return "\n".join(found)
 
 
 def _cmdline(pid: int) -> bytes:
