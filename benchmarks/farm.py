@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--boards", type=int, default=3)
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--only-restart", action="store_true", help="measure the coordinator restart only")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mali-hil-farm-bench-"))
     disk = root / "disk"
@@ -68,6 +69,9 @@ def main() -> None:
         transport.connect()  # mali-hil installed on the boards' disk once, outside every figure
         transport.close()
 
+        if args.only_restart:
+            restart(lab, disk, root, first)
+            return
         acquire, release, parts = [], [], []
         for _ in range(args.cycles):
             lease = Lease({"name": "b0"}, lab.address, 60)
@@ -94,15 +98,19 @@ def main() -> None:
         )
 
         if not args.skip_restart:
-            restart(lab, disk, root)
+            restart(lab, disk, root, first)
     finally:
         lab.stop()
         for board in boards.values():
             board.stop()
 
 
-def restart(lab: LabgridFarm, disk: Path, root: Path) -> None:
-    """Start a farm run on one board; once its lock is taken, restart the coordinator (same places.yaml)."""
+def restart(lab: LabgridFarm, disk: Path, root: Path, board: LoopbackBoard) -> None:
+    """Start a farm run on one board; once its job runs (a worker under the board's sshd), restart the coordinator
+    (same places.yaml) and, as a service manager would, the exporter (labgrid's exporter exits when its
+    coordinator goes away)."""
+    from tests.sshd import _children
+
     options = {"emulate": EMULATE, "ssh_config": str(lab.ssh_config), "workdir": str(disk), "python": board_python()}
     out = root / "restart"
     argv = [sys.executable, "-m", "mali_hil.harness.cli", "farm", "run", "--coordinator", lab.address, "--match",
@@ -110,24 +118,33 @@ def restart(lab: LabgridFarm, disk: Path, root: Path) -> None:
             "--", *SUBSET]  # fmt: skip
     began = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    while lab.holder("b0") is None:
-        time.sleep(0.2)
-    locked = time.monotonic()
-    lab.stop_coordinator()
+    assert board._proc is not None
+    while not any(b"mali_hil.harness.worker" in _cmdline(pid) for pid in _children(board._proc.pid)):
+        time.sleep(0.05)
+    running = time.monotonic()
+    holder_before = lab.holder("b0")
+    lab.stop()
     lab.start_coordinator()
+    lab.start_exporter()
     back = time.monotonic()
     holder_after = lab.holder("b0")
-    resources = lab.client("resources").split()
     proc.wait()
     report = json.loads((out / "summary.json").read_text())
-    board = report["boards"]["b0"]
+    board_report = report["boards"]["b0"]
+    leases = [lease for attempt in board_report["attempts"] for lease in attempt["leases"]]
     print(
-        f"coordinator restart mid-run: lock taken at {locked - began:.1f} s, coordinator down and back in "
-        f"{back - locked:.1f} s; holder after restart: {holder_after}; exporter resources after restart: "
-        f"{len(resources)}; run status {board['status']}, lock_lost={board.get('lock_lost')}, "
-        f"leases {[lease for a in board['attempts'] for lease in a['leases']]}, "
+        f"coordinator restart mid-job: job running at {running - began:.1f} s (holder {holder_before}); "
+        f"coordinator and exporter down and back in {back - running:.1f} s; holder after restart: {holder_after}; "
+        f"run status {board_report['status']}, lock_lost={board_report.get('lock_lost')}, leases {leases}, "
         f"run wall {time.monotonic() - began:.1f} s"
     )
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 if __name__ == "__main__":

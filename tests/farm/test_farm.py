@@ -288,3 +288,32 @@ def test_an_unreachable_coordinator_is_a_clear_error(capsys) -> None:
     assert err.startswith("mali-hil: error: labgrid-client") and "127.0.0.1:1" in err
     with pytest.raises(CoordinatorError):
         LabgridClient("127.0.0.1:1").places()
+
+
+def test_a_cancelled_farm_run_sigterm_releases_its_boards_and_writes_its_summary(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path
+) -> None:
+    """A CI cancel sends SIGTERM to the job: the controller stops its per-board children (each releases its own
+    lease), sweeps, writes a partial summary and exits 130, leaving no lock and no child behind."""
+    out = tmp_path / "report"
+    opts = options(farm, boards)
+    device_options = [f"--device-option={k}={v}" for k, v in opts.items()]
+    argv = [sys.executable, "-m", "mali_hil.harness.cli", "farm", "run", "--coordinator", farm.address, "--match",
+            "name=healthy", "-o", str(out), *device_options, "--", *SUBSET]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while farm.holder("healthy") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never locked its board"
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 130, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert farm.holder("healthy") is None
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _comm(pid) != "sshd"]
+    report = json.loads((out / "summary.json").read_text())
+    assert report["interrupted"] is True and report["boards"]["healthy"]["status"] != "PASS"
