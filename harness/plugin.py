@@ -46,7 +46,7 @@ def _session(config: pytest.Config) -> HarnessSession:
     return config.stash[SESSION_KEY]
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
     group = parser.getgroup("mali-hil", "mali-hil: load ML weights on (emulated) Mali boards")
@@ -92,13 +92,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="hypothesis profile of mali-hil's own property suite: dev (quick), ci, nightly (thorough). "
         "Default: ci when CI is set, else dev. Other hypothesis tests are not affected.",
     )
+    if not _labgrid_plugin_adds_coordinator(pluginmanager):
+        group.addoption(
+            "--lg-coordinator",
+            default=None,
+            dest="lg_coordinator",
+            metavar="HOST:PORT",
+            help="labgrid coordinator for --device=labgrid:... (default: LG_COORDINATOR), as labgrid's plugin "
+            "takes it.",
+        )
     parser.addini("mali_hil_devices", type="linelist", help="default --device values")
     parser.addini("mali_hil_loaders", type="linelist", help="default --loader values")
+
+
+def _labgrid_plugin_adds_coordinator(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """labgrid's own pytest plugin (installed with labgrid) has ``--lg-coordinator``: the same option, not a
+    second one (argparse would refuse the pair). A find_spec, not an import: labgrid is not loaded here."""
+    import os
+    from importlib.util import find_spec
+
+    if pluginmanager.is_blocked("labgrid"):
+        return False
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return pluginmanager.has_plugin("labgrid")
+    return find_spec("labgrid") is not None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    coordinator = config.getoption("lg_coordinator", None)
+    if coordinator:
+        from mali_hil.harness.devices.labgrid import set_coordinator
+
+        set_coordinator(coordinator)
     from mali_hil.harness.report import VariantTable
     from mali_hil.harness.session import SESSION_KEY, HarnessSession
 

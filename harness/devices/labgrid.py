@@ -1,0 +1,108 @@
+"""``labgrid:PLACE`` or ``labgrid:TAG=VALUE[,TAG=VALUE][?option=value&...]``: a board of a labgrid farm.
+
+The device reserves a matching place on the coordinator (``--lg-coordinator``, else ``LG_COORDINATOR``, as
+labgrid's own tools take it), waits for it while other runs hold it (up to ``wait`` seconds, never sharing),
+locks it under this process's identity, and reaches the board through the place's ``NetworkService`` with the SSH
+device. Options after ``?`` are the SSH device's (``emulate``, ``ssh_config``, ``workdir``, ``python``,
+``retries``, ``connect_timeout``, ...) plus ``wait``. The lock is released when the device closes, when it cannot
+start, at exit, on Ctrl-C and on SIGTERM; what a SIGKILL leaves, ``mali-hil farm janitor`` frees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import parse_qsl, quote, urlencode
+
+from mali_hil.emulator.errors import MaliHilError
+from mali_hil.harness.devices.device import Device
+from mali_hil.harness.devices.spec import DeviceSpec
+from mali_hil.harness.errors import DeviceSpecError
+
+LEASES_ENV = "MALI_HIL_FARM_LEASES"
+_coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
+
+
+def set_coordinator(address: str | None) -> None:
+    global _coordinator
+    _coordinator = address
+
+
+class LabgridDevice(Device):
+    """An SSH device whose board is leased from labgrid for as long as the device lives."""
+
+    lease: object  # mali_hil.harness.farm.lease.Lease (imported lazily: the farm is an optional extra)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except BaseException:
+            self.lease.release()  # type: ignore[attr-defined]  # a board that cannot start is not kept locked
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.lease.release()  # type: ignore[attr-defined]
+            _record(self.lease)
+
+
+def _record(lease: object) -> None:
+    """For ``mali-hil farm run``: the lease's place, holder, timings and whether the lock was lost, one JSON line
+    in ``$MALI_HIL_FARM_LEASES`` (set only in the processes it starts)."""
+    import json
+    import os
+
+    path = os.environ.get(LEASES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(lease.describe()) + "\n")  # type: ignore[attr-defined]
+
+
+def parse_target(target: str) -> tuple[dict[str, str], float | None, dict[str, str]]:
+    """``gpu=mali-g610,board=rock5b?wait=60&emulate=mali-g610`` -> (selector, wait, SSH options)."""
+    from mali_hil.harness.farm.client import parse_selector
+    from mali_hil.harness.farm.errors import PlaceError
+
+    selector_text, _, query = target.partition("?")
+    try:
+        selector = parse_selector(selector_text)
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except (PlaceError, ValueError) as exc:
+        raise DeviceSpecError(f"device labgrid:{target}: {exc}; write labgrid:PLACE or labgrid:TAG=VALUE[,...]"
+                              "[?option=value&...]") from None  # fmt: skip
+    wait = None
+    if "wait" in options:
+        import argparse
+
+        from mali_hil.harness.cli.args import seconds
+
+        try:
+            wait = seconds(options.pop("wait"))
+        except argparse.ArgumentTypeError as exc:
+            raise DeviceSpecError(f"device labgrid:{target}: wait: {exc}") from None
+    return selector, wait, options
+
+
+def make(spec: DeviceSpec) -> Device:
+    from mali_hil.harness.devices import ssh
+    from mali_hil.harness.farm.lease import DEFAULT_WAIT, Lease
+
+    selector, wait, options = parse_target(spec.target)
+    lease = Lease(selector, _coordinator, DEFAULT_WAIT if wait is None else wait)
+    service = lease.acquire()
+    try:
+        who = f"{quote(service.username)}@" if service.username else ""
+        host = f"[{service.address}]" if ":" in service.address else service.address
+        url = f"ssh://{who}{host}{f':{service.port}' if service.port else ''}"
+        if options:
+            url += "?" + urlencode(options, safe="/:")
+        inner = ssh.make(DeviceSpec.parse(url))
+        device = LabgridDevice(replace(inner.board, spec=spec), inner.transport, retries=inner.retries)
+        device.lease = lease
+        return device
+    except BaseException as exc:
+        lease.release()
+        if isinstance(exc, MaliHilError):
+            raise DeviceSpecError(f"device {spec.text} (place {lease.released_place}): {exc}") from None
+        raise

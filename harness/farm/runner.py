@@ -1,0 +1,270 @@
+"""``mali-hil farm run``: the suite on every matching board at once, one pytest process per board.
+
+Why a process per board and not pytest-xdist: xdist's ``--dist=each`` runs one collection on every node, but each
+board needs its own ``--device`` (its own test ids), its own lease and lock identity, its own JUnit file and exit
+status, and a retry of just its own infrastructure misses; one board's crash or SIGKILL must not take the others'
+results with it. A process per board gives all of that with nothing but pytest; the boards run in parallel
+(``--parallel``), each child holding only its own board.
+
+Retries: a test the infrastructure kept from running (MISS: board down, reservation timeout, SSH lost after the
+device's own retries) is run again, up to ``--retries`` more attempts, in a new child that re-reserves the board;
+tests that ran (PASS, FAIL, ERROR, SKIP) are never run again, so a FAIL is never retried into a PASS and no
+finished result is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from mali_hil.harness.devices.labgrid import LEASES_ENV
+from mali_hil.harness.farm import summary
+from mali_hil.harness.farm.client import LabgridClient
+from mali_hil.harness.farm.errors import CoordinatorError, FarmError, PlaceError
+from mali_hil.harness.farm.identity import RunIdentity
+from mali_hil.harness.farm.outcomes import OUTCOMES_ENV
+
+STOP_GRACE = 60.0  # seconds children get, after a SIGTERM, to stop their workers, write reports and release
+_NOT_RUN = {2: "interrupted", 3: "pytest internal error", 4: "pytest usage error", 5: "no tests collected"}
+
+
+@dataclass
+class FarmOptions:
+    out: Path
+    coordinator: str | None = None
+    match: dict[str, str] = field(default_factory=dict)
+    parallel: int | None = None
+    retries: int = 2
+    wait: float = 600.0
+    device_options: dict[str, str] = field(default_factory=dict)  # the SSH device's (emulate, ssh_config, ...)
+    pytest_args: list[str] = field(default_factory=list)
+    previous: Path | None = None
+
+
+class _Children:
+    """The per-board pytest processes alive now, so an interrupt can stop them and sweep their locks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[int, subprocess.Popen[bytes]] = {}
+        self.identities: list[RunIdentity] = []
+        self.stopping = False
+
+    def terminate(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.running.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # each child releases its own lease on the way out
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_farm(options: FarmOptions) -> dict[str, Any]:
+    client = LabgridClient(options.coordinator)
+    places = [place for place in client.places() if place.matches(options.match)]
+    if not places:
+        wanted = ",".join(f"{k}={v}" for k, v in options.match.items()) or "any place"
+        raise PlaceError(f"no place at {client.where} matches {wanted}: see `labgrid-client -v places`")
+    options.out.mkdir(parents=True, exist_ok=True)
+    summary_path = options.out / "summary.json"
+    previous_path = options.previous or summary_path
+    previous = summary.load_previous(previous_path)
+    started, wall0, cpu0 = datetime.now(UTC), time.monotonic(), _children_cpu()
+    children = _Children()
+    boards: dict[str, dict[str, Any]] = {
+        place.name: {"status": "MISS", "tags": place.tags, "attempts": [], "tests": {}, "infra": "not started"}
+        for place in places
+    }
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=options.parallel or len(places), thread_name_prefix="farm-board")
+    try:
+        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children)
+                   for place in places]  # fmt: skip
+        for future in futures:
+            future.result()
+    except KeyboardInterrupt:
+        interrupted = True
+        children.terminate()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _sweep(client, children)
+    report = {
+        "schema": summary.SCHEMA, "started": started.isoformat(timespec="seconds"),
+        "coordinator": client.where, "match": ",".join(f"{k}={v}" for k, v in options.match.items()),
+        "wall_s": round(time.monotonic() - wall0, 2), "children_cpu_s": round(_children_cpu() - cpu0, 2),
+        "interrupted": interrupted, "boards": boards, "totals": summary.totals(boards),
+    }  # fmt: skip
+    statuses = [board["status"] for board in boards.values()]
+    report["status"] = next((s for s in ("FAIL", "ERROR", "MISS") if s in statuses), "PASS")
+    report["previous"] = str(previous_path) if previous is not None else None
+    report["diff"] = summary.diff(previous, report)
+    if previous is not None and previous_path == summary_path:
+        summary_path.replace(options.out / "summary.previous.json")
+    summary_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (options.out / "summary.md").write_text(summary.markdown(report), encoding="utf-8")
+    if interrupted:
+        raise KeyboardInterrupt
+    return report
+
+
+def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: dict[str, Any],
+               children: _Children) -> None:  # fmt: skip
+    folder = options.out / "boards" / place
+    folder.mkdir(parents=True, exist_ok=True)
+    query = urlencode({**options.device_options, "wait": f"{options.wait:g}"}, safe="/:")
+    device = f"labgrid:{place}?{query}"
+    pending: list[str] | None = None  # None: the whole selection; else the node ids the infrastructure missed
+    for attempt in range(1, options.retries + 2):
+        if children.stopping:
+            return
+        outcomes = folder / f"attempt-{attempt}.outcomes.jsonl"
+        outcomes.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "pytest", *(pending or [str(_suite())]), "-q", "-p", "no:cacheprovider",
+                "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
+                f"--junitxml={folder / f'attempt-{attempt}.xml'}",
+                f"--mali-hil-results={folder / f'attempt-{attempt}.results.jsonl'}", *options.pytest_args]  # fmt: skip
+        leases = folder / f"attempt-{attempt}.leases.jsonl"
+        env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0"}
+        if client.coordinator:
+            env["LG_COORDINATOR"] = client.coordinator
+        began = time.monotonic()
+        with open(folder / f"attempt-{attempt}.log", "wb") as log:
+            with children.lock:
+                if children.stopping:
+                    return
+                proc = subprocess.Popen(argv, cwd=_suite(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)  # fmt: skip
+                children.running[proc.pid] = proc
+                with contextlib.suppress(ProcessLookupError):
+                    children.identities.append(RunIdentity.of_process(proc.pid))
+            code, cpu = _wait(proc)
+            with children.lock:
+                children.running.pop(proc.pid, None)
+        tests = _read_outcomes(outcomes, device)
+        entry = {"attempt": attempt, "returncode": code, "wall_s": round(time.monotonic() - began, 2),
+                 "cpu_s": round(cpu, 2), "ran": len(tests), "junit": str(folder / f"attempt-{attempt}.xml"),
+                 "log": str(folder / f"attempt-{attempt}.log")}  # fmt: skip
+        entry["leases"] = [json.loads(line) for line in _lines(leases)]
+        board["lock_lost"] = board.get("lock_lost", False) or any(lease["lock_lost"] for lease in entry["leases"])
+        board["attempts"].append(entry)
+        for name, data in tests.items():
+            data["attempts"] = attempt
+            board["tests"][name] = data  # a retry only reruns MISSes: it replaces nothing that ran
+        board["infra"] = None
+        if not tests:
+            why = _NOT_RUN.get(code, f"pytest ended with {code} before any test reported")
+            board["infra"] = f"attempt {attempt}: {why}; see {entry['log']}: {_tail(folder / f'attempt-{attempt}.log')}"
+            if code in (3, 4, 5):  # the selection or the setup is wrong: rerunning cannot help
+                board["status"] = "ERROR"
+                return
+            pending = None
+            continue
+        missed = [data["nodeid"] for data in board["tests"].values() if data["status"] == "MISS"]
+        if not missed:
+            break
+        pending = missed
+    board["status"] = summary.board_status(board["tests"], infra=board["infra"])
+
+
+def _read_outcomes(path: Path, device: str) -> dict[str, dict[str, Any]]:
+    """Test -> its record; the key names the test without this run's device text (stable across nights)."""
+    found: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill: that test has no complete record
+        key = data["test"].replace(device, "{device}")
+        found[key] = {"status": data["status"], "message": data.get("message", ""),
+                      "duration_s": data.get("duration_s"), "nodeid": data["test"]}  # fmt: skip
+    return found
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")]
+    except OSError:
+        return []
+
+
+def _sweep(client: LabgridClient, children: _Children) -> None:
+    """After every child ended: free a lock any of them still holds (one killed before it could release)."""
+    holders = {identity.holder for identity in children.identities}
+    try:
+        for place in client.places():
+            if place.acquired in holders:
+                client.release_from(place.name, place.acquired)
+    except CoordinatorError as exc:
+        print(
+            f"mali-hil: warning: could not check the children's locks: {exc}; run `mali-hil farm janitor`",
+            file=sys.stderr,
+        )
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for a child and return its exit code and CPU seconds (wait4's own accounting, per child)."""
+    while True:
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        except ChildProcessError:  # reaped elsewhere (Popen.wait in terminate())
+            return proc.wait(), 0.0
+        except InterruptedError:
+            continue
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tail(path: Path, limit: int = 300) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-3:])[-limit:]
+
+
+def _suite() -> Path:
+    from mali_hil.harness.cli.run import suite_path
+
+    return suite_path()
+
+
+def parse_pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    """``["gpu=mali-g610", "board=rock5b,ram=3g"]`` -> tags; refused with the value named."""
+    from mali_hil.harness.farm.client import parse_selector
+
+    pairs: dict[str, str] = {}
+    for value in values:
+        if "=" not in value:
+            raise FarmError(f"{what} {value!r}: write TAG=VALUE")
+        pairs.update(parse_selector(value))
+    return pairs
