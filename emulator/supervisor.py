@@ -51,6 +51,10 @@ from mali_hil.emulator.ram import RamEnforcer, RamVerdict, kill_job
 CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
 _VMSTAT = Path("/proc/vmstat")
 _PR_SET_PDEATHSIG = 1
+#: flags for every Python that mali-hil starts itself (workers, probes, the board's supervisor): ``-P`` keeps the
+#: current folder off ``sys.path``, so a ``./base64.py`` there cannot stand in for the standard library. Not
+#: ``-I``: that would also drop PYTHONPATH and the user's site-packages, where users' loaders may live.
+ISOLATED = ("-P",)
 
 
 class RunStatus(enum.StrEnum):

@@ -25,7 +25,7 @@ from mali_hil.harness.digest import Digest
 from mali_hil.harness.jobs import LoadJob
 from mali_hil.harness.meter import MemoryMeter
 from mali_hil.harness.results import LoadResult, Status, TensorDigest
-from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, PROTOCOL
+from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
@@ -323,7 +323,14 @@ def _serve_job(data: Any, facts: dict[str, str]) -> dict[str, Any]:
                           error_type=type(exc).__name__, error_message=f"worker failed: {exc}").to_dict()  # fmt: skip
 
 
+def _extend_loader_path() -> None:
+    for folder in os.environ.get(LOADER_PATH_ENV, "").split(os.pathsep):
+        if folder and folder not in sys.path:
+            sys.path.append(folder)
+
+
 def main() -> None:
+    _extend_loader_path()
     # The protocol owns the real stdout; loaders and tinygrad print progress, which goes to stderr instead.
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
