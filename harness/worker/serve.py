@@ -139,6 +139,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     from tinygrad.helpers import Context
 
     from mali_hil.harness.checkpoints import validate_checkpoint
+    from mali_hil.harness.checkpoints.validate import JOB_HEADER_LIMIT
     from mali_hil.harness.loaders import LoadOptions, get_loader
 
     base: dict[str, Any] = {
@@ -158,7 +159,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         reset_layer_stats()
     try:
         loader = get_loader(job.loader)
-        checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation
+        # before any device allocation; a header too large to parse within a board's RAM is the checkpoint's
+        # fault, refused here from its 8-byte prefix, not an OOM kill blamed on the loader
+        checkpoint = validate_checkpoint(job.checkpoint, JOB_HEADER_LIMIT)
         options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
     except MaliHilError as exc:
         refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
