@@ -66,6 +66,17 @@ class HeaderTooLargeError(CheckpointError):
     need = "the header length prefix must be at most 100,000,000 bytes"
 
 
+class JobHeaderTooLargeError(HeaderTooLargeError):
+    """The header is within the format's limit but above what a load job takes (``JOB_HEADER_LIMIT``): parsing
+    it would cost hundreds of MiB of the board's RAM before any loader runs."""
+
+    reference = None
+    need = (
+        "a load job takes headers of at most 16 MiB (16,777,216 bytes); `mali-hil checkpoint check` applies the"
+        " format's own limit"
+    )
+
+
 class InvalidHeaderLengthError(CheckpointError):
     """8 + header length runs past the end of the file (reference: ``InvalidHeaderLength``)."""
 

@@ -34,6 +34,7 @@ from mali_hil.harness.checkpoints.errors import (
     HeaderTooSmallError,
     InvalidHeaderLengthError,
     InvalidOffsetError,
+    JobHeaderTooLargeError,
     MetadataIncompleteBufferError,
     MisalignedSliceError,
     TensorInvalidInfoError,
@@ -183,13 +184,11 @@ def _read_header(path: Path, max_header: int) -> tuple[int, int, bytes]:
             raise HeaderTooSmallError(path, f"file is {file_size} bytes long", expected=PREFIX_SIZE, actual=file_size)
         header_size = int.from_bytes(handle.read(PREFIX_SIZE), "little")
         if header_size > max_header:
-            raise HeaderTooLargeError(
-                path,
-                f"the header length prefix is above the {max_header:,}-byte limit"
-                + ("" if max_header == MAX_HEADER_SIZE else f" for load jobs (the format allows {MAX_HEADER_SIZE:,})"),
-                expected=max_header,
+            error = HeaderTooLargeError if header_size > MAX_HEADER_SIZE else JobHeaderTooLargeError
+            raise error(
+                path, f"the header length prefix is above the {max_header:,}-byte limit", expected=max_header,
                 actual=header_size,
-            )
+            )  # fmt: skip
         if PREFIX_SIZE + header_size > file_size:
             raise InvalidHeaderLengthError(
                 path,

@@ -144,5 +144,5 @@ def test_a_header_too_large_for_a_job_is_a_checkpoint_error_not_an_oom_kill(tmp_
     assert json.loads(raw)["t1"]["data_offsets"] == [2, 4]
     with make_device("emulated-mali:mali-g52:256MiB") as device:
         result = device.run(LoadJob(checkpoint=str(path), loader="chunked", timeout_s=120))
-    assert (result.status, result.error_type) == (Status.ERROR, "HeaderTooLargeError"), result.error_message
-    assert "limit for load jobs" in (result.error_message or "")
+    assert (result.status, result.error_type) == (Status.ERROR, "JobHeaderTooLargeError"), result.error_message
+    assert "a load job takes headers of at most 16 MiB" in (result.error_message or "")
