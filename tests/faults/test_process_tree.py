@@ -14,8 +14,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from mali_hil.harness.devices import make_device
 from mali_hil.harness.jobs import LoadJob
 from mali_hil.harness.results import Status
@@ -42,24 +40,24 @@ def gone_soon(pids: list[int], within: float = 5.0) -> bool:
     return True
 
 
-@pytest.mark.parametrize("loader", ["forks_then_crashes", "forks_a_group_then_crashes"])
-def test_a_loader_that_forks_then_crashes_is_a_death_not_a_timeout(tiny: Path, pidfile: Path, loader: str) -> None:
+def test_a_loader_that_forks_then_crashes_is_a_death_not_a_timeout(tiny: Path, pidfile: Path) -> None:
     device = make_device("local")
     device.env[PIDFILE_ENV] = str(pidfile)
-    with device:
-        started = time.monotonic()
-        result = device.run(LoadJob(checkpoint=str(tiny), loader=f"{LOADERS}:{loader}", timeout_s=120))
-        took = time.monotonic() - started
-    children = [int(line) for line in pidfile.read_text().split()]
-    try:
-        assert (result.status, result.error_type) == (Status.ERROR, "WorkerDied"), result.error_message
-        assert f"exit -{int(signal.SIGABRT)}" in (result.error_message or "")
-        assert took < 60, f"the death took {took:.0f} s to be seen: the job timeout, not the exit, ended it"
-        assert children and gone_soon(children), f"the loader's child {children} outlived the job"
-    finally:
-        for pid in children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    with device:  # one device: after a death it starts a new worker for the next job
+        for loader in ("forks_then_crashes", "forks_a_group_then_crashes"):
+            started = time.monotonic()
+            result = device.run(LoadJob(checkpoint=str(tiny), loader=f"{LOADERS}:{loader}", timeout_s=120))
+            took = time.monotonic() - started
+            children = [int(line) for line in pidfile.read_text().split()]
+            try:
+                assert (result.status, result.error_type) == (Status.ERROR, "WorkerDied"), result.error_message
+                assert f"exit -{int(signal.SIGABRT)}" in (result.error_message or "")
+                assert took < 60, f"{loader}: the death took {took:.0f} s to be seen: the job timeout ended it"
+                assert children and gone_soon(children), f"{loader}: the child {children} outlived the job"
+            finally:
+                for pid in children:
+                    if alive(pid):
+                        os.kill(pid, signal.SIGKILL)
 
 
 def test_a_worker_dies_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
