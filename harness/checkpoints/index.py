@@ -83,7 +83,7 @@ def validate_checkpoint(path: str | Path, max_header: int = MAX_HEADER_SIZE) -> 
 def read_index(path: str | Path, max_size: int = MAX_HEADER_SIZE) -> dict[str, str]:
     """The weight_map of an index file (tensor name -> shard file name), checked for shape only."""
     path = Path(path)
-    with os.fdopen(open_regular(path, "no shard index at"), "rb") as handle:
+    with os.fdopen(open_regular(path, "shard index"), "rb") as handle:
         raw = handle.read(max_size + 1)
     if len(raw) > max_size:
         raise IndexFormatError(path, f"the index is larger than {max_size:,} bytes")

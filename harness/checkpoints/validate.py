@@ -164,12 +164,12 @@ def open_regular(path: Path, what: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise CheckpointNotFoundError(exc.errno, f"cannot open {what} {path} ({exc.strerror})") from None
+        raise CheckpointNotFoundError(exc.errno, f"cannot open the {what} {path} ({exc.strerror})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise CheckpointNotFoundError(errno.EINVAL, f"{what} {path} is {kind}, not a file that can be checked")
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise CheckpointNotFoundError(errno.EINVAL, f"the {what} {path} is {kind}, not a regular file")
     return fd
 
 
@@ -178,7 +178,7 @@ def _read_header(path: Path, max_header: int) -> tuple[int, int, bytes]:
 
     The length prefix is 8 raw bytes of a file that may be anything (a symlink to a secret): messages say how it
     fails the format, never what it holds (``expected``/``actual`` keep the numbers for code)."""
-    with os.fdopen(open_regular(path, "no safetensors file at"), "rb") as handle:
+    with os.fdopen(open_regular(path, "safetensors file"), "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
         if file_size < PREFIX_SIZE:
             raise HeaderTooSmallError(path, f"file is {file_size} bytes long", expected=PREFIX_SIZE, actual=file_size)
