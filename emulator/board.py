@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.emulator.errors import BackendError, BudgetError
+from mali_hil.emulator.errors import BackendError, BudgetError, LayerCacheError
 from mali_hil.emulator.profile import CL_ERRORS, Profile, format_size, load_profile
 
 CONFIG_ENV = "MALI_HIL_LAYER_CONFIG"
@@ -21,9 +23,28 @@ LAYERS_ENV = "OPENCL_LAYERS"
 
 
 def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/mali-hil`` (default ``~/.cache/mali-hil``): where the layer and its configs are kept.
+
+    Every job loads code from here, so it must be the user's own: a folder owned by this user, not a symlink,
+    writable by no one else. A shared or world-writable cache (a shared ``XDG_CACHE_HOME``) is refused, not used.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     path = Path(base) / "mali-hil"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise LayerCacheError(f"cannot make the layer cache {path}: {exc.strerror or exc}") from None
+    fix = "remove it, or set XDG_CACHE_HOME to a folder of your own"
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise LayerCacheError(f"refusing the layer cache {path}: it is a symlink or not a folder; {fix}")
+    if info.st_uid != os.geteuid():
+        raise LayerCacheError(f"refusing the layer cache {path}: it belongs to uid {info.st_uid}, not to you "
+                              f"({os.geteuid()}), and every job would load code from it; {fix}")  # fmt: skip
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LayerCacheError(f"refusing the layer cache {path}: it is writable by others (mode "
+                              f"{stat.S_IMODE(info.st_mode):o}), so anyone could plant the layer every job loads; "
+                              f"run `chmod go-w {path}`, or set XDG_CACHE_HOME to a folder of your own")  # fmt: skip
     return path
 
 
@@ -66,9 +87,10 @@ def write_layer_config(profile: Profile) -> Path:
     text = layer_config_text(profile)
     path = cache_dir() / f"layer-{profile.key}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
     if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)  # atomic, so a parallel worker never reads half a file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)  # atomic, so a parallel worker never reads half a file
     return path
 
 

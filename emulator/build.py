@@ -3,6 +3,10 @@
 The cache name carries a hash of the source, the flags and the compiler's version, so an edit or a compiler
 upgrade gives a new file and an old one is never reused by mistake. Two processes may build at once: each
 compiles to its own temporary name and renames it into place, and rename is atomic.
+
+Every job loads this file, so it is checked by content before use: the build records the .so's SHA-256 beside
+it (``.so.sha256``), and a file that does not match (truncated, replaced) is rebuilt, never loaded. The cache
+folder itself must be private to the user (``board.cache_dir`` refuses one that others can write).
 """
 
 from __future__ import annotations
@@ -26,21 +30,42 @@ _built: Path | None = None
 
 
 def layer_path() -> Path:
-    """The compiled layer, built on first use (this is what ``OPENCL_LAYERS`` names)."""
-    return _built if _built is not None and _built.is_file() else build_layer()
+    """The compiled layer, built on first use and checked by content each time (``OPENCL_LAYERS`` names it)."""
+    return _built if _built is not None and verified(_built) else build_layer()
 
 
 def build_layer(force: bool = False) -> Path:
-    """Compile the layer unless an up-to-date build is cached; ``force`` recompiles anyway."""
+    """Compile the layer unless an up-to-date build that matches its recorded hash is cached; ``force``
+    recompiles anyway."""
     global _built
     compiler = _find_compiler()
     _check_headers()
     source = SOURCE.read_bytes()
     target = _cache_dir() / f"mali_layer-{_build_key(compiler, source)}.so"
-    if force or not target.is_file():
+    if force or not verified(target):
         _compile(compiler, target)
     _built = target
     return target
+
+
+def hash_path(layer: Path) -> Path:
+    """Where the build recorded the layer's SHA-256."""
+    return layer.with_name(layer.name + ".sha256")
+
+
+def verified(layer: Path) -> bool:
+    """Whether ``layer`` is a regular file (not a symlink) whose content is what its build recorded."""
+    try:
+        recorded = _read_no_follow(hash_path(layer)).decode("ascii").strip()
+        return hashlib.sha256(_read_no_follow(layer)).hexdigest() == recorded
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _read_no_follow(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def _find_compiler() -> str:
@@ -83,4 +108,9 @@ def _compile(compiler: str, target: Path) -> None:
         raise LayerBuildError(
             f"compiling the mali-hil OpenCL layer failed ({' '.join(cmd)}):\n{result.stderr.strip() or result.stdout}"
         )
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     tmp.replace(target)  # atomic: a concurrent builder or loader sees the old file or the new one, never half
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f"{hash_path(target).name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(digest + "\n")
+    os.replace(name, hash_path(target))  # after the .so: a racing builder's mismatch only causes a rebuild

@@ -25,3 +25,7 @@ class BackendError(MaliHilError, RuntimeError):
 
 class LayerBuildError(BackendError):
     """Our OpenCL layer could not be compiled."""
+
+
+class LayerCacheError(BackendError):
+    """The layer cache folder is not private to this user: anyone able to write there could plant code."""

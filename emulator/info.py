@@ -65,7 +65,9 @@ def query_opencl() -> dict[str, Any]:
 
 
 def _query_command() -> list[str]:
-    return [sys.executable, "-m", "mali_hil.emulator.info"]
+    from mali_hil.emulator.supervisor import ISOLATED
+
+    return [sys.executable, *ISOLATED, "-m", "mali_hil.emulator.info"]
 
 
 def _backend_query() -> dict[str, Any]:

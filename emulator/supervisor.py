@@ -9,6 +9,11 @@ its processes even after their parent exited, and a Ctrl-C meant for the harness
 ends it, the supervisor SIGKILLs what is left of its tree and waits until that has exited (and given back its
 memory) before it returns the record, so nothing outlives it.
 
+A process tree ends with its leader: a watcher thread waits (``waitid(WNOWAIT)``) for the leader's exit and then
+kills what it left, so a child that a crashed leader forked cannot keep the leader's pipes open and make its
+death look like a hang until some timeout. The leader also gets ``PR_SET_PDEATHSIG``, so a harness that is
+itself SIGKILLed does not leave a worker stuck in a job running forever.
+
 The leader is never reaped before :meth:`Supervised.end`: exits are observed with ``waitid(WNOWAIT)``, and while
 the leader is an unreaped zombie its pid cannot be reused, so every kill (watchdog, timeout, clean-up) hits the
 process's own group and nothing else.
@@ -24,7 +29,9 @@ An OOM kill needs evidence, never a guess from the exit code alone. A SIGKILL co
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
+import functools
 import os
 import shutil
 import signal
@@ -43,6 +50,11 @@ from mali_hil.emulator.ram import RamEnforcer, RamVerdict, kill_job
 
 CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
 _VMSTAT = Path("/proc/vmstat")
+_PR_SET_PDEATHSIG = 1
+#: flags for every Python that mali-hil starts itself (workers, probes, the board's supervisor): ``-P`` keeps the
+#: current folder off ``sys.path``, so a ``./base64.py`` there cannot stand in for the standard library. Not
+#: ``-I``: that would also drop PYTHONPATH and the user's site-packages, where users' loaders may live.
+ISOLATED = ("-P",)
 
 
 class RunStatus(enum.StrEnum):
@@ -122,6 +134,37 @@ class ProcessEnd:
         return ""
 
 
+def _with_parent_death_signal(hook: Callable[[], None] | None) -> Callable[[], None] | None:
+    """``hook`` plus ``PR_SET_PDEATHSIG(SIGKILL)`` in the child, so it dies with the harness (Linux only).
+
+    The signal is tied to the *thread* that forked the child, not its process: a worker spawned from a thread
+    that later ends would be killed with it. So only children spawned from the main thread get it (the plugin,
+    the CLI and the board's supervisor all spawn from there); others rely on their stdin's end instead.
+    """
+    prctl = _prctl()
+    if threading.current_thread() is not threading.main_thread() or prctl is None:
+        return hook
+    parent = os.getpid()
+
+    def child() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the harness died before the line above took effect
+            os._exit(137)
+        if hook is not None:
+            hook()
+
+    return child
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, looked up in the parent (nothing is looked up between fork and exec); None off Linux."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def kernel_oom_kills() -> int | None:
     """The kernel's count of OOM kills since boot (``oom_kill`` in /proc/vmstat, Linux >= 4.13), or None."""
     try:
@@ -166,7 +209,7 @@ class Supervised:
         full_env = dict(env)
         if self._private is not None:
             full_env[STATS_FILE_ENV] = str(self._private / "layer-stats.json")
-        preexec: Callable[[], None] | None = enforcer.prepare() if enforcer is not None else None
+        preexec = _with_parent_death_signal(enforcer.prepare() if enforcer is not None else None)
         self._oom_kills_before = kernel_oom_kills()
         self._started = time.monotonic()
         try:
@@ -182,6 +225,17 @@ class Supervised:
             raise BackendError(f"could not start {argv[0]!r}{how}: {exc}") from None
         if enforcer is not None:
             enforcer.start(self.proc.pid)
+        watcher = threading.Thread(target=self._end_tree_with_leader, name=f"mali-hil-leader-{self.pid}", daemon=True)
+        watcher.start()
+
+    def _end_tree_with_leader(self) -> None:
+        """Kill the tree as soon as the leader exits: its children (a loader that forked, then crashed) would
+        otherwise hold its stdout open, and the harness would see a hang instead of a death."""
+        if self._reaped:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        self.kill()  # a no-op once end() has reaped the leader (its pid may be reused then)
 
     @property
     def pid(self) -> int:

@@ -15,3 +15,7 @@ class DeviceSpecError(MaliHilError, ValueError):
 
 class WorkerError(MaliHilError, RuntimeError):
     """The device-side worker could not be started or spoke out of protocol."""
+
+
+class ResultsFileError(MaliHilError, OSError):
+    """A results or report file cannot be written (a missing or read-only folder, a full disk); names the path."""

@@ -196,6 +196,8 @@ def load(request: pytest.FixtureRequest, mali_device: Any) -> Callable[..., Load
         job = LoadJob(checkpoint=str(Path(checkpoint).resolve()), loader=loader or default_loader, **job_fields)
         result = mali_device.run(job)
         session.record(request.node.nodeid, result)
+        if session.write_error is not None:  # results are being lost: stop after this test, and say where
+            request.session.shouldfail = f"mali-hil: {session.write_error}"
         return result
 
     return run

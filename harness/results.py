@@ -52,6 +52,9 @@ class LoadResult:
     device_live_after: int | None = None  # live device bytes after the loader returned (its results included)
     device_cap_bytes: int | None = None
     device_failed_allocations: int | None = None
+    # bytes of buffers created past the cap on a profile whose driver fails only at enqueue (enqueue-error): the
+    # job may end ok without touching them, as on the real board, but it asked for more than the device has
+    device_overcommitted_bytes: int | None = None
     peak_anon_bytes: int | None = None  # RssAnon: what competes with device buffers for the board's RAM
     peak_file_bytes: int | None = None  # RssFile: mmap'd checkpoint pages, reclaimable
     peak_unified_bytes: int | None = None  # anon + shmem, the figure the RAM budget is enforced on

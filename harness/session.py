@@ -2,25 +2,29 @@
 
 Kept under a StashKey on pytest's config (as pytest's own junitxml keeps its object). Every job result is kept,
 and written with ``--mali-hil-results``: nothing a device reports is lost, including jobs of tests that failed.
+The results file is opened before any test runs (a folder that is missing or read-only is a usage error then),
+and a record that cannot be written (a full disk) stops the run after the current test, with the path named:
+running on would only lose more results.
 Devices are imported and started only when a test asks for one, so a project that merely has mali-hil installed
 pays nothing for it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from mali_hil.emulator.errors import MaliHilError
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE, env_devices
 from mali_hil.harness.loaders import BUILTIN_NAMES
 
 if TYPE_CHECKING:
     from mali_hil.harness.devices import Device, DevicePool
     from mali_hil.harness.results import LoadResult
+    from mali_hil.harness.results_file import ResultsFile
 
 SESSION_KEY = pytest.StashKey["HarnessSession"]()
 DEFAULT_JOB_TIMEOUT = 600.0
@@ -35,7 +39,9 @@ class HarnessSession:
     profile: str | None = None  # the suite's hypothesis profile (dev, ci, nightly; None: by the CI variable)
     explicit: bool = False  # a mali-hil option or ini value was given: say so in the report header
     records: list[tuple[str, LoadResult]] = field(default_factory=list)
+    write_error: MaliHilError | None = None  # the first record that could not be written: the run stops
     _pool: DevicePool | None = None
+    _results: ResultsFile | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> HarnessSession:
@@ -44,7 +50,7 @@ class HarnessSession:
         results = config.getoption("mali_hil_results")
         if given_devices:
             _check_devices(given_devices)
-        return cls(
+        session = cls(
             devices=list(dict.fromkeys(given_devices or [DEFAULT_DEVICE])),
             loaders=list(dict.fromkeys(given_loaders or BUILTIN_NAMES)),
             job_timeout=_given(config.getoption("mali_hil_job_timeout"), DEFAULT_JOB_TIMEOUT),
@@ -52,6 +58,14 @@ class HarnessSession:
             profile=config.getoption("mali_hil_profile"),
             explicit=bool(given_devices or given_loaders or results),
         )
+        if results:
+            from mali_hil.harness.results_file import ResultsFile
+
+            try:
+                session._results = ResultsFile(results)
+            except MaliHilError as exc:
+                raise pytest.UsageError(f"--mali-hil-results: {exc}") from None
+        return session
 
     @property
     def pool(self) -> DevicePool:
@@ -75,14 +89,20 @@ class HarnessSession:
             pytest.fail(f"MISS: {exc}", pytrace=False)
 
     def record(self, nodeid: str, result: LoadResult) -> None:
+        """Keep the record, and append it to the results file; the first write that fails is kept in
+        ``write_error`` (the caller stops the run) and nothing more is written."""
         self.records.append((nodeid, result))
-        if self.results_path is not None:
-            with self.results_path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps({"test": nodeid, **result.to_dict()}) + "\n")
+        if self._results is not None and self.write_error is None:
+            try:
+                self._results.write({"test": nodeid, **result.to_dict()})
+            except MaliHilError as exc:
+                self.write_error = exc
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._results is not None:
+            self._results.close()
 
 
 def _given(value: float | None, default: float) -> float:
@@ -91,7 +111,7 @@ def _given(value: float | None, default: float) -> float:
 
 def _check_devices(specs: list[str]) -> None:
     """Refuse a malformed ``--device`` or an unknown kind at once, as a usage error (nothing is started here)."""
-    from mali_hil.harness.devices import DeviceSpec, device_kinds
+    from mali_hil.harness.devices import DeviceSpec, device_kinds, make_device
     from mali_hil.harness.errors import DeviceSpecError
 
     for spec in specs:
@@ -101,3 +121,7 @@ def _check_devices(specs: list[str]) -> None:
             raise pytest.UsageError(f"--device: {exc}") from None
         if kind not in device_kinds():
             raise pytest.UsageError(f"--device: unknown device {spec!r}: known kinds are {', '.join(device_kinds())}")
+        try:  # the kind checks its target (local:junk, an unknown profile) when it makes the device: nothing starts
+            make_device(spec).close()
+        except MaliHilError as exc:
+            raise pytest.UsageError(f"--device: {exc}") from None

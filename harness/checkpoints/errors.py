@@ -66,6 +66,17 @@ class HeaderTooLargeError(CheckpointError):
     need = "the header length prefix must be at most 100,000,000 bytes"
 
 
+class JobHeaderTooLargeError(HeaderTooLargeError):
+    """The header is within the format's limit but above what a load job takes (``JOB_HEADER_LIMIT``): parsing
+    it would cost hundreds of MiB of the board's RAM before any loader runs."""
+
+    reference = None
+    need = (
+        "a load job takes headers of at most 16 MiB (16,777,216 bytes); `mali-hil checkpoint check` applies the"
+        " format's own limit"
+    )
+
+
 class InvalidHeaderLengthError(CheckpointError):
     """8 + header length runs past the end of the file (reference: ``InvalidHeaderLength``)."""
 
@@ -104,6 +115,11 @@ class DuplicateKeyError(InvalidHeaderDeserializationError):
     ``__metadata__`` entries) silently; Python readers such as tinygrad's ``safe_load`` do the same, so
     which tensor a loader sees would depend on the parser. Repeated fields inside one tensor entry are
     refused by the reference reader too (as ``InvalidHeaderDeserialization``).
+
+    Keys repeated inside objects the reader ignores (the value of an unknown field) are refused as well, where
+    the reference reader does not look: one rule for the whole header, as the format's description states it
+    ("duplicate keys are disallowed"); no writer produces such a header, and a parser that keeps the first value
+    and one that keeps the last would read it differently.
     """
 
     reference = "InvalidHeaderDeserialization"
@@ -187,6 +203,15 @@ class ShardMissingError(ShardIndexError):
     """The index names a shard file that does not exist."""
 
     need = "every shard file named in the index's weight_map must exist next to the index"
+
+
+class ShardOutsideError(ShardIndexError):
+    """A shard named in the index is a symlink that leads outside the index's folder."""
+
+    need = (
+        "shards must be files in the index's folder (links may point within it, or within the folder the index"
+        " itself links into, as in a Hugging Face cache)"
+    )
 
 
 class IndexTensorMissingError(ShardIndexError):

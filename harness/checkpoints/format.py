@@ -218,7 +218,15 @@ def _finite_float(text: str) -> float:
 
 def _integer(text: str) -> int | float:
     # serde_json reads "-0" as the float -0.0, which is not a valid size or offset.
-    return -0.0 if text == "-0" else int(text)
+    if text == "-0":
+        return -0.0
+    value = int(text)
+    if value > U64_MAX or value < -(1 << 63):  # serde_json reads it as an f64: past f64's range it is refused
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"number {text[:40]}... is out of range") from None
+    return value
 
 
 def _check_json_values(doc: Any, path: str | Path) -> None:

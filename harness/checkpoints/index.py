@@ -10,6 +10,7 @@ writers do not always agree on it) and is not checked.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,10 +21,11 @@ from mali_hil.harness.checkpoints.errors import (
     IndexFormatError,
     IndexTensorMissingError,
     ShardMissingError,
+    ShardOutsideError,
     UnindexedTensorError,
 )
 from mali_hil.harness.checkpoints.format import TensorInfo, unique_keys
-from mali_hil.harness.checkpoints.validate import CheckpointInfo, validate
+from mali_hil.harness.checkpoints.validate import MAX_HEADER_SIZE, CheckpointInfo, open_regular, validate
 
 INDEX_SUFFIX = ".safetensors.index.json"
 DEFAULT_INDEX_NAME = "model" + INDEX_SUFFIX
@@ -62,13 +64,14 @@ class Checkpoint:
         }
 
 
-def validate_checkpoint(path: str | Path) -> Checkpoint:
+def validate_checkpoint(path: str | Path, max_header: int = MAX_HEADER_SIZE) -> Checkpoint:
     """Validate a ``.safetensors`` file, a ``*.safetensors.index.json`` with its shards, or a folder
-    holding exactly one of either. Raises the ``CheckpointError`` the checkpoint breaks."""
+    holding exactly one of either. Raises the ``CheckpointError`` the checkpoint breaks. ``max_header`` bounds
+    every header (and the index file) before it is read."""
     path = _resolve(Path(path))
     if path.name.endswith(".index.json"):
-        return _validate_sharded(path)
-    info = validate(path)
+        return _validate_sharded(path, max_header)
+    info = validate(path, max_header)
     return Checkpoint(
         files=(path,),
         tensors={t.name: (path, t) for t in info.tensors},
@@ -77,13 +80,15 @@ def validate_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def read_index(path: str | Path) -> dict[str, str]:
+def read_index(path: str | Path, max_size: int = MAX_HEADER_SIZE) -> dict[str, str]:
     """The weight_map of an index file (tensor name -> shard file name), checked for shape only."""
     path = Path(path)
+    with os.fdopen(open_regular(path, "shard index"), "rb") as handle:
+        raw = handle.read(max_size + 1)
+    if len(raw) > max_size:
+        raise IndexFormatError(path, f"the index is larger than {max_size:,} bytes")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        raise CheckpointNotFoundError(exc.errno, f"no shard index at {path} ({exc.strerror})") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise IndexFormatError(path, f"index byte {exc.start} is not valid UTF-8") from None
     doc = _load_unique(text, path)
@@ -106,13 +111,14 @@ def index_document(weight_map: Mapping[str, str], total_size: int) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _validate_sharded(index: Path) -> Checkpoint:
-    weight_map = read_index(index)
+def _validate_sharded(index: Path, max_header: int) -> Checkpoint:
+    weight_map = read_index(index, max_header)
     shard_names = list(dict.fromkeys(weight_map.values()))
     for shard in shard_names:
         if not (index.parent / shard).is_file():
             raise ShardMissingError(index, f"shard {shard!r} named in the weight_map does not exist")
-    infos = [validate(index.parent / shard) for shard in shard_names]
+        _confine(index, shard)
+    infos = [validate(index.parent / shard, max_header) for shard in shard_names]
     tensors: dict[str, tuple[Path, TensorInfo]] = {}
     for shard, info in zip(shard_names, infos, strict=True):
         _check_shard_against_index(index, shard, info, weight_map)
@@ -141,9 +147,23 @@ def _check_shard_against_index(index: Path, shard: str, info: CheckpointInfo, we
             )
 
 
+def _confine(index: Path, shard: str) -> None:
+    """A shard must really live beside its index: a symlink may point within the index's folder, or within the
+    folder the index itself resolves to (a Hugging Face cache snapshot links every file into ``../../blobs``),
+    never elsewhere (a shard linked to ``/etc/shadow`` would be read, and its bytes described in errors)."""
+    target = (index.parent / shard).resolve()
+    homes = {index.parent.resolve(), index.resolve().parent}
+    if not any(target.is_relative_to(home) for home in homes):
+        raise ShardOutsideError(index, f"shard {shard!r} is a link that leads outside the index's folder", tensor=None)
+
+
 def _resolve(path: Path) -> Path:
     """A folder stands for the one index, or else the one .safetensors file, inside it."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a loop of symlinks
+        raise CheckpointNotFoundError(exc.errno, f"cannot use {path} as a checkpoint ({exc.strerror})") from None
+    if not exists:
         raise CheckpointNotFoundError(2, f"no checkpoint at {path}")
     if not path.is_dir():
         return path

@@ -28,6 +28,11 @@ def _run(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
+    from mali_hil.harness.results_file import check_writable
+
+    for what, output in (("--junitxml", args.junitxml), ("--results", args.results)):
+        if output:
+            check_writable(output, what)  # before the suite runs for minutes, not after it
     suite = suite_path()
     # A child pytest: this process has imported mali-hil already, which pytest could no longer assert-rewrite.
     # The suite's folder is a package; pytest must import it under the name it is installed as.

@@ -16,7 +16,7 @@ from typing import Any
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement
-from mali_hil.emulator.supervisor import ProcessEnd, RunStatus
+from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd, RunStatus
 from mali_hil.harness.devices.board import Board, DeviceFacts
 from mali_hil.harness.errors import WorkerError
 from mali_hil.harness.jobs import LoadJob
@@ -77,7 +77,7 @@ class Device:
         """Start a worker unless one is running; raises a MaliHilError (with the worker's own words) if it cannot."""
         if self._client is not None:
             return
-        argv = (*self.transport.python(), "-m", WORKER_MODULE)
+        argv = (*self.transport.python(), *ISOLATED, "-m", WORKER_MODULE)
         channel = self.transport.spawn(argv, self.worker_env(), ram_budget=self.board.ram_budget)
         self.starts += 1
         try:

@@ -16,6 +16,8 @@ from typing import Any
 from mali_hil.harness.loaders import BUILTIN_LOADERS, BUILTIN_NAMES, ENTRY_POINT_GROUP
 from mali_hil.harness.loaders.base import Loader, LoaderError
 
+LOADER_PATH_ENV = "MALI_HIL_LOADER_PATH"  # the worker's extra loader folders (mali_hil.harness.worker.protocol)
+
 __all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "as_loader", "available", "get_loader", "register"]
 
 _registry: dict[str, Loader] = {}
@@ -120,7 +122,10 @@ def _import_attr(spec: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise LoaderError(f"loader {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError):  # workers run with python -P: the current folder is not searched
+            hint = f"; install it, or name its folder in {LOADER_PATH_ENV} (workers skip the current folder)"
+        raise LoaderError(f"loader {spec!r}: cannot import module {module_name!r} ({exc}){hint}") from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise LoaderError(f"loader {spec!r}: {module_name} has no attribute {attr_path!r}")

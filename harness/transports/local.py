@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from mali_hil.emulator.ram import Enforcement, RamVerdict, select_enforcer
-from mali_hil.emulator.supervisor import ProcessEnd, Supervised
+from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd, Supervised
 from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
 from mali_hil.harness.worker.protocol import BACKEND_ENV
 
@@ -79,8 +79,8 @@ def backend_description() -> str:
     code = "from mali_hil.emulator.backend import backend_info as b; print(b().platform_version.split('  ')[0])"
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV)}
     try:
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                              check=True)  # fmt: skip
+        done = subprocess.run([sys.executable, *ISOLATED, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=60, check=True)  # fmt: skip
     except (subprocess.SubprocessError, OSError):
         return "unknown OpenCL backend"
     return done.stdout.strip()

@@ -106,12 +106,13 @@ def health(workdir: Path, emulate: str | None, ram_budget: int | None) -> dict[s
     """What the harness checks before it uses the board; every probe that fails says why."""
     from mali_hil import __version__
     from mali_hil.emulator.ram import select_enforcer
+    from mali_hil.emulator.supervisor import ISOLATED
 
     facts: dict[str, Any] = {"python": list(sys.version_info[:3]), "mali_hil": __version__, "workdir": str(workdir)}
     facts["mem_available"] = _mem_available()
     facts["disk_free"] = shutil.disk_usage(workdir).free
     facts["enforcement"] = select_enforcer(ram_budget).name.value if ram_budget is not None else "kernel"
-    probe = [sys.executable, "-m", "mali_hil.harness.transports.remote", "opencl"]
+    probe = [sys.executable, *ISOLATED, "-m", "mali_hil.harness.transports.remote", "opencl"]
     if emulate:
         probe += ["--emulate", emulate]
     done = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False)

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement, RamVerdict
-from mali_hil.emulator.supervisor import ProcessEnd
+from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd
 from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
 from mali_hil.harness.transports.remote import END_OP, KILL_OP, MEMORY_OP
 from mali_hil.harness.transports.ssh_target import SshTarget
@@ -206,7 +206,7 @@ class SshTransport(Transport):
     def _check_health(self) -> None:
         t = self.target
         assert self._venv_python is not None and self.workdir is not None
-        argv = [self._venv_python, "-m", REMOTE_MODULE, "health", "--workdir", self.workdir]
+        argv = [self._venv_python, *ISOLATED, "-m", REMOTE_MODULE, "health", "--workdir", self.workdir]
         if t.emulate:
             argv += ["--emulate", t.emulate, "--ram-budget", str(self._emulated_budget())]
         done = self.run(argv, timeout=300)
@@ -250,7 +250,7 @@ class SshTransport(Transport):
         self.connect()
         assert self._venv_python is not None and self.workdir is not None
         self._retrying(["true"])  # after a dropped connection the board may take a moment to answer again
-        remote = [self._venv_python, "-m", REMOTE_MODULE, "supervise", "--workdir", self.workdir]
+        remote = [self._venv_python, *ISOLATED, "-m", REMOTE_MODULE, "supervise", "--workdir", self.workdir]
         if ram_budget is not None:
             remote += ["--ram-budget", str(ram_budget)]
         for key, value in env.items():

@@ -26,6 +26,10 @@ WORKER_MODULE = "mali_hil.harness.worker"
 EMULATE_ENV = "MALI_HIL_EMULATE"
 #: the OpenCL backend under the emulated device, as the harness already knows it (saves the worker a probe)
 BACKEND_ENV = "MALI_HIL_BACKEND"
+#: folders (``os.pathsep``-separated) where a worker also looks for users' ``module:function`` loaders. Workers
+#: run with ``python -P``, so the current folder is not searched; these go at the *end* of ``sys.path``, after the
+#: standard library and site-packages, so nothing there can be shadowed from them.
+LOADER_PATH_ENV = "MALI_HIL_LOADER_PATH"
 
 
 class WorkerGone(WorkerError):

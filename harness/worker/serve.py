@@ -25,11 +25,12 @@ from mali_hil.harness.digest import Digest
 from mali_hil.harness.jobs import LoadJob
 from mali_hil.harness.meter import MemoryMeter
 from mali_hil.harness.results import LoadResult, Status, TensorDigest
-from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, PROTOCOL
+from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
 _VALUES_LIMIT = 4 << 20  # values travel as base64 JSON: fine for test tensors, not for weights
+MESSAGE_LIMIT = 64 << 10  # characters of an exception message kept in a result record
 # OpenCL errors that mean "out of device memory" when raised at enqueue (profiles with enqueue-error)
 _OOM_CODES = ("CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY", "CL_MEM_OBJECT_ALLOCATION_FAILURE")
 
@@ -125,12 +126,22 @@ def _classify(exc: BaseException, stats: Any | None) -> Status:
     return Status.ERROR
 
 
+def capped(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (head and tail kept): a loader's exception message travels in every
+    result record, report and JUnit file, and one of 200 MiB would swamp them all."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters cut ...] {text[-half:]}"
+
+
 def _oom_message(exc: BaseException, stats: Any | None) -> str:
     if stats is None:
-        return str(exc)
+        return capped(str(exc))
     needed = stats.last_refused_bytes
     available = max(0, stats.cap_bytes - stats.live_bytes)
-    return f"{exc} (needed {needed} bytes, available {available} of the {stats.cap_bytes}-byte device memory)"
+    cap = stats.cap_bytes
+    return f"{capped(str(exc))} (needed {needed} bytes, available {available} of the {cap}-byte device memory)"
 
 
 def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
@@ -139,6 +150,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     from tinygrad.helpers import Context
 
     from mali_hil.harness.checkpoints import validate_checkpoint
+    from mali_hil.harness.checkpoints.validate import JOB_HEADER_LIMIT
     from mali_hil.harness.loaders import LoadOptions, get_loader
 
     base: dict[str, Any] = {
@@ -158,10 +170,12 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         reset_layer_stats()
     try:
         loader = get_loader(job.loader)
-        checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation
+        # before any device allocation; a header too large to parse within a board's RAM is the checkpoint's
+        # fault, refused here from its 8-byte prefix, not an OOM kill blamed on the loader
+        checkpoint = validate_checkpoint(job.checkpoint, JOB_HEADER_LIMIT)
         options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
     except MaliHilError as exc:
-        refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
+        refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=capped(str(exc)), **base)
         return _with_device_figures(refused, before, _layer_stats())
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
@@ -189,9 +203,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     figures.update(_device_figures(before, stats))
     if failure is not None:
         status = _classify(failure, stats)
-        message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else str(failure)
+        message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else capped(str(failure))
         if status is Status.ERROR:
-            print(trace, file=sys.stderr)
+            print(capped(trace), file=sys.stderr)
         _cleanup(tensors)
         return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
     digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
@@ -239,7 +253,8 @@ def _device_figures(before: Any | None, after: Any | None) -> dict[str, Any]:
         return {}
     return {"device_live_before": before.live_bytes, "device_peak_bytes": after.peak_bytes,
             "device_live_after": after.live_bytes, "device_cap_bytes": after.cap_bytes,
-            "device_failed_allocations": after.failed_allocations}  # fmt: skip
+            "device_failed_allocations": after.failed_allocations,
+            "device_overcommitted_bytes": after.overcommitted_bytes}  # fmt: skip
 
 
 def _with_device_figures(result: LoadResult, before: Any | None, after: Any | None) -> LoadResult:
@@ -323,7 +338,14 @@ def _serve_job(data: Any, facts: dict[str, str]) -> dict[str, Any]:
                           error_type=type(exc).__name__, error_message=f"worker failed: {exc}").to_dict()  # fmt: skip
 
 
+def _extend_loader_path() -> None:
+    for folder in os.environ.get(LOADER_PATH_ENV, "").split(os.pathsep):
+        if folder and folder not in sys.path:
+            sys.path.append(folder)
+
+
 def main() -> None:
+    _extend_loader_path()
     # The protocol owns the real stdout; loaders and tinygrad print progress, which goes to stderr instead.
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

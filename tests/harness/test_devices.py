@@ -24,6 +24,7 @@ from mali_hil.harness.results import LoadResult, Status
 from mali_hil.harness.transports.local import LocalTransport
 
 ODD = "tests.harness.odd_loaders"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b"": a built layer that is empty
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,7 @@ def test_a_worker_without_its_layer_is_an_infra_error(tiny: Path, tmp_path: Path
     cache = tmp_path / "cache"
     (cache / "mali-hil").mkdir(parents=True)
     (cache / "mali-hil" / layer_path().name).write_bytes(b"")  # what the worker will find and load
+    (cache / "mali-hil" / f"{layer_path().name}.sha256").write_text(EMPTY_SHA256)  # as if built so: it passes the hash
     device = make_device("emulated-mali:mali-g52:256MiB")
     device.env["XDG_CACHE_HOME"] = str(cache)
     result = device.run(_job(tiny))
@@ -176,6 +178,7 @@ def test_doctor_loads_the_layer_instead_of_looking_at_the_file(tmp_path: Path) -
     cache = tmp_path / "cache"
     (cache / "mali-hil").mkdir(parents=True)
     (cache / "mali-hil" / layer_path().name).write_bytes(b"")
+    (cache / "mali-hil" / f"{layer_path().name}.sha256").write_text(EMPTY_SHA256)
     done = subprocess.run([sys.executable, "-m", "mali_hil.harness.cli", "doctor"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(cache)})  # fmt: skip
     layer = next(line for line in done.stdout.splitlines() if " layer " in line)

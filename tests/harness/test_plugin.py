@@ -63,11 +63,18 @@ def test_devices_and_loaders_parametrize_and_are_reported(pytester: pytest.Pytes
 
 
 def test_an_unavailable_device_fails_its_tests_with_the_first_cause(pytester: pytest.Pytester) -> None:
+    # A target its kind refuses (an unknown profile) is a usage error before any test (issue 8); a device that is
+    # refused only when its worker starts (here: a board whose profile list is stale) is what MISS is for.
+    pytester.makeconftest(
+        "from mali_hil.harness.devices import Board, Device, register_device\n"
+        "from mali_hil.harness.transports.local import LocalTransport\n"
+        "register_device('stale', lambda spec: Device(Board(spec, physical=False, emulate_spec='mali-g999'),"
+        " LocalTransport()))\n"
+    )
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest_subprocess("--device=emulated-mali:mali-g999", "--loader=chunked", "-p",
-                                           "no:cacheprovider")  # fmt: skip
+    result = pytester.runpytest_subprocess("--device=stale", "--loader=chunked", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=3)
-    result.stdout.fnmatch_lines(["*device emulated-mali:mali-g999 is unavailable: ProfileError: unknown profile*"])
+    result.stdout.fnmatch_lines(["*device stale is unavailable: *ProfileError: unknown profile 'mali-g999'*"])
     assert "Traceback" not in result.stdout.str()
 
 
