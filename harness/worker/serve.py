@@ -159,7 +159,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     try:
         loader = get_loader(job.loader)
         checkpoint = validate_checkpoint(job.checkpoint)  # before any device allocation
-        options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
+        options = LoadOptions(
+            shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype, keep=job.keep
+        )
     except MaliHilError as exc:
         refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=str(exc), **base)
         return _with_device_figures(refused, before, _layer_stats())

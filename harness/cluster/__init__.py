@@ -1,0 +1,103 @@
+"""exo's cluster, measured: a model split over N emulated boards by exo's own partitioning, each node's load run
+on a board of its own, under either rule for the non-layer tensors (``KEEP_RULES``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from mali_hil.harness.cluster.cache import cached_checkpoint
+from mali_hil.harness.cluster.model_source import ModelSource, resolve_model
+from mali_hil.harness.cluster.partition import equal_nodes
+from mali_hil.harness.cluster.plan import plan_node, verdict
+from mali_hil.harness.cluster.progress import ClusterProgress
+from mali_hil.harness.cluster.run import NodeJob, default_parallel, node_record, run_nodes
+from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
+
+DOCUMENT_KIND = "mali-hil.cluster"
+
+__all__ = ["DOCUMENT_KIND", "ModelSource", "resolve_model", "run_cluster"]
+
+
+def run_cluster(
+    model: ModelSource,
+    *,
+    nodes: int,
+    device: str,
+    loaders: Sequence[str],
+    keeps: Sequence[str],
+    fill: str = "normal",
+    parallel: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    timeout_s: float = 600.0,
+    progress: ClusterProgress | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Make (or find) the checkpoint, run every (keep rule, loader, node) load, and return the results document."""
+    from mali_hil.harness.devices import make_device
+    from mali_hil.harness.loaders import get_loader
+    from mali_hil.harness.reports.environment import environment
+
+    for name in loaders:
+        get_loader(name)  # an unknown loader is refused before 16 GB are written
+    board = make_device(device)
+    facts = board.facts
+    progress = progress or ClusterProgress(enabled=False)
+    started = time.monotonic()
+    memory = facts.ram_budget_bytes or 1  # equal boards: only the ratio matters to exo's partition
+    shards = equal_nodes(nodes, memory, model.config.layers)
+    checkpoint, cached = cached_checkpoint(
+        model.config, dtype=model.dtype, fill=fill, root=cache_dir, progress=progress.wrote, on_make=progress.writing
+    )
+    if not cached:
+        progress.written()
+    made_s = time.monotonic() - started
+    n_layers = model.config.layers
+    plans = {keep: [plan_node(checkpoint, s, keep, n_layers, chunk_bytes) for s in shards] for keep in keeps}
+    jobs = [NodeJob(plan, loader) for keep in keeps for loader in loaders for plan in plans[keep]]
+    parallel = parallel or default_parallel(facts.ram_budget_bytes)
+    path = str(checkpoint.index or checkpoint.files[0])
+
+    with progress:
+        progress.plan({s.node: len(keeps) * len(loaders) for s in shards})
+        outcomes = run_nodes(
+            jobs,
+            device,
+            lambda job: job.load_job(path, n_layers, chunk_bytes, timeout_s),
+            parallel=parallel,
+            on_start=lambda job: progress.started(job.plan.shard.node, _label(job)),
+            on_done=lambda job, result: progress.finished(job.plan.shard.node, _label(job), verdict(result)),
+        )
+    return {
+        "kind": DOCUMENT_KIND,
+        "version": 1,
+        "model": {**asdict(model.config), "dtype": model.dtype, "origin": model.origin},
+        "checkpoint": {
+            "path": path,
+            "files": len(checkpoint.files),
+            "total_bytes": checkpoint.total_bytes,
+            "cached": cached,
+            "fill": fill,
+            "made_s": None if cached else made_s,
+        },
+        "device": {
+            "spec": device,
+            "profile": facts.profile,
+            "cap_bytes": facts.cap_bytes,
+            "ram_budget_bytes": facts.ram_budget_bytes,
+        },
+        "nodes": nodes,
+        "loaders": list(loaders),
+        "keeps": list(keeps),
+        "parallel": parallel,
+        "wall_s": time.monotonic() - started,
+        "environment": environment(result for _, result in outcomes),
+        "results": [node_record(job, result) for job, result in outcomes],
+    }
+
+
+def _label(job: NodeJob) -> str:
+    return f"{job.loader} ({job.plan.keep})"
