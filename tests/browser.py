@@ -51,9 +51,11 @@ class Browser:
         self.timeout = timeout
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        # the shell only moves the pipe ends to fds 3 and 4, where --remote-debugging-pipe expects them, then execs
+        # the child's ends move above 9 first, so putting them on 3 and 4 cannot overwrite one with the other
+        to_chrome_r, from_chrome_w = (_above_9(fd) for fd in (to_chrome_r, from_chrome_w))
+        # bash only moves the pipe ends to fds 3 and 4, where --remote-debugging-pipe expects them, then execs
         argv = [
-            "/bin/sh",
+            "/bin/bash",  # not dash: dash takes single-digit fds only
             "-c",
             f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}',
             CHROMIUM,
@@ -62,13 +64,11 @@ class Browser:
             "--window-size=1280,900",
             "about:blank",
         ]
-        self.process = subprocess.Popen(
-            argv,
-            pass_fds=(to_chrome_r, from_chrome_w),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.log = profile.with_name(profile.name + ".log")  # chromium's own stderr, for when it fails
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                argv, pass_fds=(to_chrome_r, from_chrome_w), stdout=log, stderr=log, start_new_session=True
+            )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -99,7 +99,10 @@ class Browser:
         message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
         if session:
             message["sessionId"] = session
-        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise RuntimeError(f"chromium is gone (exit {self.process.poll()}): {self._log_tail()}") from None
         while True:
             reply = self._receive()
             if reply.get("id") == self._next:
@@ -126,10 +129,16 @@ class Browser:
                 raise TimeoutError(f"chromium said nothing for {self.timeout} s")
             chunk = os.read(self._from_chrome, 1 << 16)
             if not chunk:
-                raise RuntimeError(f"chromium closed its pipe (exit {self.process.poll()})")
+                raise RuntimeError(f"chromium closed its pipe (exit {self.process.poll()}): {self._log_tail()}")
             self._buffer += chunk
         message, _, self._buffer = self._buffer.partition(b"\0")
         return json.loads(message)
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
 
     def check(self, url: str, expressions: dict[str, str]) -> PageCheck:
         """Open ``url`` in a new tab, wait for its load event, evaluate ``expressions``, take a full-page
@@ -162,3 +171,11 @@ class Browser:
                 result.problems.append(f"log.{entry['level']}: {entry.get('text')} {entry.get('url', '')}".strip())
         self.send("Target.closeTarget", targetId=target)
         return result
+
+
+def _above_9(fd: int) -> int:
+    import fcntl
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved

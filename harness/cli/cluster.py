@@ -91,6 +91,8 @@ def print_summary(doc: dict[str, Any]) -> None:
         f"{doc['checkpoint']['files']} files{' (cached)' if doc['checkpoint']['cached'] else ''}; "
         f"{doc['wall_s']:.0f} s"
     )
+    if doc["nodes_without_layers"]:
+        console.print(f"{doc['nodes_without_layers']} node(s) hold no whole layer in exo's partition and load nothing")
     for keep in doc["keeps"]:
         for loader in doc["loaders"]:
             rows = [r for r in doc["results"] if r["keep"] == keep and r["loader"] == loader]

@@ -90,6 +90,7 @@ def run_cluster(
             "ram_budget_bytes": facts.ram_budget_bytes,
         },
         "nodes": nodes,
+        "nodes_without_layers": nodes - len(shards),  # exo leaves a node whose slice holds no whole layer idle
         "loaders": list(loaders),
         "keeps": list(keeps),
         "parallel": parallel,

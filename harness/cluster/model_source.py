@@ -51,7 +51,11 @@ def from_hf_config(path: Path) -> ModelSource:
         raise ModelError(f"{path} is not a readable JSON config ({exc})") from None
     if not isinstance(doc, dict):
         raise ModelError(f"{path} is not a Hugging Face config (a JSON object)")
-    return ModelSource(config_from_dict(doc, name=path.parent.name or path.stem), _dtype(doc, path), str(path))
+    try:
+        config = config_from_dict(doc, name=path.parent.name or path.stem)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    return ModelSource(config, _dtype(doc, path), str(path))
 
 
 def config_from_dict(doc: dict[str, Any], name: str = "config") -> ModelConfig:

@@ -38,12 +38,15 @@ def _figure(width: float, height: float) -> Any:
 def peaks_per_variant(inputs: ReportInputs) -> list[tuple[str, str]]:
     """(title, svg) per profile seen in the run records: each variant's highest device and RAM peaks against the
     device's memory and the board's RAM."""
-    profiles: dict[tuple[str, int | None, int | None], dict[str, list[Any]]] = {}
+    # grouped by device name: a killed job's record may lack the cap, which the others of its device state
+    profiles: dict[str, dict[str, list[Any]]] = {}
     for _, r in inputs.records:
-        key = (r.device, r.device_cap_bytes, r.ram_budget_bytes)
-        profiles.setdefault(key, {}).setdefault(r.loader, []).append(r)
+        profiles.setdefault(r.device, {}).setdefault(r.loader, []).append(r)
     charts = []
-    for i, ((device, cap, budget), by_loader) in enumerate(profiles.items()):
+    for i, (device, by_loader) in enumerate(profiles.items()):
+        every = [r for results in by_loader.values() for r in results]
+        cap = max((r.device_cap_bytes for r in every if r.device_cap_bytes), default=None)
+        budget = max((r.ram_budget_bytes for r in every if r.ram_budget_bytes), default=None)
         loaders = list(by_loader)
         device_peaks = [max((r.device_peak_bytes or 0) for r in by_loader[name]) / GIB for name in loaders]
         ram_peaks = [max((r.peak_unified_bytes or 0) for r in by_loader[name]) / GIB for name in loaders]
