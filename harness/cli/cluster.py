@@ -67,6 +67,7 @@ def _cluster(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=progress,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        on_record=(lambda partial: write_document(args.results, partial)) if args.results else None,
     )
     if args.results:
         write_document(args.results, doc)

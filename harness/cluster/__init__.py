@@ -4,7 +4,7 @@ on a board of its own, under either rule for the non-layer tensors (``KEEP_RULES
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from mali_hil.harness.cluster.plan import plan_node, verdict
 from mali_hil.harness.cluster.progress import ClusterProgress
 from mali_hil.harness.cluster.run import NodeJob, default_parallel, node_record, run_nodes
 from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.results import LoadResult
 
 DOCUMENT_KIND = "mali-hil.cluster"
 
@@ -35,8 +36,12 @@ def run_cluster(
     timeout_s: float = 600.0,
     progress: ClusterProgress | None = None,
     cache_dir: Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Make (or find) the checkpoint, run every (keep rule, loader, node) load, and return the results document."""
+    """Make (or find) the checkpoint, run every (keep rule, loader, node) load, and return the results document.
+
+    ``on_record(doc)`` gets the document after every finished job (``complete`` false until the last), so an
+    interrupted or crashed run of an hour loses no finished node."""
     from mali_hil.harness.devices import make_device
     from mali_hil.harness.loaders import get_loader
     from mali_hil.harness.reports.environment import environment
@@ -61,19 +66,11 @@ def run_cluster(
     parallel = parallel or default_parallel(facts.ram_budget_bytes)
     path = str(checkpoint.index or checkpoint.files[0])
 
-    with progress:
-        progress.plan({s.node: len(keeps) * len(loaders) for s in shards})
-        outcomes = run_nodes(
-            jobs,
-            device,
-            lambda job: job.load_job(path, n_layers, chunk_bytes, timeout_s),
-            parallel=parallel,
-            on_start=lambda job: progress.started(job.plan.shard.node, _label(job)),
-            on_done=lambda job, result: progress.finished(job.plan.shard.node, _label(job), verdict(result)),
-        )
-    return {
+    doc: dict[str, Any] = {
         "kind": DOCUMENT_KIND,
         "version": 1,
+        "complete": False,  # until every job has ended: a partial document still holds every finished job
+        "jobs": len(jobs),
         "model": {**asdict(model.config), "dtype": model.dtype, "origin": model.origin},
         "checkpoint": {
             "path": path,
@@ -94,10 +91,33 @@ def run_cluster(
         "loaders": list(loaders),
         "keeps": list(keeps),
         "parallel": parallel,
-        "wall_s": time.monotonic() - started,
-        "environment": environment(result for _, result in outcomes),
-        "results": [node_record(job, result) for job, result in outcomes],
+        "wall_s": None,
+        "environment": environment(),
+        "results": [],
     }
+    finished: list[LoadResult] = []
+
+    def done(job: NodeJob, result: LoadResult) -> None:
+        progress.finished(job.plan.shard.node, _label(job), verdict(result))
+        finished.append(result)
+        doc["results"].append(node_record(job, result))
+        doc["environment"] = environment(finished)
+        if on_record is not None:
+            on_record(doc)
+
+    with progress:
+        progress.plan({s.node: len(keeps) * len(loaders) for s in shards})
+        outcomes = run_nodes(
+            jobs,
+            device,
+            lambda job: job.load_job(path, n_layers, chunk_bytes, timeout_s),
+            parallel=parallel,
+            on_start=lambda job: progress.started(job.plan.shard.node, _label(job)),
+            on_done=done,
+        )
+    doc.update(complete=True, wall_s=time.monotonic() - started)
+    doc["results"] = [node_record(job, result) for job, result in outcomes]  # in plan order, not finishing order
+    return doc
 
 
 def _label(job: NodeJob) -> str:

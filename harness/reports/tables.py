@@ -87,9 +87,10 @@ def property_table(inputs: ReportInputs) -> Table | None:
 
 
 def cluster_tables(doc: dict[str, Any]) -> list[Table]:
+    incomplete = "" if doc.get("complete", True) else f" (INCOMPLETE: {len(doc['results'])} of {doc['jobs']} jobs)"
     tables = [
         Table(
-            f"Cluster: {doc['model']['name']} over {doc['nodes']} x {doc['device']['spec']}",
+            f"Cluster: {doc['model']['name']} over {doc['nodes']} x {doc['device']['spec']}{incomplete}",
             ["keep rule", "loader", "nodes that fit", "verdicts"],
             [],
             notes=[conclusion(doc)],
