@@ -73,8 +73,8 @@ def run_nodes(
     on_start: Callable[[NodeJob], None] | None = None,
     on_done: Callable[[NodeJob, LoadResult], None] | None = None,
 ) -> list[tuple[NodeJob, LoadResult]]:
-    """Each job on a fresh board; results in the order of ``jobs``. Ctrl-C stops every running board's worker
-    (nothing is left behind) and re-raises once they are gone."""
+    """Each job on a fresh board; results in the order of ``jobs``. Ctrl-C kills every running board's worker
+    (nothing is left behind) and re-raises once they are gone; jobs it cut short are not in any result."""
     active: set[Device] = set()
     lock = threading.Lock()
     stopping = threading.Event()
@@ -89,6 +89,8 @@ def run_nodes(
             if on_start is not None:
                 on_start(job)
             with device:
+                if stopping.is_set():
+                    raise KeyboardInterrupt
                 return device.run(make_job(job))
         finally:
             with lock:
@@ -106,13 +108,18 @@ def run_nodes(
                 if on_done is not None:
                     on_done(jobs[i], results[i])
     except KeyboardInterrupt:
+        # Ctrl-C: no new board starts; running ones have their worker killed (their thread reaps it and closes the
+        # board, never this one: a device is not shared between threads) and their deaths are not recorded
         stopping.set()
         for future in pending:
             future.cancel()
-        with lock:
-            running = list(active)
-        for device in running:
-            device.close()
+        running = [future for future in pending if not future.cancelled()]
+        while not all(future.done() for future in running):
+            with lock:
+                boards = list(active)
+            for device in boards:
+                device.interrupt()
+            wait(running, timeout=0.2)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
