@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk", type=size, default="64MiB", help="chunk size for chunked/mmap loaders (64MiB)")
     parser.add_argument("--timeout", type=seconds, default=600.0, help="seconds per node's load (600)")
     parser.add_argument(
-        "--cache-dir", default=None, help="where made checkpoints are kept (default ~/.cache/mali-hil/checkpoints)"
+        "--cache-dir",
+        default=None,
+        help="where made checkpoints are kept (default ~/.cache/mali-hil/cluster-checkpoints)",
     )
     parser.add_argument("--results", default=None, help="write the results document (JSON) here")
     parser.set_defaults(func=_cluster)
