@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mali_hil.harness.reports.inputs import ReportInputs
+from mali_hil.harness.reports.tables import ordered
 
 GIB = float(1 << 30)
 VERDICT_COLOURS = {"fits": "#2e7d32", "device-oom": "#ef6c00", "oom-killed": "#c62828"}
@@ -77,7 +78,7 @@ def cluster_nodes(doc: dict[str, Any], index: int = 0) -> list[tuple[str, str]]:
         figure = _figure(9, 1.0 + 1.6 * len(loaders))
         axes = figure.subplots(len(loaders), 1, sharex=True, squeeze=False)[:, 0]
         for ax, loader in zip(axes, loaders, strict=True):
-            rows = [r for r in doc["results"] if r["keep"] == keep and r["loader"] == loader]
+            rows = [r for r in ordered(doc) if r["keep"] == keep and r["loader"] == loader]
             names = [f"{r['node'][-2:]}\n{r['layers'][0]}-{r['layers'][1]}" for r in rows]
             ram = [(r["peak_unified_bytes"] or 0) / GIB for r in rows]
             dev = [(r["device_peak_bytes"] or 0) / GIB for r in rows]
@@ -89,6 +90,7 @@ def cluster_nodes(doc: dict[str, Any], index: int = 0) -> list[tuple[str, str]]:
             if cap:
                 ax.axhline(cap / GIB, color="#ef6c00", linestyle="--")
             fits = sum(r["verdict"] == "fits" for r in rows)
+            ax.set_ylim(0, max([*ram, (budget or 0) / GIB]) * 1.08 or 1)
             ax.set_title(f"{loader}: {fits} of {len(rows)} nodes fit", fontsize=9, loc="left")
             ax.set_ylabel("GiB", fontsize=8)
             ax.tick_params(labelsize=7)

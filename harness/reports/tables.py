@@ -86,6 +86,12 @@ def property_table(inputs: ReportInputs) -> Table | None:
     return Table("Property results (JUnit XML of mali-hil run)", ["loader", *props], rows)
 
 
+def ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The node rows in plan order (keep rule, loader, node), whatever order a partial document has them in."""
+    keeps, loaders = doc["keeps"], doc["loaders"]
+    return sorted(doc["results"], key=lambda r: (keeps.index(r["keep"]), loaders.index(r["loader"]), r["index"]))
+
+
 def cluster_tables(doc: dict[str, Any]) -> list[Table]:
     incomplete = "" if doc.get("complete", True) else f" (INCOMPLETE: {len(doc['results'])} of {doc['jobs']} jobs)"
     tables = [
@@ -99,6 +105,9 @@ def cluster_tables(doc: dict[str, Any]) -> list[Table]:
     for keep in doc["keeps"]:
         for loader in doc["loaders"]:
             rows = [r for r in doc["results"] if r["keep"] == keep and r["loader"] == loader]
+            if not rows:
+                tables[0].rows.append([keep, loader, "not run", ""])
+                continue
             verdicts = Counter(r["verdict"] for r in rows)
             tables[0].rows.append(
                 [keep, loader, f"{verdicts['fits']} of {len(rows)}", ", ".join(f"{n} {v}" for v, n in verdicts.items())]
@@ -118,7 +127,7 @@ def cluster_tables(doc: dict[str, Any]) -> list[Table]:
         ],
         [],
     )
-    for r in doc["results"]:
+    for r in ordered(doc):
         tensor = r["peak_tensor"]
         per_node.rows.append(
             [
@@ -149,6 +158,8 @@ def conclusion(doc: dict[str, Any]) -> str:
         return bool(rows) and all(r["verdict"] == "fits" for r in rows)
 
     parts = []
+    if not doc.get("complete", True):
+        return "The run did not finish: no conclusion is drawn from part of it."
     if doc["model"]["name"] != "llama-3-8b":  # the expectation is about Llama-3-8B on 3 GB boards only
         for keep in doc["keeps"]:
             fitting = [name for name in doc["loaders"] if all_fit(keep, name)]
