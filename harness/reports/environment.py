@@ -36,10 +36,16 @@ def board_facts(results: Iterable[LoadResult]) -> dict[str, Any]:
         return list(dict.fromkeys(v for v in values if v))
 
     results = list(results)
+    enforcement = []
+    for kind in distinct(r.enforcement.value for r in results if r.enforcement is not None):
+        jobs = [r for r in results if r.enforcement is not None and r.enforcement.value == kind]
+        stalled = [r.enforcement_gap_s or 0.0 for r in jobs if r.enforcement_stalled]
+        enforcement.append(kind + (f" (stalled in {len(stalled)} of {len(jobs)} jobs, up to {max(stalled):.2f} s)"
+                                   if stalled else ""))  # fmt: skip
     return {
         "backend": distinct(r.backend for r in results),
         "fp16": distinct(r.fp16.describe() for r in results),
-        "enforcement": distinct(r.describe_enforcement() for r in results if r.enforcement is not None),
+        "enforcement": enforcement,
     }
 
 
