@@ -10,6 +10,7 @@ APT_PACKAGES=(
   ocl-icd-libopencl1 ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo
   gcc libc6-dev clang
   openssh-client openssh-server
+  chromium
   python3 python3-venv python3-dev
   debootstrap
 )

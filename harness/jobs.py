@@ -15,6 +15,7 @@ class LoadJob:
     checkpoint: str  # a .safetensors file or a sharded model.safetensors.index.json, as the worker sees the path
     loader: str = "chunked"  # a built-in name, module:function, or an entry point of group mali_hil.loaders
     shard: tuple[int, int] | None = None  # inclusive layer range this node loads, as exo splits a model
+    keep: str = "first-last"  # who loads the non-layer tensors of a shard: see loaders.base.KEEP_RULES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     target_dtype: str = "float16"
     lru: bool = True  # tinygrad's LRU buffer cache, on by default as users run it

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from mali_hil.emulator.errors import MaliHilError
 
 # Command-group modules, in the order `mali-hil --help` lists them.
-_GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "doctor", "farm")
+_GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "doctor", "cluster", "threshold", "report", "farm")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,6 +105,14 @@ class Device:
         self.stop()
         self.transport.close()
 
+    def interrupt(self) -> None:
+        """From another thread, while ``run`` is in flight (a cluster's Ctrl-C): kill the worker's process tree now.
+        ``run`` then returns that death as its result, which says nothing about the loader: whoever interrupted
+        must not record it. Stopping and reaping stay with the thread that runs the job."""
+        channel = self._channel
+        if channel is not None:
+            channel.kill()
+
     def __enter__(self) -> Device:
         self.start()
         return self

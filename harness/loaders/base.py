@@ -25,6 +25,10 @@ PASSTHROUGH_SOURCES = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U
 #: Target dtype name (tinygrad's) -> safetensors dtype of the tensors as they end on the device.
 TARGETS: Mapping[str, str] = {"float16": "F16", "float32": "F32"}
 ITEMSIZE: Mapping[str, int] = {dtype: DTYPE_BITS[dtype] // 8 for dtype in FLOAT_SOURCES + PASSTHROUGH_SOURCES}
+#: Who loads a shard's non-layer tensors (embedding, final norm, lm_head). ``first-last``: the embedding on the
+#: first node, the rest on the last (what a corrected exo does). ``exo-2024``: every node, as exo did after its
+#: commit 2be4465, which filtered layers only (about 2.1 GB of fp16 on each node for Llama-3-8B).
+KEEP_RULES = ("first-last", "exo-2024")
 
 
 class LoaderError(MaliHilError, ValueError):
@@ -50,8 +54,11 @@ class LoadOptions:
     n_layers: int | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     target_dtype: str = "float16"
+    keep: str = "first-last"
 
     def __post_init__(self) -> None:
+        if self.keep not in KEEP_RULES:
+            raise LoaderError(f"keep rule {self.keep!r} is not known; use one of {', '.join(KEEP_RULES)}")
         if self.target_dtype not in TARGETS:
             raise LoaderError(
                 f"target_dtype {self.target_dtype!r} is not supported; use one of {', '.join(TARGETS)}"
@@ -145,6 +152,7 @@ def select_keys(checkpoint: Checkpoint, options: LoadOptions) -> tuple[str, ...]
     lm_head) on the last node. A tied model has no ``lm_head``: its last node needs the embedding too.
     Same answer as ``mali_hil.harness.checkpoints.node_keys`` for its models, but read off the checkpoint's own names
     (a checkpoint does not say which model config made it), so extra non-layer tensors go to the last node.
+    With ``keep="exo-2024"`` every node keeps every non-layer tensor, as exo's 2be4465 did.
     """
     names = tuple(checkpoint.tensors)
     if options.shard is None:
@@ -164,6 +172,8 @@ def select_keys(checkpoint: Checkpoint, options: LoadOptions) -> tuple[str, ...]
         layer = layer_of(name)
         if layer is not None:
             return start <= layer <= end
+        if options.keep == "exo-2024":
+            return True
         if _is_embedding(name):
             return first or (last and tied)
         return last

@@ -173,7 +173,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         # before any device allocation; a header too large to parse within a board's RAM is the checkpoint's
         # fault, refused here from its 8-byte prefix, not an OOM kill blamed on the loader
         checkpoint = validate_checkpoint(job.checkpoint, JOB_HEADER_LIMIT)
-        options = LoadOptions(shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype)
+        options = LoadOptions(
+            shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype, keep=job.keep
+        )
     except MaliHilError as exc:
         refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=capped(str(exc)), **base)
         return _with_device_figures(refused, before, _layer_stats())
