@@ -2,7 +2,7 @@
 
 The suite makes the same checkpoints every run (seeded values, fixed shapes): up to 1.7 GB of writes per run, and
 twice that when two xdist workers each make their own. Each is stored once under
-``$XDG_CACHE_HOME/mali-hil/checkpoints/<key>/``, where the key hashes everything the bytes depend on: the
+``$XDG_CACHE_HOME/mali-hil/suite-checkpoints/<key>/``, where the key hashes everything the bytes depend on: the
 generator's name and parameters, the source of the modules that write them, and the versions of numpy, ml_dtypes
 and safetensors. A change to any of those makes a new key, never a stale hit.
 
@@ -36,7 +36,7 @@ def cache_root() -> Path | None:
     """The checkpoint cache folder, created private; None when it exists but is not safely ours."""
     from mali_hil.emulator.board import cache_dir
 
-    root = cache_dir() / "checkpoints"
+    root = cache_dir() / "suite-checkpoints"
     try:
         root.mkdir(mode=0o700, exist_ok=True)
         info = root.lstat()
