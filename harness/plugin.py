@@ -205,13 +205,16 @@ def load(request: pytest.FixtureRequest, mali_device: Any) -> Callable[..., Load
 
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
-    """``make_checkpoint(model="tiny", **options) -> Path``: written once per session for each set of options.
+    """``make_checkpoint(model="tiny", **options) -> Path``: written once for each set of options, and kept in
+    mali-hil's cache folder for later runs (read-only; see :mod:`mali_hil.harness.checkpoints.cache`).
 
     Options are those of :func:`mali_hil.harness.checkpoints.make_checkpoint` (scale, seed, shards, dtype, fill,
     layers).
     A sharded checkpoint's path is its ``model.safetensors.index.json``.
     """
     from mali_hil.harness.checkpoints import make_checkpoint as make
+    from mali_hil.harness.checkpoints.cache import cache_key as key_of
+    from mali_hil.harness.checkpoints.cache import cached_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     made: dict[tuple[Any, ...], Path] = {}
@@ -221,9 +224,14 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         if key not in made:
             name = "-".join(str(part) for part in (model, *(f"{k}{v}" for k, v in sorted(options.items()))))
             shards = options.get("shards", 1)
-            out = root / (name if shards > 1 else f"{name}.safetensors")
-            checkpoint = make(model, out, **options)
-            made[key] = checkpoint.index if shards > 1 and checkpoint.index else out
+
+            def write(out: Path) -> Path:
+                checkpoint = make(model, out, **options)
+                return checkpoint.index if shards > 1 and checkpoint.index else out
+
+            # the same bytes every run: kept between runs and shared by xdist workers (checkpoints.cache)
+            cache_key = key_of("make_checkpoint", {"model": model, **options})
+            made[key] = cached_checkpoint(cache_key, name if shards > 1 else f"{name}.safetensors", write, root)
         return made[key]
 
     yield factory

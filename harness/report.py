@@ -3,10 +3,15 @@
 Registered as a plugin beside the session (its report hooks are methods, as in pytest's junitxml). It reads the
 test reports' properties (which property, which loader, which bounds its memory was judged by) and the session's
 result records; it starts nothing and changes nothing.
+
+Under pytest-xdist the table is printed by the controller, which gets every test report but runs no job: each
+worker hands its result records over in ``workeroutput`` when it finishes (the way pytest-cov collects coverage),
+and the controller adds them to its own session's records before the summary.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,6 +22,7 @@ if TYPE_CHECKING:
     from mali_hil.harness.results import LoadResult
     from mali_hil.harness.session import HarnessSession
 
+WORKER_RECORDS = "mali_hil.records"  # workeroutput key: a worker's records, as JSON
 PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
 
 
@@ -50,6 +56,24 @@ class VariantTable:
         if report.when == "call" or report.outcome != "passed":  # setup/teardown only count when they fail
             outcome = "xfail" if hasattr(report, "wasxfail") else report.outcome
             self.outcomes[(str(loader), str(prop))].append(outcome)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:  # an xdist worker: hand the records to the controller
+            # without the tensors' values (base64, up to MiBs each): the table never reads them, and the results
+            # file already has every record whole
+            records = [[nodeid, {**result.to_dict(), "values": {}}] for nodeid, result in self.records]
+            output[WORKER_RECORDS] = json.dumps(records)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist's controller: a worker finished; take its records (a crashed worker has none to give, but wrote
+        each of its records to ``--mali-hil-results`` as it went)."""
+        from mali_hil.harness.results import LoadResult
+
+        text = getattr(node, "workeroutput", {}).get(WORKER_RECORDS)
+        if text:
+            self.session.records.extend((nodeid, LoadResult.from_dict(data)) for nodeid, data in json.loads(text))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.outcomes and not self.records:

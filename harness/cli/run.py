@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from mali_hil.emulator.errors import MaliHilError
@@ -10,6 +11,12 @@ from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 INTERRUPT_GRACE = 60.0  # seconds an interrupted suite gets to stop its workers and write its reports
 SUITE_PACKAGE = "mali_hil.properties"  # the property suite ships inside the package, so a wheel can run it
+# plugins loaded into the child pytest only: nobody else's pytest gets them
+PROGRESS_PLUGIN = "mali_hil.harness.progress"
+PARALLEL_PLUGIN = "mali_hil.harness.parallel"
+# Each xdist worker starts its own device workers and compiles its own kernels: past a few, the boards they share
+# (and the memory they hold) cost more than another core gives.
+MAX_WORKERS = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +27,49 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="hypothesis profile (default: ci when CI is set, else dev)")  # fmt: skip
     parser.add_argument("--junitxml", default=None, help="also write a JUnit XML report here")
     parser.add_argument("--results", default=None, help="write every job's result record here (JSON lines)")
+    parser.add_argument("--workers", type=_workers, default=None, metavar="N",
+                        help="test processes side by side (pytest-xdist); default: one per core, at most"
+                        f" {MAX_WORKERS}; 1 runs the suite in one process")  # fmt: skip
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the progress line (tests done / total, loaders running); auto: only on a terminal",
+    )
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments")
     parser.set_defaults(func=_run)
+
+
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"a number of processes must be a whole number >= 1, got {text!r}")
+    return count
+
+
+def default_workers() -> int:
+    """One test process per core this process may use, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def parallel_args(workers: int) -> list[str]:
+    """pytest-xdist's arguments for ``workers`` processes; the parallel plugin keeps each loader's tests in one."""
+    if workers <= 1:
+        return ["-p", "no:xdist"]
+    return ["-p", PARALLEL_PLUGIN, "-n", str(workers), "--dist", "loadscope"]
+
+
+def progress_args(choice: str) -> list[str]:
+    """The progress plugin and its choice. While it draws, pytest's classic output keeps the line free of the
+    ``[ 42%]`` markers that would be written into it."""
+    import sys
+
+    draws = choice == "on" or (choice == "auto" and sys.stdout.isatty())
+    args = ["-p", PROGRESS_PLUGIN, f"--mali-hil-progress={choice}"]
+    return [*args, "-o", "console_output_style=classic"] if draws else args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -37,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     # A child pytest: this process has imported mali-hil already, which pytest could no longer assert-rewrite.
     # The suite's folder is a package; pytest must import it under the name it is installed as.
     argv = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rfEx"]
+    argv += parallel_args(args.workers or default_workers()) + progress_args(args.progress)
     argv += [f"--device={d}" for d in args.device] + [f"--loader={loader}" for loader in args.loader]
     if args.profile:
         argv.append(f"--mali-hil-profile={args.profile}")

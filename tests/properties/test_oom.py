@@ -46,10 +46,18 @@ WORKER_BASELINE = 64 * MIB  # measured: ~43 MB fresh (python, tinygrad, PoCL), u
 @pytest.fixture(scope="session")
 def over_cap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """252 MB of bf16 weights (fp16 on the device) laid out as the module docstring explains; constant fill."""
-    path = tmp_path_factory.mktemp("oom") / "over-cap.safetensors"
+    from mali_hil.harness.checkpoints.cache import cache_key, cached_checkpoint
+
     specs = [TensorSpec(f"model.layers.{i}.mlp.up_proj.weight", "BF16", LAYER_SHAPE) for i in range(4)]
     specs.append(TensorSpec("lm_head.weight", "BF16", HEAD_SHAPE))
-    write_safetensors(path, specs, make_fill("constant"), {"format": "pt"})
+
+    def write(path: Path) -> Path:
+        write_safetensors(path, specs, make_fill("constant"), {"format": "pt"})
+        return path
+
+    # the same 252 MB every run: kept between runs and shared by xdist workers, keyed by this module's source
+    key = cache_key("over_cap", {"specs": [repr(spec) for spec in specs]}, sources=[Path(__file__)])
+    path = cached_checkpoint(key, "over-cap.safetensors", write, tmp_path_factory.mktemp("oom"))
     inputs = bound_inputs(validate_checkpoint(path), LoadOptions(chunk_bytes=CHUNK_BYTES))
     for spec in MODE_BOARDS.values():  # the layout's premises, so that a profile edit cannot void them silently
         board = EmulatedBoard.from_spec(spec.partition(":")[2])
