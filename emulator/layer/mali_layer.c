@@ -42,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -260,27 +262,84 @@ static uint64_t since_reset(int event) { return LOAD(g.events[event]) - LOAD(g.b
 
 /* Copies the first min(size, sizeof) bytes; returns the layer's struct size (so a reader can see it got it
  * all), or -1 if out is NULL. Exact when no clCreate* or late death is in flight in another thread. */
+/* The counters as they stand, without waiting for late deaths (safe in a destructor callback). */
+static void fill_stats(struct mali_hil_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    s->version = MALI_HIL_STATS_VERSION;
+    s->active = __atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == 1;
+    s->generation = LOAD(g.generation);
+    s->live_bytes = LOAD(g.used);
+    s->peak_bytes = LOAD(g.peak);
+    s->live_objects = LOAD(g.events[CREATED]) - LOAD(g.events[DESTROYED]);
+    s->allocations = since_reset(CREATED);
+    s->frees = since_reset(DESTROYED);
+    s->failed_allocations = since_reset(FAILED);
+    s->backend_refusals = since_reset(REFUSED);
+    s->overcommitted_bytes = since_reset(OVERCOMMITTED);
+    s->cap_bytes = cfg.global_mem;
+    s->fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
+    s->last_refused_bytes = __atomic_load_n(&g_last_refused, __ATOMIC_RELAXED);
+}
+
+/* Copies the first min(size, sizeof) bytes; returns the layer's struct size (so a reader can see it got it
+ * all), or -1 if out is NULL. Exact when no clCreate* or late death is in flight in another thread. */
 EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
 {
-    struct mali_hil_stats s = {.version = MALI_HIL_STATS_VERSION};
+    struct mali_hil_stats s;
     if (!out)
         return -1;
     settle();
-    s.active = __atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == 1;
-    s.generation = LOAD(g.generation);
-    s.live_bytes = LOAD(g.used);
-    s.peak_bytes = LOAD(g.peak);
-    s.live_objects = LOAD(g.events[CREATED]) - LOAD(g.events[DESTROYED]);
-    s.allocations = since_reset(CREATED);
-    s.frees = since_reset(DESTROYED);
-    s.failed_allocations = since_reset(FAILED);
-    s.backend_refusals = since_reset(REFUSED);
-    s.overcommitted_bytes = since_reset(OVERCOMMITTED);
-    s.cap_bytes = cfg.global_mem;
-    s.fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
-    s.last_refused_bytes = __atomic_load_n(&g_last_refused, __ATOMIC_RELAXED);
+    fill_stats(&s);
     memcpy(out, &s, size < sizeof s ? size : sizeof s);
     return (int)sizeof s;
+}
+
+/* Last counters that survive a SIGKILL. A process killed from outside (the RAM watchdog, the kernel's OOM
+ * killer, a timeout) runs no exit handler, so the JSON file of write_stats_file never appears. The layer keeps
+ * a binary snapshot in MALI_HIL_STATS_FILE + ".live", a MAP_SHARED file it updates after every allocation, free
+ * and reset with a memcpy (no system call): the page cache keeps what the dead process last wrote. Two slots and
+ * an index, so a writer killed mid-copy leaves the index on the previous complete slot. Read by stats.py. */
+#define LIVE_MAGIC UINT64_C(0x6d616c692d6c6976) /* "mali-liv" */
+struct live_snapshot {
+    uint64_t magic, index;
+    struct mali_hil_stats slot[2];
+};
+static struct live_snapshot *g_live;
+static pthread_mutex_t g_live_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void publish_stats(void)
+{
+    struct mali_hil_stats s;
+    if (!g_live || getpid() != g_init_pid) /* a forked child must not overwrite its parent's snapshot */
+        return;
+    fill_stats(&s);
+    pthread_mutex_lock(&g_live_lock);
+    uint64_t spare = g_live->index ^ 1;
+    g_live->slot[spare] = s;
+    __atomic_store_n(&g_live->index, spare, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&g_live_lock);
+}
+
+static void open_live_stats(void)
+{
+    const char *path = getenv("MALI_HIL_STATS_FILE");
+    char live[4096];
+    if (!path || !*path || snprintf(live, sizeof live, "%s.live", path) >= (int)sizeof live)
+        return;
+    int fd = open(live, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    void *map = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, sizeof *g_live) == 0)
+        map = mmap(NULL, sizeof *g_live, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close(fd);
+    if (map == MAP_FAILED) {
+        fprintf(stderr, "mali-hil layer: cannot map live stats file %s; a killed process leaves no counters\n", live);
+        return;
+    }
+    g_live = map;
+    g_live->magic = LIVE_MAGIC;
+    publish_stats();
 }
 
 /* Starts a new measurement: peak restarts from what is live now; event counters restart from zero. */
@@ -292,6 +351,7 @@ EXPORT void mali_hil_layer_reset(void)
     __atomic_store_n(&g.peak, LOAD(g.used), __ATOMIC_RELAXED);
     __atomic_store_n(&g_last_refused, 0, __ATOMIC_RELAXED);
     ADD(g.generation, 1);
+    publish_stats();
 }
 
 /* Atomic (tmp + rename) so a reader never sees half a file, even when the process is about to die. */
@@ -387,6 +447,7 @@ static void CL_CALLBACK on_destroyed(cl_mem mem, void *data)
     else
         __atomic_sub_fetch(&g.used, ticket, __ATOMIC_RELEASE);
     ADD(g.events[DESTROYED], 1);
+    publish_stats(); /* fidelity-driver: the last counters must survive a kill */
     if (LOAD(g_late_armed) && t_late_done) { /* only now are the bytes back: wake whoever waits for it */
         pthread_mutex_lock(&g_lock);
         if (t_late_epoch == g_late_epoch)
@@ -475,10 +536,13 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
         if (rc_ != CL_SUCCESS) {                                                                            \
             if (errcode_ret)                                                                                \
                 *errcode_ret = rc_;                                                                         \
+            publish_stats(); /* a refusal counts too */                                                     \
             return NULL;                                                                                    \
         }                                                                                                   \
         cl_mem mem_ = call; /* sets err_ */                                                                 \
-        return settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+        mem_ = settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+        publish_stats();                                                                                    \
+        return mem_;                                                                                        \
     } while (0)
 
 static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t size, void *host,
@@ -1028,6 +1092,8 @@ EXPORT cl_int CL_API_CALL clInitLayer(cl_uint num_entries, const cl_icd_dispatch
     if (g_init_state == 0) {
         g_init_pid = getpid();
         g_init_state = load_config() == 0 && build_tables(num_entries, target) == 0 ? 1 : -1;
+        if (g_init_state == 1)
+            open_live_stats();
     }
     int state = g_init_state;
     pthread_mutex_unlock(&g_init_lock);
