@@ -59,7 +59,13 @@ def query_opencl() -> dict[str, Any]:
                 entry["unified_memory"] = bool(entry["unified_memory"])
             devices.append(entry)
         platforms.append(
-            {"name": platform.name, "vendor": platform.vendor, "version": platform.version, "devices": devices}
+            {
+                "name": platform.name,
+                "vendor": platform.vendor,
+                "version": platform.version,
+                "extensions": platform.extensions.split(),
+                "devices": devices,
+            }
         )
     return {"platforms": platforms}
 
@@ -122,6 +128,7 @@ def render(info: dict[str, Any]) -> str:
             f"Platform              {platform['name']}",
             f"  Vendor              {platform['vendor']}",
             f"  Version             {platform['version']}",
+            f"  Extensions          {' '.join(platform.get('extensions', []))}",
         ]
         for dev in platform["devices"]:
             unified = {True: "Yes", False: "No", None: "unknown"}[dev["unified_memory"]]
