@@ -75,9 +75,11 @@ def _query_command() -> list[str]:
 
 
 def _backend_query() -> dict[str, Any]:
+    from mali_hil.emulator.backend import backend_icd
     from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV, STATS_FILE_ENV)}
+    env.update(OCL_ICD_VENDORS=str(backend_icd()), OCL_ICD_FILENAMES="")  # the backend boards run on
     try:
         done = subprocess.run(_query_command(), env=env, capture_output=True, text=True, timeout=_QUERY_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -34,6 +34,8 @@ class Backend:
 
 @pytest.fixture(scope="session")
 def backend() -> Backend:
+    from mali_hil.emulator.backend import backend_icd
+
     run = run_snippet(
         """
         import pyopencl as cl
@@ -42,7 +44,8 @@ def backend() -> Backend:
         emit({"extensions": dev.extensions.split(), "max_alloc": dev.max_mem_alloc_size,
               "platform_extensions": platform.extensions.split(),
               "non_uniform": bool(dev.get_info(cl.device_info.NON_UNIFORM_WORK_GROUP_SUPPORT))})
-        """
+        """,
+        {"OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""},  # the PoCL boards run on
     )
     assert run.returncode == 0, run.stderr
     got = run.result
