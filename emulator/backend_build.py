@@ -130,7 +130,12 @@ def build_backend(jobs: int | None = None, log=print) -> BuiltBackend:
         _run(["cmake", str(source), f"-DCMAKE_INSTALL_PREFIX={staging}", *cmake_options()], build, log)
         _run(["make", f"-j{jobs or os.cpu_count() or 1}", "install"], build, log)
         library = next(iter(sorted((staging / "lib").glob("libpocl.so.*"))), None) or _missing(staging)
-        staging.rename(prefix) if not prefix.exists() else None  # a concurrent builder may have won: same content
+        try:
+            staging.rename(prefix)
+        except OSError:
+            if not prefix.is_dir():
+                raise
+            # a concurrent builder got there first with the same content (the name is its hash): keep theirs
     built = BuiltBackend(prefix)
     # the ICD names the library by absolute path, written after the rename so it points at the final place
     tmp = prefix / f"{ICD_NAME}.{os.getpid()}.tmp"
