@@ -63,7 +63,7 @@ def _info(fn, handle, param: int) -> bytes:
 
 
 ICD_VENDORS = Path("/etc/OpenCL/vendors")
-BACKEND_ENV = "MALI_HIL_BACKEND"  # "system": Debian's PoCL even where an fp16 build exists; "fp16": require that build
+POCL_ENV = "MALI_HIL_POCL"  # "system": Debian's PoCL even where an fp16 build exists; "fp16": require that build
 
 
 def backend_icd() -> Path:
@@ -73,12 +73,12 @@ def backend_icd() -> Path:
 
     The PoCL with ``cl_khr_fp16`` that ``mali-hil emulator build-backend`` built is used when it is present (every
     Mali has native fp16); otherwise the system's PoCL, and every report then says fp16 was emulated.
-    ``MALI_HIL_BACKEND=system`` forces the system's PoCL, ``MALI_HIL_BACKEND=fp16`` refuses to run without the
+    ``MALI_HIL_POCL=system`` forces the system's PoCL, ``MALI_HIL_POCL=fp16`` refuses to run without the
     build rather than fall back.
     """
-    choice = os.environ.get(BACKEND_ENV, "")
+    choice = os.environ.get(POCL_ENV, "")
     if choice not in ("", "system", "fp16"):
-        raise BackendError(f"{BACKEND_ENV}={choice!r}: use 'system', 'fp16' or leave it unset")
+        raise BackendError(f"{POCL_ENV}={choice!r}: use 'system', 'fp16' or leave it unset")
     if choice != "system":
         from mali_hil.emulator.backend_build import built_backend
 
@@ -87,7 +87,7 @@ def backend_icd() -> Path:
             return built.icd
         if choice == "fp16":
             raise BackendError(
-                f"{BACKEND_ENV}=fp16 but no PoCL with fp16 is built on this machine: run `mali-hil emulator "
+                f"{POCL_ENV}=fp16 but no PoCL with fp16 is built on this machine: run `mali-hil emulator "
                 "build-backend` (about an hour on 2 cores), or unset it to run with fp16 emulated"
             )
     return system_icd()

@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
         description="Fetch PoCL 6.0's source from Debian's archive (apt, signature checked, SHA-256 pinned), build "
         "it against LLVM 16 with cl_khr_fp16, and install it in mali-hil's cache under a name that hashes the "
         "source, the options, LLVM's version and the CPU level: a second run finds it and does nothing. Boards "
-        "then run on it (fp16: native) unless MALI_HIL_BACKEND=system. Needs the apt packages it names; takes "
+        "then run on it (fp16: native) unless MALI_HIL_POCL=system. Needs the apt packages it names; takes "
         "about an hour of CPU.",
     )
     build.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel compile jobs (default: CPUs)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator import backend_build
-from mali_hil.emulator.backend import BACKEND_ENV, backend_icd, system_icd
+from mali_hil.emulator.backend import POCL_ENV, backend_icd, system_icd
 from mali_hil.emulator.backend_build import ICD_NAME, POCL_VERSION, build_key, built_backend
 from mali_hil.emulator.errors import BackendError
 from tests.emulator._subprocess import run_ok
@@ -34,11 +34,11 @@ def test_the_key_names_everything_that_decides_the_binary(monkeypatch: pytest.Mo
 
 def test_a_built_backend_is_preferred_and_system_can_be_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.delenv(POCL_ENV, raising=False)
     key = build_key()
     if key is None:  # no LLVM 16: nothing can be built, boards run on the system's PoCL, and fp16 cannot be demanded
         assert backend_icd() == system_icd()
-        monkeypatch.setenv(BACKEND_ENV, "fp16")
+        monkeypatch.setenv(POCL_ENV, "fp16")
         with pytest.raises(BackendError, match="build-backend"):
             backend_icd()
         return
@@ -50,10 +50,10 @@ def test_a_built_backend_is_preferred_and_system_can_be_forced(tmp_path: Path, m
     assert backend_icd() == prefix / ICD_NAME
     got = run_ok("mali-g52:512MiB", "import pyopencl as cl\nemit(cl.get_platforms()[0].get_devices()[0].name)")
     assert got == "Mali-G52"
-    monkeypatch.setenv(BACKEND_ENV, "system")
+    monkeypatch.setenv(POCL_ENV, "system")
     assert backend_icd() == system_icd()
-    monkeypatch.setenv(BACKEND_ENV, "newest")
-    with pytest.raises(BackendError, match="MALI_HIL_BACKEND"):
+    monkeypatch.setenv(POCL_ENV, "newest")
+    with pytest.raises(BackendError, match="MALI_HIL_POCL"):
         backend_icd()
 
 
