@@ -61,7 +61,7 @@ platform = cl.get_platforms()[0]
 dev = platform.get_devices()[0]
 ctx = cl.Context([dev])
 queue = cl.CommandQueue(ctx)
-prg = cl.Program(ctx, "__kernel void k(__global int *a) { a[get_global_id(0) % 1024] = 1; }").build()
+prg = cl.Program(ctx, "__kernel void k(__global int *a) { a[get_global_id(0) % 1024] = 1; }").build(cache_dir=False)
 buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 4 << 20)
 kernel = prg.k  # one kernel object (each prg.k is a new one)
 kernel.set_arg(0, buf)
