@@ -88,7 +88,7 @@ def backend_icd() -> Path:
         if choice == "fp16":
             raise BackendError(
                 f"{POCL_ENV}=fp16 but no PoCL with fp16 is built on this machine: run `mali-hil emulator "
-                "build-backend` (about an hour on 2 cores), or unset it to run with fp16 emulated"
+                "build-backend` (minutes of CPU), or unset it to run with fp16 emulated"
             )
     return system_icd()
 

@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
         "it against LLVM 16 with cl_khr_fp16, and install it in mali-hil's cache under a name that hashes the "
         "source, the options, LLVM's version and the CPU level: a second run finds it and does nothing. Boards "
         "then run on it (fp16: native) unless MALI_HIL_POCL=system. Needs the apt packages it names; takes "
-        "about an hour of CPU.",
+        "about 7 minutes of CPU (much longer on a busy machine).",
     )
     build.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel compile jobs (default: CPUs)")
     build.set_defaults(func=_build_backend)
