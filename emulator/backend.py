@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import enum
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -62,11 +63,38 @@ def _info(fn, handle, param: int) -> bytes:
 
 
 ICD_VENDORS = Path("/etc/OpenCL/vendors")
+POCL_ENV = "MALI_HIL_POCL"  # "system": Debian's PoCL even where an fp16 build exists; "fp16": require that build
 
 
 def backend_icd() -> Path:
-    """PoCL's ICD file: processes on an emulated board are pinned to it (``OCL_ICD_VENDORS``), so that no other
-    installed driver (a real board's libmali, Mesa's rusticl) comes first and wears the Mali identity."""
+    """The ICD file of the PoCL that emulated boards run on; processes on a board are pinned to it
+    (``OCL_ICD_VENDORS``), so that no other installed driver (a real board's libmali, Mesa's rusticl) comes first
+    and wears the Mali identity.
+
+    The PoCL with ``cl_khr_fp16`` that ``mali-hil emulator build-backend`` built is used when it is present (every
+    Mali has native fp16); otherwise the system's PoCL, and every report then says fp16 was emulated.
+    ``MALI_HIL_POCL=system`` forces the system's PoCL, ``MALI_HIL_POCL=fp16`` refuses to run without the
+    build rather than fall back.
+    """
+    choice = os.environ.get(POCL_ENV, "")
+    if choice not in ("", "system", "fp16"):
+        raise BackendError(f"{POCL_ENV}={choice!r}: use 'system', 'fp16' or leave it unset")
+    if choice != "system":
+        from mali_hil.emulator.backend_build import built_backend
+
+        built = built_backend()
+        if built is not None:
+            return built.icd
+        if choice == "fp16":
+            raise BackendError(
+                f"{POCL_ENV}=fp16 but no PoCL with fp16 is built on this machine: run `mali-hil emulator "
+                "build-backend` (minutes of CPU), or unset it to run with fp16 emulated"
+            )
+    return system_icd()
+
+
+def system_icd() -> Path:
+    """The system's PoCL ICD file (Debian's pocl-opencl-icd)."""
     for icd in sorted(ICD_VENDORS.glob("*.icd")):
         try:
             if "pocl" in icd.name or "pocl" in icd.read_text(errors="replace"):
@@ -78,7 +106,10 @@ def backend_icd() -> Path:
 
 @cache
 def backend_info() -> BackendInfo:
-    """The first OpenCL platform and device as the backend reports them. Call in a process without the layer."""
+    """The backend's platform and device as they report themselves. Call in a process without the layer; a
+    process that has not loaded OpenCL yet is pinned to the board's backend first (as boards are)."""
+    if not _opencl_mapped():
+        os.environ.update({"OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""})
     path = ctypes.util.find_library("OpenCL") or "libOpenCL.so.1"
     try:
         cl = ctypes.CDLL(path)
@@ -111,3 +142,8 @@ def backend_info() -> BackendInfo:
         extensions=tuple(text(_info(cl.clGetDeviceInfo, device, _CL_DEVICE_EXTENSIONS)).split()),
         max_alloc=max_alloc.value,
     )
+
+
+def _opencl_mapped() -> bool:
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        return any("libOpenCL" in line for line in maps)

@@ -62,6 +62,8 @@ def layer_config_text(profile: Profile) -> str:
         "platform_name": profile.platform_name,
         "platform_vendor": profile.platform_vendor,
         "platform_version": profile.platform_version,
+        "platform_extensions": " ".join(profile.platform_extensions),
+        "platform_icd_suffix": profile.platform_icd_suffix,
         "device_name": profile.name,
         "device_vendor": profile.vendor,
         "vendor_id": profile.vendor_id,

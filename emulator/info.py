@@ -59,7 +59,13 @@ def query_opencl() -> dict[str, Any]:
                 entry["unified_memory"] = bool(entry["unified_memory"])
             devices.append(entry)
         platforms.append(
-            {"name": platform.name, "vendor": platform.vendor, "version": platform.version, "devices": devices}
+            {
+                "name": platform.name,
+                "vendor": platform.vendor,
+                "version": platform.version,
+                "extensions": platform.extensions.split(),
+                "devices": devices,
+            }
         )
     return {"platforms": platforms}
 
@@ -71,9 +77,11 @@ def _query_command() -> list[str]:
 
 
 def _backend_query() -> dict[str, Any]:
+    from mali_hil.emulator.backend import backend_icd
     from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV, STATS_FILE_ENV)}
+    env.update(OCL_ICD_VENDORS=str(backend_icd()), OCL_ICD_FILENAMES="")  # the backend boards run on
     try:
         done = subprocess.run(_query_command(), env=env, capture_output=True, text=True, timeout=_QUERY_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -124,6 +132,7 @@ def render(info: dict[str, Any]) -> str:
             f"Platform              {platform['name']}",
             f"  Vendor              {platform['vendor']}",
             f"  Version             {platform['version']}",
+            f"  Extensions          {' '.join(platform.get('extensions', []))}",
         ]
         for dev in platform["devices"]:
             unified = {True: "Yes", False: "No", None: "unknown"}[dev["unified_memory"]]

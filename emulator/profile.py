@@ -1,8 +1,10 @@
 """Mali device profiles: data files under ``emulator/profiles/``, parsed and checked once, here.
 
 A profile is a TOML file whose every field is ``{value, source}``. Nothing else in mali-hil branches on a
-GPU's name: a new GPU is one new file. ``NAME[:RAM]`` (``mali-g610:3GiB``) resizes the board; the device's
-global memory and max allocation keep the share of the board that the real dump showed.
+GPU's name or its driver: a new GPU, or the same GPU under another driver (libmali, rusticl), is one new file.
+``NAME[:RAM]`` (``mali-g610:3GiB``) resizes the board; the device's global memory and max allocation keep the
+share of the board that the real dump showed, unless the profile states its driver's rule as data
+(``[device] global_mem_share``: the share of RAM by board size, and ``max_alloc_limit``), as rusticl's is.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Profile:
     platform_name: str
     platform_vendor: str
     platform_version: str
+    platform_extensions: tuple[str, ...]
+    platform_icd_suffix: str  # what clinfo shows as the ICD "function suffix" (PoCL's is POCL)
     name: str
     vendor: str
     vendor_id: int
@@ -89,6 +93,10 @@ class Profile:
     oom_failure: OomFailure
     oom_error: str  # symbolic OpenCL error for alloc-error / enqueue-error
     over_max_alloc: str  # "accept" or a symbolic OpenCL error
+    # the driver's rule for global memory, when it has one: ((board RAM up to, share), ...), the last without a
+    # bound (None); and the largest single allocation it ever allows
+    global_mem_share: tuple[tuple[int | None, float], ...] | None = None
+    max_alloc_limit: int | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     path: Path | None = field(default=None, compare=False)
 
@@ -101,6 +109,10 @@ class Profile:
         """The same GPU on a board with ``ram`` bytes: global memory and max alloc keep their share of the board."""
         if ram <= 0:
             raise ProfileError(f"board RAM must be positive, got {ram} bytes")
+        if self.global_mem_share is not None:
+            global_mem = global_mem_by_rule(self.global_mem_share, ram)
+            max_alloc = min(global_mem, self.max_alloc_limit or global_mem)
+            return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=max_alloc)
         share = self.global_mem / self.board_ram
         alloc_share = self.max_alloc / self.global_mem
         global_mem = int(ram * share)
@@ -108,6 +120,12 @@ class Profile:
 
     def is_estimated(self, name: str) -> bool:
         return self.sources.get(name, "").startswith("estimated")
+
+
+def global_mem_by_rule(rule: tuple[tuple[int | None, float], ...], ram: int) -> int:
+    """The global memory a driver reports on a board with ``ram`` bytes, by its share rule."""
+    share = next(share for up_to, share in rule if up_to is None or ram <= up_to)
+    return int(ram * share)
 
 
 def _compact_size(n: int) -> str:
@@ -123,6 +141,8 @@ _FIELDS: dict[str, tuple[str, str, type]] = {
     "platform_name": ("platform", "name", str),
     "platform_vendor": ("platform", "vendor", str),
     "platform_version": ("platform", "version", str),
+    "platform_extensions": ("platform", "extensions", list),
+    "platform_icd_suffix": ("platform", "icd_suffix", str),
     "name": ("device", "name", str),
     "vendor": ("device", "vendor", str),
     "vendor_id": ("device", "vendor_id", int),
@@ -140,6 +160,11 @@ _FIELDS: dict[str, tuple[str, str, type]] = {
     "oom_error": ("oom", "error", str),
     "over_max_alloc": ("oom", "over_max_alloc", str),
 }
+# optional: a driver's global memory rule, as data (see Profile.global_mem_share)
+_OPTIONAL = {
+    "global_mem_share": ("device", "global_mem_share", list),
+    "max_alloc_limit": ("device", "max_alloc_limit", int),
+}
 
 
 def available_profiles() -> list[str]:
@@ -154,8 +179,10 @@ def parse_profile_file(path: Path) -> Profile:
         raise ProfileError(f"profile file {path} is not readable TOML: {exc}") from None
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for attr, (section, key, kind) in _FIELDS.items():
+    for attr, (section, key, kind) in {**_FIELDS, **_OPTIONAL}.items():
         entry = data.get(section, {}).get(key)
+        if entry is None and attr in _OPTIONAL:
+            continue
         where = f"[{section}] {key}"
         if not isinstance(entry, dict) or "value" not in entry or "source" not in entry:
             raise ProfileError(f'profile file {path}: {where} must be {{ value = ..., source = "..." }}')
@@ -170,9 +197,10 @@ def parse_profile_file(path: Path) -> Profile:
         if any(isinstance(text, str) and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text) for text in texts):
             raise ProfileError(f"profile file {path}: {where} holds a control character (a line break?): {value!r}")
         values[attr], sources[attr] = value, source
-    values["extensions"] = tuple(values["extensions"])
-    if any(not isinstance(e, str) or "bf16" in e.lower() or "bfloat16" in e.lower() for e in values["extensions"]):
-        raise ProfileError(f"profile file {path}: extensions must be strings, never a bf16 one (no Mali has bf16)")
+    for attr in ("extensions", "platform_extensions"):
+        values[attr] = tuple(values[attr])
+        if any(not isinstance(e, str) or "bf16" in e.lower() or "bfloat16" in e.lower() for e in values[attr]):
+            raise ProfileError(f"profile file {path}: {attr} must be strings, never a bf16 one (no Mali has bf16)")
     try:
         values["oom_failure"] = OomFailure(values["oom_failure"])
     except ValueError:
@@ -186,7 +214,33 @@ def parse_profile_file(path: Path) -> Profile:
     values["board_ram"] = parse_size(values["board_ram"])
     if not 0 < values["max_alloc"] <= values["global_mem"] <= values["board_ram"]:
         raise ProfileError(f"profile file {path}: need 0 < max_alloc <= global_mem <= board ram")
+    if "global_mem_share" in values:
+        values["global_mem_share"] = _share_rule(path, values["global_mem_share"])
+        expected = global_mem_by_rule(values["global_mem_share"], values["board_ram"])
+        limit = values.get("max_alloc_limit") or expected
+        if (values["global_mem"], values["max_alloc"]) != (expected, min(expected, limit)):
+            raise ProfileError(
+                f"profile file {path}: global_mem and max_alloc must be what the share rule gives on the default "
+                f"board ({expected} and {min(expected, limit)} bytes)"
+            )
     return Profile(key=path.stem, sources=sources, path=path, **values)
+
+
+def _share_rule(path: Path, rows: list[Any]) -> tuple[tuple[int | None, float], ...]:
+    """``[{up_to = "4GiB", share = 0.5}, {share = 0.75}]``: ascending bounds, the last row without one."""
+    rule: list[tuple[int | None, float]] = []
+    for i, row in enumerate(rows):
+        share = row.get("share") if isinstance(row, dict) else None
+        last = i == len(rows) - 1
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 < share <= 1:
+            raise ProfileError(f"profile file {path}: global_mem_share row {i + 1} needs a share in (0, 1]")
+        if ("up_to" in row) == last:
+            raise ProfileError(f"profile file {path}: global_mem_share rows need up_to, except the last")
+        rule.append((None if last else parse_size(row["up_to"]), float(share)))
+    bounds = [bound for bound, _ in rule[:-1]]
+    if not rule or bounds != sorted(bounds):
+        raise ProfileError(f"profile file {path}: global_mem_share needs rows in ascending up_to order")
+    return tuple(rule)
 
 
 def load_profile(spec: str) -> Profile:

@@ -1,4 +1,8 @@
-"""The layer's memory counters, read in-process (ctypes on the loaded layer) or from the file it writes at exit.
+"""The layer's memory counters, read in-process (ctypes on the loaded layer) or from the files it writes.
+
+Two files: the JSON one at exit (or just before the layer's own OOM kill), and a binary snapshot
+(``<stats file>.live``) the layer keeps current after every allocation and free, which a process killed from
+outside (RAM watchdog, kernel OOM killer, timeout) leaves behind with its last counters.
 
 In-process reading works because ``ctypes.CDLL`` on the path the ICD loader dlopen'ed (found in
 ``/proc/self/maps``) returns the same loaded object, hence the same counters. A process where no loader loaded
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -113,3 +118,39 @@ def read_stats_file(path: Path | str) -> LayerStats:
     if not isinstance(data, dict):
         raise BackendError(f"layer stats file {path} does not hold a JSON object")
     return LayerStats.from_mapping(data, str(path))
+
+
+LIVE_SUFFIX = ".live"
+_LIVE_MAGIC = 0x6D616C692D6C6976  # struct live_snapshot in mali_layer.c: magic, index, then two stats slots
+
+
+def read_live_stats_file(path: Path | str) -> LayerStats:
+    """The last counters the layer published to ``<stats file>.live`` before its process ended, however it ended."""
+    live = Path(f"{path}{LIVE_SUFFIX}")
+    slot_size = ctypes.sizeof(_CStats)
+    try:
+        raw = live.read_bytes()
+    except FileNotFoundError:
+        raise BackendError(f"no live layer stats at {live}: the process never opened OpenCL on the board") from None
+    except OSError as exc:
+        raise BackendError(f"live layer stats file {live} is unreadable: {exc}") from None
+    if len(raw) < 16 + 2 * slot_size:
+        raise BackendError(f"live layer stats file {live} is truncated ({len(raw)} bytes)")
+    magic, index = struct.unpack_from("<QQ", raw)
+    if magic != _LIVE_MAGIC or index > 1:
+        raise BackendError(f"live layer stats file {live} is not a mali-hil layer snapshot")
+    slot = _CStats.from_buffer_copy(raw, 16 + index * slot_size)
+    if slot.version != STATS_VERSION or not slot.active:
+        raise BackendError(f"live layer stats file {live}: stats version {slot.version}, this reader {STATS_VERSION}")
+    return LayerStats(**{f.name: getattr(slot, f.name) for f in fields(LayerStats)})
+
+
+def read_last_stats(path: Path | str) -> tuple[LayerStats, bool] | None:
+    """The counters a process left: those of its exit file (True: written at exit or by the layer's own kill), else
+    its live snapshot (False: it was ended from outside); None if it left neither."""
+    for reader, final in ((read_stats_file, True), (read_live_stats_file, False)):
+        try:
+            return reader(path), final
+        except BackendError:
+            continue
+    return None

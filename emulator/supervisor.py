@@ -206,6 +206,7 @@ class Supervised:
         self._timed_out = False
         # a private folder (0700, unpredictable name) for the layer's stats file: removed by end()
         self._private = Path(tempfile.mkdtemp(prefix="mali-hil-proc-")) if layer_stats else None
+        self._layer_wrote_exit_file = False  # set by _read_layer_stats
         full_env = dict(env)
         if self._private is not None:
             full_env[STATS_FILE_ENV] = str(self._private / "layer-stats.json")
@@ -317,7 +318,7 @@ class Supervised:
         if returncode == -signal.SIGKILL:
             # The layer raises SIGKILL on itself for an "oom-kill" profile, after counting the refused allocation
             # and writing its stats file (a SIGKILL runs no exit handlers, so the file cannot come from an exit).
-            if device is not None and device.failed_allocations > 0:
+            if device is not None and self._layer_wrote_exit_file and device.failed_allocations > 0:
                 return RunStatus.OOM_KILLED, OomEvidence.LAYER
             after = kernel_oom_kills()
             if after is not None and self._oom_kills_before is not None and after > self._oom_kills_before:
@@ -325,17 +326,19 @@ class Supervised:
         return (RunStatus.OK if returncode == 0 else RunStatus.FAILED), None
 
     def _read_layer_stats(self) -> Any:
+        """The layer's last counters: from its exit file, or, for a process killed from outside (watchdog, kernel,
+        timeout), from the snapshot it keeps current; ``_layer_killed`` says the exit file came from the layer's
+        own OOM kill (a SIGKILL runs no exit handler, so only that kill writes it)."""
         if self._private is None:
             return None
-        path = self._private / "layer-stats.json"
-        if not path.exists():
-            return None
-        from mali_hil.emulator.stats import read_stats_file
+        from mali_hil.emulator.stats import read_last_stats
 
-        try:
-            return read_stats_file(path)
-        except MaliHilError:
-            return None  # a process killed mid-write leaves a torn file: its end still stands without device figures
+        last = read_last_stats(self._private / "layer-stats.json")
+        if last is None:
+            return None  # never opened OpenCL, or a torn file: the end still stands without device figures
+        device, final = last
+        self._layer_wrote_exit_file = final
+        return device
 
     def _cleanup_private(self) -> None:
         if self._private is not None:

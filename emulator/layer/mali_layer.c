@@ -7,8 +7,10 @@
  *   2. memory: the bytes of all live memory objects never exceed the profile's global memory. Past it the
  *      layer fails the way the profiled driver fails: an error from clCreate*, an error at the next enqueue,
  *      or SIGKILL, as the Linux OOM killer ends a process on a unified-memory board.
- *   3. honesty: cl_khr_fp16 is advertised only if PoCL can really compile half arithmetic, and no bf16
- *      extension is ever advertised (no Mali has one).
+ *   3. honesty: a profile's extension is advertised only if the backend (or the layer) honours it, e.g.
+ *      cl_khr_fp16 only if PoCL can really compile half arithmetic; no bf16 extension is ever advertised and a
+ *      source naming __bf16 fails to build as on a Mali; a local work size above the profile's limits fails at
+ *      enqueue as on the Mali.
  *
  * Config problems (no env var, unreadable file, bad or missing key) print one line to stderr and make
  * clInitLayer fail: the loader then drops the layer and the process runs on plain PoCL, never on a
@@ -42,6 +44,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -49,20 +53,21 @@
 #define CL_LAYER_NAME 0x4241
 #endif
 typedef intptr_t mali_layer_properties; /* cl_layer_properties; Debian 12's header predates it */
+static cl_int answer(const void *src, size_t n, size_t size, void *value, size_t *size_ret); /* clGet*Info */
 
 /* ---- config ------------------------------------------------------------------------------------------ */
 
 enum oom_mode { OOM_ALLOC_ERROR, OOM_ENQUEUE_ERROR, OOM_KILL };
 
 static struct {
-    const char *platform_name, *platform_vendor, *platform_version;
+    const char *platform_name, *platform_vendor, *platform_version, *platform_extensions, *platform_icd_suffix;
     const char *device_name, *device_vendor, *device_version, *driver_version, *opencl_c_version;
     const char *extensions, *oom_failure;
     uint64_t vendor_id, global_mem, max_alloc, max_work_group_size, compute_units, max_clock_mhz, unified_memory;
     int64_t oom_error, over_max_alloc;
     enum oom_mode oom;
-    char *ext_with_fp16, *ext_without_fp16; /* the profile's list minus bf16, with and without cl_khr_fp16 */
-    int profile_fp16;
+    char *extensions_no_bf16, *platform_extensions_no_bf16; /* the profile's lists minus anything bf16 */
+    char *ext_shown, *platform_ext_shown; /* of those, what the backend or the layer honours (decided once) */
 } cfg;
 
 enum kind { K_STR, K_U64, K_I64 };
@@ -77,6 +82,7 @@ static const struct { const char *key; enum kind kind; void *dst; } KEYS[] = {
     {"max_clock_mhz", K_U64, &cfg.max_clock_mhz},       {"unified_memory", K_U64, &cfg.unified_memory},
     {"oom_failure", K_STR, &cfg.oom_failure},           {"oom_error", K_I64, &cfg.oom_error},
     {"over_max_alloc", K_I64, &cfg.over_max_alloc},
+    {"platform_extensions", K_STR, &cfg.platform_extensions}, {"platform_icd_suffix", K_STR, &cfg.platform_icd_suffix},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -100,7 +106,7 @@ static int store_value(unsigned i, char *value)
 }
 
 /* Keeps the profile's order; drops anything bf16 (belt and braces: profile.py already refuses those). */
-static char *filter_extensions(const char *list, int keep_fp16)
+static char *filter_extensions(const char *list)
 {
     char *out = calloc(1, strlen(list) + 1), *copy = strdup(list), *save = NULL;
     if (!out || !copy) {
@@ -109,9 +115,7 @@ static char *filter_extensions(const char *list, int keep_fp16)
         return NULL;
     }
     for (char *tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
-        int fp16 = strcmp(tok, "cl_khr_fp16") == 0;
-        cfg.profile_fp16 |= fp16;
-        if (strcasestr(tok, "bf16") || strcasestr(tok, "bfloat16") || (fp16 && !keep_fp16))
+        if (strcasestr(tok, "bf16") || strcasestr(tok, "bfloat16"))
             continue;
         if (*out)
             strcat(out, " ");
@@ -154,9 +158,9 @@ static int parse_config(char *text, const char *path)
         cfg.oom = OOM_KILL;
     else
         return complain("oom_failure must be alloc-error, enqueue-error or oom-kill, got ", cfg.oom_failure);
-    cfg.ext_with_fp16 = filter_extensions(cfg.extensions, 1);
-    cfg.ext_without_fp16 = filter_extensions(cfg.extensions, 0);
-    return cfg.ext_with_fp16 && cfg.ext_without_fp16 ? 0 : complain("out of memory reading ", path);
+    cfg.extensions_no_bf16 = filter_extensions(cfg.extensions);
+    cfg.platform_extensions_no_bf16 = filter_extensions(cfg.platform_extensions);
+    return cfg.extensions_no_bf16 && cfg.platform_extensions_no_bf16 ? 0 : complain("out of memory reading ", path);
 }
 
 static int load_config(void)
@@ -260,27 +264,84 @@ static uint64_t since_reset(int event) { return LOAD(g.events[event]) - LOAD(g.b
 
 /* Copies the first min(size, sizeof) bytes; returns the layer's struct size (so a reader can see it got it
  * all), or -1 if out is NULL. Exact when no clCreate* or late death is in flight in another thread. */
+/* The counters as they stand, without waiting for late deaths (safe in a destructor callback). */
+static void fill_stats(struct mali_hil_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    s->version = MALI_HIL_STATS_VERSION;
+    s->active = __atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == 1;
+    s->generation = LOAD(g.generation);
+    s->live_bytes = LOAD(g.used);
+    s->peak_bytes = LOAD(g.peak);
+    s->live_objects = LOAD(g.events[CREATED]) - LOAD(g.events[DESTROYED]);
+    s->allocations = since_reset(CREATED);
+    s->frees = since_reset(DESTROYED);
+    s->failed_allocations = since_reset(FAILED);
+    s->backend_refusals = since_reset(REFUSED);
+    s->overcommitted_bytes = since_reset(OVERCOMMITTED);
+    s->cap_bytes = cfg.global_mem;
+    s->fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
+    s->last_refused_bytes = __atomic_load_n(&g_last_refused, __ATOMIC_RELAXED);
+}
+
+/* Copies the first min(size, sizeof) bytes; returns the layer's struct size (so a reader can see it got it
+ * all), or -1 if out is NULL. Exact when no clCreate* or late death is in flight in another thread. */
 EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
 {
-    struct mali_hil_stats s = {.version = MALI_HIL_STATS_VERSION};
+    struct mali_hil_stats s;
     if (!out)
         return -1;
     settle();
-    s.active = __atomic_load_n(&g_init_state, __ATOMIC_ACQUIRE) == 1;
-    s.generation = LOAD(g.generation);
-    s.live_bytes = LOAD(g.used);
-    s.peak_bytes = LOAD(g.peak);
-    s.live_objects = LOAD(g.events[CREATED]) - LOAD(g.events[DESTROYED]);
-    s.allocations = since_reset(CREATED);
-    s.frees = since_reset(DESTROYED);
-    s.failed_allocations = since_reset(FAILED);
-    s.backend_refusals = since_reset(REFUSED);
-    s.overcommitted_bytes = since_reset(OVERCOMMITTED);
-    s.cap_bytes = cfg.global_mem;
-    s.fp16_advertised = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
-    s.last_refused_bytes = __atomic_load_n(&g_last_refused, __ATOMIC_RELAXED);
+    fill_stats(&s);
     memcpy(out, &s, size < sizeof s ? size : sizeof s);
     return (int)sizeof s;
+}
+
+/* Last counters that survive a SIGKILL. A process killed from outside (the RAM watchdog, the kernel's OOM
+ * killer, a timeout) runs no exit handler, so the JSON file of write_stats_file never appears. The layer keeps
+ * a binary snapshot in MALI_HIL_STATS_FILE + ".live", a MAP_SHARED file it updates after every allocation, free
+ * and reset with a memcpy (no system call): the page cache keeps what the dead process last wrote. Two slots and
+ * an index, so a writer killed mid-copy leaves the index on the previous complete slot. Read by stats.py. */
+#define LIVE_MAGIC UINT64_C(0x6d616c692d6c6976) /* "mali-liv" */
+struct live_snapshot {
+    uint64_t magic, index;
+    struct mali_hil_stats slot[2];
+};
+static struct live_snapshot *g_live;
+static pthread_mutex_t g_live_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void publish_stats(void)
+{
+    struct mali_hil_stats s;
+    if (!g_live || getpid() != g_init_pid) /* a forked child must not overwrite its parent's snapshot */
+        return;
+    fill_stats(&s);
+    pthread_mutex_lock(&g_live_lock);
+    uint64_t spare = g_live->index ^ 1;
+    g_live->slot[spare] = s;
+    __atomic_store_n(&g_live->index, spare, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&g_live_lock);
+}
+
+static void open_live_stats(void)
+{
+    const char *path = getenv("MALI_HIL_STATS_FILE");
+    char live[4096];
+    if (!path || !*path || snprintf(live, sizeof live, "%s.live", path) >= (int)sizeof live)
+        return;
+    int fd = open(live, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    void *map = MAP_FAILED;
+    if (fd >= 0 && ftruncate(fd, sizeof *g_live) == 0)
+        map = mmap(NULL, sizeof *g_live, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close(fd);
+    if (map == MAP_FAILED) {
+        fprintf(stderr, "mali-hil layer: cannot map live stats file %s; a killed process leaves no counters\n", live);
+        return;
+    }
+    g_live = map;
+    g_live->magic = LIVE_MAGIC;
+    publish_stats();
 }
 
 /* Starts a new measurement: peak restarts from what is live now; event counters restart from zero. */
@@ -292,6 +353,7 @@ EXPORT void mali_hil_layer_reset(void)
     __atomic_store_n(&g.peak, LOAD(g.used), __ATOMIC_RELAXED);
     __atomic_store_n(&g_last_refused, 0, __ATOMIC_RELAXED);
     ADD(g.generation, 1);
+    publish_stats();
 }
 
 /* Atomic (tmp + rename) so a reader never sees half a file, even when the process is about to die. */
@@ -387,6 +449,7 @@ static void CL_CALLBACK on_destroyed(cl_mem mem, void *data)
     else
         __atomic_sub_fetch(&g.used, ticket, __ATOMIC_RELEASE);
     ADD(g.events[DESTROYED], 1);
+    publish_stats(); /* fidelity-driver: the last counters must survive a kill */
     if (LOAD(g_late_armed) && t_late_done) { /* only now are the bytes back: wake whoever waits for it */
         pthread_mutex_lock(&g_lock);
         if (t_late_epoch == g_late_epoch)
@@ -475,10 +538,13 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
         if (rc_ != CL_SUCCESS) {                                                                            \
             if (errcode_ret)                                                                                \
                 *errcode_ret = rc_;                                                                         \
+            publish_stats(); /* a refusal counts too */                                                     \
             return NULL;                                                                                    \
         }                                                                                                   \
         cl_mem mem_ = call; /* sets err_ */                                                                 \
-        return settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+        mem_ = settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+        publish_stats();                                                                                    \
+        return mem_;                                                                                        \
     } while (0)
 
 static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t size, void *host,
@@ -596,8 +662,34 @@ static inline int overcommitted(void) { return __atomic_load_n(&g_over_alive, __
 #define WAIT cl_uint nw, const cl_event *wl, cl_event *ev
 typedef cl_command_queue Q;
 
-GATED(clEnqueueNDRangeKernel, (Q q, cl_kernel k, cl_uint dim, const size_t *off, const size_t *gws,
-      const size_t *lws, WAIT), (q, k, dim, off, gws, lws, nw, wl, ev))
+/* A local size the Mali could not run fails as the Mali's driver fails it: above the work-item limit of a
+ * dimension, or above the work-group limit in total (PoCL's own limits are far higher). */
+static cl_int CL_API_CALL l_clEnqueueNDRangeKernel(Q q, cl_kernel k, cl_uint dim, const size_t *off,
+                                                   const size_t *gws, const size_t *lws, WAIT)
+{
+    uint64_t total = 1;
+    for (cl_uint i = 0; lws && i < dim && i < 3; i++) {
+        if (lws[i] > cfg.max_work_group_size)
+            return CL_INVALID_WORK_ITEM_SIZE;
+        total = mul_sat(total, lws[i]);
+    }
+    if (lws && total > cfg.max_work_group_size)
+        return CL_INVALID_WORK_GROUP_SIZE;
+    return overcommitted() ? (cl_int)cfg.oom_error : next.clEnqueueNDRangeKernel(q, k, dim, off, gws, lws, nw, wl, ev);
+}
+
+/* A kernel's largest work group is at most the device's: clients size their launches from it. */
+static cl_int CL_API_CALL l_clGetKernelWorkGroupInfo(cl_kernel k, cl_device_id dev, cl_kernel_work_group_info param,
+                                                     size_t size, void *value, size_t *size_ret)
+{
+    size_t wg = 0;
+    if (param != CL_KERNEL_WORK_GROUP_SIZE ||
+        next.clGetKernelWorkGroupInfo(k, dev, param, sizeof wg, &wg, NULL) != CL_SUCCESS)
+        return next.clGetKernelWorkGroupInfo(k, dev, param, size, value, size_ret);
+    if (wg > cfg.max_work_group_size)
+        wg = cfg.max_work_group_size;
+    return answer(&wg, sizeof wg, size, value, size_ret);
+}
 GATED(clEnqueueTask, (Q q, cl_kernel k, WAIT), (q, k, nw, wl, ev))
 GATED(clEnqueueReadBuffer, (Q q, cl_mem b, cl_bool blk, size_t off, size_t n, void *p, WAIT),
       (q, b, blk, off, n, p, nw, wl, ev))
@@ -632,6 +724,190 @@ GATED_MAP(clEnqueueMapBuffer, (Q q, cl_mem b, cl_bool blk, cl_map_flags f, size_
 GATED_MAP(clEnqueueMapImage, (Q q, cl_mem i, cl_bool blk, cl_map_flags f, const size_t *o, const size_t *r,
           size_t *rp, size_t *sp, WAIT, cl_int *errcode_ret), (q, i, blk, f, o, r, rp, sp, nw, wl, ev, errcode_ret))
 
+/* ---- bf16: refused by the compiler, as Mali's is ------------------------------------------------------ */
+
+/* Mali's OpenCL compiler has no bf16 type: a kernel naming `__bf16` fails to build with "unknown type name"
+ * (exo issues 95/145/155), whatever PoCL's own clang would accept. The layer refuses clBuildProgram and
+ * clCompileProgram of such a source before PoCL sees it and answers the build log and status the way Mali does.
+ * Only the token `__bf16` is refused: `bfloat16` or `bf16` are ordinary identifiers (a typedef of ushort named
+ * bfloat16 builds on a Mali). Comments and string/char literals are skipped; a token in a branch the
+ * preprocessor drops (#if 0) still counts, which a real compiler would ignore (approximation). */
+#define BF16_TOKEN "__bf16"
+#define BF16_LOG_MAX (16 * 1024)
+
+struct refused_program {
+    cl_program program;
+    char *log;
+    struct refused_program *next;
+};
+static struct refused_program *g_refused; /* programs whose build we failed, with the log we answer */
+static pthread_mutex_t g_refused_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int ident_char(char c)
+{
+    return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* Appends one clang-style diagnostic per `__bf16` token (line:column, the line, a caret) to `log`, as Mali's
+ * clang-based compiler prints them. Returns how many tokens were found. */
+static unsigned scan_bf16(const char *src, char *log, size_t cap)
+{
+    unsigned found = 0, line = 1;
+    size_t used = strlen(log);
+    const char *line_start = src;
+    for (const char *p = src; *p;) {
+        if (p[0] == '/' && p[1] == '/') {
+            while (*p && *p != '\n')
+                p++;
+        } else if (p[0] == '/' && p[1] == '*') {
+            for (p += 2; *p && !(p[0] == '*' && p[1] == '/'); p++)
+                if (*p == '\n')
+                    line++, line_start = p + 1;
+            p += *p ? 2 : 0;
+        } else if (*p == '"' || *p == '\'') {
+            char quote = *p++;
+            while (*p && *p != quote && *p != '\n')
+                p += (p[0] == '\\' && p[1]) ? 2 : 1;
+            p += *p == quote;
+        } else if (ident_char(*p) && !(*p >= '0' && *p <= '9')) {
+            const char *start = p;
+            while (ident_char(*p))
+                p++;
+            if ((size_t)(p - start) == strlen(BF16_TOKEN) && memcmp(start, BF16_TOKEN, p - start) == 0) {
+                int col = (int)(start - line_start), width = (int)strcspn(line_start, "\n");
+                found++;
+                if (used < cap)
+                    used += snprintf(log + used, cap - used, "<source>:%u:%d: error: unknown type name '%s'\n"
+                                     "%.*s\n%*s^\n", line, col + 1, BF16_TOKEN, width, line_start, col, "");
+            }
+        } else {
+            if (*p == '\n')
+                line++, line_start = p + 1;
+            p++;
+        }
+    }
+    if (found && used < cap)
+        snprintf(log + used, cap - used, "%u error%s generated.\n", found, found == 1 ? "" : "s");
+    return found;
+}
+
+/* The Mali build log for `program`'s source, or NULL if it uses no bf16 type (or has no source: binaries). */
+static char *bf16_log(cl_program program)
+{
+    size_t n = 0;
+    char *src = NULL, *log = NULL;
+    if (next.clGetProgramInfo(program, CL_PROGRAM_SOURCE, 0, NULL, &n) != CL_SUCCESS || n <= 1)
+        return NULL;
+    if ((src = malloc(n)) && (log = calloc(1, BF16_LOG_MAX)) &&
+        next.clGetProgramInfo(program, CL_PROGRAM_SOURCE, n, src, NULL) == CL_SUCCESS) {
+        src[n - 1] = '\0';
+        if (!scan_bf16(src, log, BF16_LOG_MAX)) {
+            free(log);
+            log = NULL;
+        }
+    } else {
+        free(log);
+        log = NULL;
+    }
+    free(src);
+    return log;
+}
+
+static struct refused_program **find_refused(cl_program program)
+{
+    struct refused_program **it = &g_refused;
+    while (*it && (*it)->program != program)
+        it = &(*it)->next;
+    return it;
+}
+
+/* Remembers (once) that this program's build failed with `log`; takes ownership of `log`. */
+static void remember_refused(cl_program program, char *log)
+{
+    pthread_mutex_lock(&g_refused_lock);
+    struct refused_program **it = find_refused(program), *node;
+    if (*it) {
+        free(log);
+    } else if ((node = malloc(sizeof *node))) {
+        *node = (struct refused_program){program, log, NULL};
+        *it = node;
+    } else {
+        free(log);
+    }
+    pthread_mutex_unlock(&g_refused_lock);
+}
+
+typedef void(CL_CALLBACK *build_notify)(cl_program, void *);
+
+/* Non-zero (and the callback called, as PoCL does on a failed build) if `program` uses bf16. */
+static int refuse_bf16(cl_program program, build_notify notify, void *user)
+{
+    char *log = bf16_log(program);
+    if (!log)
+        return 0;
+    remember_refused(program, log);
+    if (notify)
+        notify(program, user);
+    return 1;
+}
+
+static cl_int CL_API_CALL l_clBuildProgram(cl_program program, cl_uint nd, const cl_device_id *devs,
+                                           const char *options, build_notify notify, void *user)
+{
+    if (refuse_bf16(program, notify, user))
+        return CL_BUILD_PROGRAM_FAILURE;
+    return next.clBuildProgram(program, nd, devs, options, notify, user);
+}
+
+static cl_int CL_API_CALL l_clCompileProgram(cl_program program, cl_uint nd, const cl_device_id *devs,
+                                             const char *options, cl_uint nh, const cl_program *headers,
+                                             const char **names, build_notify notify, void *user)
+{
+    if (refuse_bf16(program, notify, user))
+        return CL_COMPILE_PROGRAM_FAILURE;
+    return next.clCompileProgram(program, nd, devs, options, nh, headers, names, notify, user);
+}
+
+static cl_int CL_API_CALL l_clGetProgramBuildInfo(cl_program program, cl_device_id dev, cl_program_build_info param,
+                                                  size_t size, void *value, size_t *size_ret)
+{
+    char *log = NULL;
+    cl_int err = CL_SUCCESS;
+    int refused;
+    pthread_mutex_lock(&g_refused_lock);
+    refused = *find_refused(program) != NULL;
+    if (refused && param == CL_PROGRAM_BUILD_LOG)
+        log = strdup((*find_refused(program))->log);
+    pthread_mutex_unlock(&g_refused_lock);
+    if (!refused || (param != CL_PROGRAM_BUILD_LOG && param != CL_PROGRAM_BUILD_STATUS))
+        return next.clGetProgramBuildInfo(program, dev, param, size, value, size_ret);
+    if (param == CL_PROGRAM_BUILD_STATUS) {
+        cl_build_status status = CL_BUILD_ERROR;
+        return answer(&status, sizeof status, size, value, size_ret);
+    }
+    err = log ? answer(log, strlen(log) + 1, size, value, size_ret) : CL_OUT_OF_HOST_MEMORY;
+    free(log);
+    return err;
+}
+
+/* Forgets a refused program when its last reference goes, so a new program at the same address starts clean. */
+static cl_int CL_API_CALL l_clReleaseProgram(cl_program program)
+{
+    cl_uint refs = 0;
+    if (next.clGetProgramInfo(program, CL_PROGRAM_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS &&
+        refs == 1) {
+        pthread_mutex_lock(&g_refused_lock);
+        struct refused_program **it = find_refused(program), *dead = *it;
+        if (dead) {
+            *it = dead->next;
+            free(dead->log);
+            free(dead);
+        }
+        pthread_mutex_unlock(&g_refused_lock);
+    }
+    return next.clReleaseProgram(program);
+}
+
 /* ---- identity ---------------------------------------------------------------------------------------- */
 
 /* The clGet*Info protocol: NULL value -> size only; a value buffer too small -> CL_INVALID_VALUE. */
@@ -649,30 +925,104 @@ static cl_int answer(const void *src, size_t n, size_t size, void *value, size_t
 #define ANSWER_STR(s) answer((s), strlen(s) + 1, size, value, size_ret)
 #define ANSWER_AS(type, v) do { type v_ = (type)(v); return answer(&v_, sizeof v_, size, value, size_ret); } while (0)
 
-static int backend_has_extension(cl_device_id dev, const char *name)
+static int in_list(const char *list, const char *name)
 {
-    size_t n = 0;
-    int found = 0;
-    if (next.clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0)
-        return 0;
-    char *list = malloc(n), *save = NULL;
-    if (list && next.clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, n, list, NULL) == CL_SUCCESS)
-        for (char *tok = strtok_r(list, " ", &save); tok && !found; tok = strtok_r(NULL, " ", &save))
-            found = strcmp(tok, name) == 0;
-    free(list);
-    return found;
+    size_t len = strlen(name);
+    for (const char *p = list; p && (p = strstr(p, name)); p += len)
+        if ((p == list || p[-1] == ' ') && (p[len] == ' ' || p[len] == '\0'))
+            return 1;
+    return 0;
 }
 
-/* Half is advertised only when the profile has it AND PoCL can compile it: a kernel the device claims to
- * support must build. Decided once (there is one PoCL device, and its answer never changes). */
+/* The backend's own answer to a string query (malloc'ed), or NULL. */
+static char *backend_string(cl_device_id dev, cl_platform_id pf, cl_uint param)
+{
+    size_t n = 0;
+    cl_int err = dev ? next.clGetDeviceInfo(dev, param, 0, NULL, &n) : next.clGetPlatformInfo(pf, param, 0, NULL, &n);
+    char *text = err == CL_SUCCESS && n ? calloc(1, n + 1) : NULL;
+    if (text && (dev ? next.clGetDeviceInfo(dev, param, n, text, NULL)
+                     : next.clGetPlatformInfo(pf, param, n, text, NULL)) != CL_SUCCESS) {
+        free(text);
+        text = NULL;
+    }
+    return text;
+}
+
+/* Extensions the layer honours itself whatever the backend lists: the ICD loader's, the core ids the layer
+ * answers (CL_DEVICE_COMPUTE_UNITS_BITFIELD_ARM), and printf, which is core OpenCL C 1.2 in every backend. */
+static const char *const LAYER_HONOURED[] = {"cl_khr_icd", "cl_arm_core_id", "cl_arm_printf"};
+
+static int honoured(const char *ext, const char *backend_dev, const char *backend_pf, cl_bool non_uniform)
+{
+    for (size_t i = 0; i < sizeof LAYER_HONOURED / sizeof *LAYER_HONOURED; i++)
+        if (strcmp(ext, LAYER_HONOURED[i]) == 0)
+            return 1;
+    if (strcmp(ext, "cl_arm_non_uniform_work_group_size") == 0)
+        return non_uniform; /* what the extension promises is the backend's non-uniform work-group support */
+    return in_list(backend_dev, ext) || in_list(backend_pf, ext);
+}
+
+static char *keep_honoured(const char *list, const char *backend_dev, const char *backend_pf, cl_bool non_uniform)
+{
+    char *out = calloc(1, strlen(list) + 1), *copy = strdup(list), *save = NULL;
+    for (char *tok = copy && out ? strtok_r(copy, " ", &save) : NULL; tok; tok = strtok_r(NULL, " ", &save))
+        if (honoured(tok, backend_dev, backend_pf, non_uniform)) {
+            if (*out)
+                strcat(out, " ");
+            strcat(out, tok);
+        }
+    free(copy);
+    return out;
+}
+
+/* Decides once which of the profile's extensions are advertised: those the backend (PoCL) or the layer honours.
+ * A kernel or entry point the device claims to support must work (cl_khr_fp16: half must compile); one that
+ * cannot is hidden, so a client takes its fallback, as on a driver without it (clGetExtensionFunctionAddress
+ * of a hidden extension's function is PoCL's NULL). There is one PoCL device, and its answers never change. */
+static pthread_mutex_t g_ext_lock = PTHREAD_MUTEX_INITIALIZER;
+static void decide_extensions(cl_device_id dev, cl_platform_id pf)
+{
+    pthread_mutex_lock(&g_ext_lock);
+    if (!cfg.ext_shown) {
+        cl_device_id first = dev;
+        if (!first && next.clGetDeviceIDs(pf, CL_DEVICE_TYPE_ALL, 1, &first, NULL) != CL_SUCCESS)
+            first = NULL;
+        if (!pf && dev)
+            next.clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof pf, &pf, NULL);
+        cl_bool non_uniform = CL_FALSE;
+        char *bdev = first ? backend_string(first, NULL, CL_DEVICE_EXTENSIONS) : NULL;
+        char *bpf = pf ? backend_string(NULL, pf, CL_PLATFORM_EXTENSIONS) : NULL;
+        if (first)
+            next.clGetDeviceInfo(first, CL_DEVICE_NON_UNIFORM_WORK_GROUP_SUPPORT, sizeof non_uniform, &non_uniform,
+                                 NULL);
+        cfg.platform_ext_shown = keep_honoured(cfg.platform_extensions_no_bf16, bdev, bpf, non_uniform);
+        char *shown = keep_honoured(cfg.extensions_no_bf16, bdev, bpf, non_uniform);
+        __atomic_store_n(&g_fp16, shown && in_list(shown, "cl_khr_fp16"), __ATOMIC_RELEASE);
+        __atomic_store_n(&cfg.ext_shown, shown, __ATOMIC_RELEASE);
+        free(bdev);
+        free(bpf);
+    }
+    pthread_mutex_unlock(&g_ext_lock);
+}
+
+static const char *device_extensions(cl_device_id dev)
+{
+    if (!__atomic_load_n(&cfg.ext_shown, __ATOMIC_ACQUIRE))
+        decide_extensions(dev, NULL);
+    return cfg.ext_shown ? cfg.ext_shown : "";
+}
+
+static const char *platform_extensions(cl_platform_id pf)
+{
+    if (!__atomic_load_n(&cfg.ext_shown, __ATOMIC_ACQUIRE))
+        decide_extensions(NULL, pf);
+    return cfg.platform_ext_shown ? cfg.platform_ext_shown : "";
+}
+
 static int fp16_shown(cl_device_id dev)
 {
-    int v = __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE);
-    if (v < 0) {
-        v = cfg.profile_fp16 && backend_has_extension(dev, "cl_khr_fp16");
-        __atomic_store_n(&g_fp16, v, __ATOMIC_RELEASE);
-    }
-    return v;
+    device_extensions(dev);
+    return __atomic_load_n(&g_fp16, __ATOMIC_ACQUIRE) == 1;
 }
 
 static cl_int answer_extensions_with_version(const char *list, size_t size, void *value, size_t *size_ret)
@@ -710,6 +1060,10 @@ static cl_int CL_API_CALL l_clGetPlatformInfo(cl_platform_id pf, cl_platform_inf
     case CL_PLATFORM_NAME: return ANSWER_STR(cfg.platform_name);
     case CL_PLATFORM_VENDOR: return ANSWER_STR(cfg.platform_vendor);
     case CL_PLATFORM_VERSION: return ANSWER_STR(cfg.platform_version);
+    case CL_PLATFORM_EXTENSIONS: return ANSWER_STR(platform_extensions(pf));
+    case CL_PLATFORM_EXTENSIONS_WITH_VERSION:
+        return answer_extensions_with_version(platform_extensions(pf), size, value, size_ret);
+    case CL_PLATFORM_ICD_SUFFIX_KHR: return ANSWER_STR(cfg.platform_icd_suffix);
     case CL_PLATFORM_NUMERIC_VERSION:
         if (numeric_version(cfg.platform_version))
             ANSWER_AS(cl_version, numeric_version(cfg.platform_version));
@@ -728,10 +1082,9 @@ static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info par
     case CL_DEVICE_VERSION: return ANSWER_STR(cfg.device_version);
     case CL_DRIVER_VERSION: return ANSWER_STR(cfg.driver_version);
     case CL_DEVICE_OPENCL_C_VERSION: return ANSWER_STR(cfg.opencl_c_version);
-    case CL_DEVICE_EXTENSIONS: return ANSWER_STR(fp16_shown(dev) ? cfg.ext_with_fp16 : cfg.ext_without_fp16);
+    case CL_DEVICE_EXTENSIONS: return ANSWER_STR(device_extensions(dev));
     case CL_DEVICE_EXTENSIONS_WITH_VERSION:
-        return answer_extensions_with_version(fp16_shown(dev) ? cfg.ext_with_fp16 : cfg.ext_without_fp16, size,
-                                              value, size_ret);
+        return answer_extensions_with_version(device_extensions(dev), size, value, size_ret);
     case CL_DEVICE_HALF_FP_CONFIG:
         if (!fp16_shown(dev))
             ANSWER_AS(cl_device_fp_config, 0);
@@ -740,6 +1093,10 @@ static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info par
     case CL_DEVICE_GLOBAL_MEM_SIZE: ANSWER_AS(cl_ulong, cfg.global_mem);
     case CL_DEVICE_MAX_MEM_ALLOC_SIZE: ANSWER_AS(cl_ulong, cfg.max_alloc);
     case CL_DEVICE_MAX_WORK_GROUP_SIZE: ANSWER_AS(size_t, cfg.max_work_group_size);
+    case CL_DEVICE_MAX_WORK_ITEM_SIZES: { /* Mali dumps show the work-group limit in each of the 3 dimensions */
+        size_t sizes[3] = {cfg.max_work_group_size, cfg.max_work_group_size, cfg.max_work_group_size};
+        return answer(sizes, sizeof sizes, size, value, size_ret);
+    }
     case CL_DEVICE_MAX_COMPUTE_UNITS: ANSWER_AS(cl_uint, cfg.compute_units);
     case CL_DEVICE_MAX_CLOCK_FREQUENCY: ANSWER_AS(cl_uint, cfg.max_clock_mhz);
     case CL_DEVICE_HOST_UNIFIED_MEMORY: ANSWER_AS(cl_bool, cfg.unified_memory ? CL_TRUE : CL_FALSE);
@@ -826,6 +1183,8 @@ static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
     HOOK(clEnqueueWriteBufferRect); HOOK(clEnqueueCopyBufferRect); HOOK(clEnqueueReadImage);
     HOOK(clEnqueueWriteImage); HOOK(clEnqueueCopyImage); HOOK(clEnqueueFillImage); HOOK(clEnqueueCopyImageToBuffer);
     HOOK(clEnqueueCopyBufferToImage); HOOK(clEnqueueMapBuffer); HOOK(clEnqueueMapImage);
+    HOOK(clBuildProgram); HOOK(clCompileProgram); HOOK(clGetProgramBuildInfo); HOOK(clReleaseProgram);
+    HOOK(clGetKernelWorkGroupInfo);
     return 0;
 }
 
@@ -841,6 +1200,8 @@ EXPORT cl_int CL_API_CALL clInitLayer(cl_uint num_entries, const cl_icd_dispatch
     if (g_init_state == 0) {
         g_init_pid = getpid();
         g_init_state = load_config() == 0 && build_tables(num_entries, target) == 0 ? 1 : -1;
+        if (g_init_state == 1)
+            open_live_stats();
     }
     int state = g_init_state;
     pthread_mutex_unlock(&g_init_lock);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mali_hil.harness.checkpoints.errors import CheckpointWriteError, ModelError
@@ -43,6 +44,7 @@ def make_checkpoint(
         "mali_hil.seed": str(seed),
     }
     out = Path(out)
+    _check_disk_space(out, config.nbytes(dtype) + _HEADER_ALLOWANCE * len(specs))
     if shards == 1:
         target = out / SINGLE_FILE_NAME if out.is_dir() else out
         if target.suffix != ".safetensors":
@@ -53,6 +55,21 @@ def make_checkpoint(
     if out.exists() and not out.is_dir():
         raise CheckpointWriteError(out, f"a {shards}-shard checkpoint is written into a folder, and this is a file")
     return validate_checkpoint(write_sharded(out, specs, values, shards, metadata))
+
+
+_HEADER_ALLOWANCE = 256  # bytes of JSON header per tensor, more than any model's names and shapes take
+
+
+def _check_disk_space(out: Path, needed: int) -> None:
+    """Refuse before writing a byte: a checkpoint that cannot fit would fill the disk and be left half written."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise CheckpointWriteError(
+            out,
+            f"the checkpoint needs {needed / 2**30:.2f} GiB but {existing} has {free / 2**30:.2f} GiB free; "
+            "pass a smaller --scale (e.g. 0.1) or --layers, or write elsewhere",
+        )
 
 
 def check_checkpoint(path: str | Path) -> Checkpoint:

@@ -49,8 +49,8 @@ class ModelConfig:
 
     def scaled(self, scale: float = 1.0, layers: int | None = None) -> ModelConfig:
         """A smaller (or equal) model with the same head layout; see the module docstring for the rule."""
-        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-            raise ModelError(f"scale must be a positive finite number, not {scale!r}")
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and 0 < scale <= 1):
+            raise ModelError(f"scale is the fraction of each dimension to keep, in (0, 1], not {scale!r}")
         if layers is not None and (type(layers) is not int or layers < 1):
             raise ModelError(f"layers must be a positive integer, not {layers!r}")
         if scale == 1.0:

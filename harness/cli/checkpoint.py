@@ -31,7 +31,14 @@ def register(sub: Any) -> None:
         description="Write a checkpoint with a model's Hugging Face tensor names and shapes and seeded values.",
     )
     make.add_argument("--model", required=True, help=f"model shape: {', '.join(MODELS)}")
-    make.add_argument("--scale", type=_positive_float, default=1.0, help="shrink hidden/intermediate/vocab by S")
+    make.add_argument(
+        "--scale",
+        type=_scale,
+        default=1.0,
+        metavar="S",
+        help="keep the fraction S of each dimension (hidden, intermediate, head dim, vocab): 0 < S <= 1, as a "
+        "decimal or a fraction, e.g. 0.1 or 1/64; bytes shrink with about S squared (default 1: the real size)",
+    )
     make.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the values (default 0)")
     make.add_argument("--shards", type=_positive_int, default=1, help="number of shard files (default 1)")
     make.add_argument("--dtype", choices=FILL_DTYPES, default="BF16", help="tensor dtype (default BF16)")
@@ -81,13 +88,17 @@ def _summary(checkpoint: Checkpoint) -> str:
     return f"{len(checkpoint.tensors)} tensors, {checkpoint.total_bytes} bytes, {files} file(s)"
 
 
-def _positive_float(text: str) -> float:
+def _scale(text: str) -> float:
+    """``0.1`` or ``1/64``: the fraction of each dimension to keep. Above 1 is refused rather than grown: "scale 64"
+    meant to shrink would otherwise write a checkpoint 4096 times too large."""
+    numerator, slash, denominator = text.partition("/")
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
+        value = float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/64") from None
+    if not 0 < value <= 1:
+        hint = f"; to shrink by {text}, write --scale 1/{text}" if value > 1 else ""
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in (0, 1]{hint}")
     return value
 
 

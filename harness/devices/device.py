@@ -200,7 +200,7 @@ class Device:
         if end is not None and status is Status.OOM_KILLED:
             figures["oom_evidence"] = end.evidence
         device = end.device if end is not None else None
-        if device is not None:  # the layer's last counters, written as it killed its process (oom-kill profiles)
+        if device is not None:  # the layer's last counters, however the process ended (killed ones too)
             figures.update(
                 device_peak_bytes=device.peak_bytes,
                 device_live_after=device.live_bytes,

@@ -16,6 +16,16 @@ class Backend:
 
     extensions: tuple[str, ...]
     max_alloc: int
+    platform_extensions: tuple[str, ...] = ()
+    non_uniform_work_groups: bool = False
+
+    def honours(self, extension: str) -> bool:
+        """Whether the layer may advertise a profile's extension on this backend (mirrors mali_layer.c)."""
+        if extension in ("cl_khr_icd", "cl_arm_core_id", "cl_arm_printf"):  # the layer honours these itself
+            return True
+        if extension == "cl_arm_non_uniform_work_group_size":
+            return self.non_uniform_work_groups
+        return extension in self.extensions or extension in self.platform_extensions
 
     @property
     def has_fp16(self) -> bool:
@@ -24,15 +34,22 @@ class Backend:
 
 @pytest.fixture(scope="session")
 def backend() -> Backend:
+    from mali_hil.emulator.backend import backend_icd
+
     run = run_snippet(
         """
         import pyopencl as cl
-        dev = cl.get_platforms()[0].get_devices()[0]
-        emit({"extensions": dev.extensions.split(), "max_alloc": dev.max_mem_alloc_size})
-        """
+        platform = cl.get_platforms()[0]
+        dev = platform.get_devices()[0]
+        emit({"extensions": dev.extensions.split(), "max_alloc": dev.max_mem_alloc_size,
+              "platform_extensions": platform.extensions.split(),
+              "non_uniform": bool(dev.get_info(cl.device_info.NON_UNIFORM_WORK_GROUP_SUPPORT))})
+        """,
+        {"OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""},  # the PoCL boards run on
     )
     assert run.returncode == 0, run.stderr
-    return Backend(tuple(run.result["extensions"]), run.result["max_alloc"])
+    got = run.result
+    return Backend(tuple(got["extensions"]), got["max_alloc"], tuple(got["platform_extensions"]), got["non_uniform"])
 
 
 @pytest.fixture

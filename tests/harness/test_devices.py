@@ -93,6 +93,8 @@ def test_passing_the_ram_budget_is_oom_killed(board: Device, tiny: Path) -> None
     assert result.status is Status.OOM_KILLED, result.error_message
     assert result.oom_evidence is OomEvidence.ENFORCER
     assert result.peak_unified_bytes is not None and result.peak_unified_bytes >= 256 << 20
+    # the layer's last counters survive the kill: the record has device figures even for a killed job
+    assert result.device_cap_bytes == board.facts.cap_bytes and result.device_peak_bytes is not None
     _ok_after(board, tiny)
 
 
