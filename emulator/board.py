@@ -80,6 +80,7 @@ def layer_config_text(profile: Profile) -> str:
         "oom_failure": profile.oom_failure.value,
         "oom_error": CL_ERRORS[profile.oom_error],
         "over_max_alloc": over,
+        "oom_trigger": profile.oom_trigger.value,
     }
     return "".join(f"{k}={v}\n" for k, v in fields.items())
 

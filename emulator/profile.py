@@ -37,6 +37,14 @@ class OomFailure(enum.Enum):
     OOM_KILL = "oom-kill"  # nothing fails: the kernel's OOM killer ends the process
 
 
+class OomTrigger(enum.Enum):
+    """What runs out first for the real driver. On unified memory the board's RAM always can (device buffers are
+    RAM from their allocation): the question is whether the driver's own device-memory counter fails too."""
+
+    RAM = "ram"  # only the RAM: global memory is a reported figure, allocations past it go on (libmali)
+    BOTH = "both"  # the driver also fails, by ``failure``, once live device bytes pass global memory
+
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -93,6 +101,7 @@ class Profile:
     oom_failure: OomFailure
     oom_error: str  # symbolic OpenCL error for alloc-error / enqueue-error
     over_max_alloc: str  # "accept" or a symbolic OpenCL error
+    oom_trigger: OomTrigger
     # the driver's rule for global memory, when it has one: ((board RAM up to, share), ...), the last without a
     # bound (None); and the largest single allocation it ever allows
     global_mem_share: tuple[tuple[int | None, float], ...] | None = None
@@ -159,6 +168,7 @@ _FIELDS: dict[str, tuple[str, str, type]] = {
     "oom_failure": ("oom", "failure", str),
     "oom_error": ("oom", "error", str),
     "over_max_alloc": ("oom", "over_max_alloc", str),
+    "oom_trigger": ("oom", "trigger", str),
 }
 # optional: a driver's global memory rule, as data (see Profile.global_mem_share)
 _OPTIONAL = {
@@ -207,6 +217,13 @@ def parse_profile_file(path: Path) -> Profile:
         choices = ", ".join(f.value for f in OomFailure)
         bad = values["oom_failure"]
         raise ProfileError(f"profile file {path}: [oom] failure {bad!r} is not one of {choices}") from None
+    try:
+        values["oom_trigger"] = OomTrigger(values["oom_trigger"])
+    except ValueError:
+        choices, bad = ", ".join(t.value for t in OomTrigger), values["oom_trigger"]
+        raise ProfileError(f"profile file {path}: [oom] trigger {bad!r} is not one of {choices}") from None
+    if values["oom_trigger"] is OomTrigger.RAM and values["oom_failure"] is not OomFailure.OOM_KILL:
+        raise ProfileError(f"profile file {path}: [oom] trigger 'ram' is the OOM killer: failure must be oom-kill")
     for attr in ("oom_error", "over_max_alloc"):
         allowed = set(CL_ERRORS) | ({"accept"} if attr == "over_max_alloc" else set())
         if values[attr] not in allowed:

@@ -30,14 +30,14 @@ class LayerStats:
     """Counters of one process's emulated device memory (bytes are of live memory objects, not host RSS)."""
 
     generation: int  # how many times reset_layer_stats() ran
-    live_bytes: int  # bytes of live objects within the cap (sub-buffers, images of buffers add nothing)
+    live_bytes: int  # bytes of live objects within the cap, or all of them where only RAM limits (trigger ram)
     peak_bytes: int  # highest live_bytes since start or the last reset
     live_objects: int  # live memory objects with storage of their own, overcommitted ones included
     allocations: int  # such objects created (since reset)
     frees: int  # such objects really destroyed (since reset)
     failed_allocations: int  # requests refused by the cap or max_alloc (since reset)
     backend_refusals: int  # requests the profile allows but PoCL refused (an emulator limit; since reset)
-    overcommitted_bytes: int  # bytes of objects created past the cap under enqueue-error (since reset)
+    overcommitted_bytes: int  # bytes created past the cap: enqueue-error objects, or trigger ram's excess (since reset)
     cap_bytes: int  # the profile's global memory
     fp16_advertised: int  # 1 if the device lists cl_khr_fp16
     last_refused_bytes: int  # size of the last request refused by the cap or max_alloc, or overcommitted (0: none)

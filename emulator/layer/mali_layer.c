@@ -6,7 +6,9 @@
  *      the device reports itself as a GPU, because clients such as tinygrad ask for a GPU first.
  *   2. memory: the bytes of all live memory objects never exceed the profile's global memory. Past it the
  *      layer fails the way the profiled driver fails: an error from clCreate*, an error at the next enqueue,
- *      or SIGKILL, as the Linux OOM killer ends a process on a unified-memory board.
+ *      or SIGKILL, as the Linux OOM killer ends a process on a unified-memory board; or, for a driver whose
+ *      global memory is no limit (oom_trigger=ram: libmali), not at all, leaving it to the board's RAM. A new
+ *      buffer's pages are committed before clCreateBuffer returns, so device memory is RAM from its allocation.
  *   3. honesty: a profile's extension is advertised only if the backend (or the layer) honours it, e.g.
  *      cl_khr_fp16 only if PoCL can really compile half arithmetic; no bf16 extension is ever advertised and a
  *      source naming __bf16 fails to build as on a Mali; a local work size above the profile's limits fails at
@@ -43,9 +45,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -62,12 +64,13 @@ enum oom_mode { OOM_ALLOC_ERROR, OOM_ENQUEUE_ERROR, OOM_KILL };
 static struct {
     const char *platform_name, *platform_vendor, *platform_version, *platform_extensions, *platform_icd_suffix;
     const char *device_name, *device_vendor, *device_version, *driver_version, *opencl_c_version;
-    const char *extensions, *oom_failure;
+    const char *extensions, *oom_failure, *oom_trigger;
     uint64_t vendor_id, global_mem, max_alloc, max_work_group_size, compute_units, max_clock_mhz, unified_memory;
     int64_t oom_error, over_max_alloc;
     enum oom_mode oom;
     char *extensions_no_bf16, *platform_extensions_no_bf16; /* the profile's lists minus anything bf16 */
     char *ext_shown, *platform_ext_shown; /* of those, what the backend or the layer honours (decided once) */
+    int cap_enforced; /* oom_trigger "both": the device counter fails allocations too; "ram": only the RAM does */
 } cfg;
 
 enum kind { K_STR, K_U64, K_I64 };
@@ -83,6 +86,7 @@ static const struct { const char *key; enum kind kind; void *dst; } KEYS[] = {
     {"oom_failure", K_STR, &cfg.oom_failure},           {"oom_error", K_I64, &cfg.oom_error},
     {"over_max_alloc", K_I64, &cfg.over_max_alloc},
     {"platform_extensions", K_STR, &cfg.platform_extensions}, {"platform_icd_suffix", K_STR, &cfg.platform_icd_suffix},
+    {"oom_trigger", K_STR, &cfg.oom_trigger},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -158,6 +162,9 @@ static int parse_config(char *text, const char *path)
         cfg.oom = OOM_KILL;
     else
         return complain("oom_failure must be alloc-error, enqueue-error or oom-kill, got ", cfg.oom_failure);
+    if (strcmp(cfg.oom_trigger, "ram") != 0 && strcmp(cfg.oom_trigger, "both") != 0)
+        return complain("oom_trigger must be ram or both, got ", cfg.oom_trigger);
+    cfg.cap_enforced = strcmp(cfg.oom_trigger, "both") == 0;
     cfg.extensions_no_bf16 = filter_extensions(cfg.extensions);
     cfg.platform_extensions_no_bf16 = filter_extensions(cfg.platform_extensions);
     return cfg.extensions_no_bf16 && cfg.platform_extensions_no_bf16 ? 0 : complain("out of memory reading ", path);
@@ -418,6 +425,12 @@ static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
         return (cl_int)cfg.over_max_alloc;
     }
     *ticket = bytes & ~OVER_BIT;
+    if (!cfg.cap_enforced) { /* libmali: global memory is a figure, not a limit; the board's RAM decides */
+        uint64_t was = __atomic_fetch_add(&g.used, bytes, __ATOMIC_ACQ_REL);
+        if (was + bytes > cfg.global_mem)
+            ADD(g.events[OVERCOMMITTED], was >= cfg.global_mem ? bytes : was + bytes - cfg.global_mem);
+        return CL_SUCCESS;
+    }
     if (try_reserve(bytes))
         return CL_SUCCESS;
     settle(); /* memory being freed right now is not missing memory */
@@ -547,16 +560,119 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
         return mem_;                                                                                        \
     } while (0)
 
+/* ---- unified memory: a buffer is the board's RAM from its allocation ----------------------------------- */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux >= 5.14; older headers lack the name */
+#endif
+
+#define HUGE_PAGE (2u << 20)
+
+/* Commits [p, p + size) for writing without changing what it holds: the kernel populates the pages in one call
+ * (no fault per page); a kernel without MADV_POPULATE_WRITE gets one read-and-write-back per page instead.
+ * Large buffers are offered transparent huge pages first, as Arm's kernel driver can back allocations with 2 MiB
+ * pages: committing then costs what the board pays, zeroing the memory, rather than one fault per 4 KiB, which
+ * on a virtual machine (a trap to the host per page it has not backed yet) ran 5-20x slower than a memset. */
+static void populate(char *p, size_t size)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)p & ~(page - 1);
+    uintptr_t end = ((uintptr_t)p + size + page - 1) & ~(page - 1);
+    if (size >= HUGE_PAGE)
+        madvise((void *)start, end - start, MADV_HUGEPAGE); /* advice only: the kernel's THP policy decides */
+    if (madvise((void *)start, end - start, MADV_POPULATE_WRITE) == 0)
+        return;
+    for (volatile char *q = p; q < p + size; q = (volatile char *)(((uintptr_t)q + page) & ~(page - 1)))
+        *q = *q;
+}
+
+/* A Mali driver takes (and zeroes) a buffer's pages when the buffer is allocated, so on the board they are RAM
+ * from then on. PoCL only reserves address space and Linux commits each page at its first write, which made
+ * RAM peaks and OOM verdicts depend on when PoCL's queue got round to writing. So a new buffer's pages are
+ * committed before clCreateBuffer returns: mapped (blocking) on a private queue (PoCL's CPU device maps its own
+ * storage: no copy), populated, unmapped; a buffer the host may not map is filled with zeros instead. Skipped:
+ * USE_HOST_PTR (the application's own memory), COPY_HOST_PTR (PoCL copies the data in at creation, which
+ * commits it), objects enqueue-error lets live beyond the cap (every use of them fails), and buffers under
+ * COMMIT_MIN: the queue round trips cost ~14 us per buffer, PoCL carves such buffers from the heap (pages mostly
+ * resident already), and at most COMMIT_MIN per live small buffer goes uncounted. A buffer that cannot be
+ * committed is released and its creation fails with the backend's error, as a driver short of pages fails. */
+#define COMMIT_MIN (64u << 10)
+/* The private queue commits run on: one, for the context of the latest buffer, as creating a queue per buffer
+ * cost ~10 us. Holding it keeps that one context alive until a buffer of another context comes, or until the
+ * program drops what would otherwise be the context's last reference (l_clReleaseContext). */
+static pthread_mutex_t g_commit_lock = PTHREAD_MUTEX_INITIALIZER;
+static cl_context g_commit_ctx;
+static cl_command_queue g_commit_queue;
+
+static cl_command_queue commit_queue_locked(cl_context c, cl_int *rc)
+{
+    cl_device_id devs[8];
+    if (c == g_commit_ctx && g_commit_queue)
+        return g_commit_queue;
+    if (g_commit_queue)
+        next.clReleaseCommandQueue(g_commit_queue);
+    g_commit_ctx = NULL;
+    *rc = next.clGetContextInfo(c, CL_CONTEXT_DEVICES, sizeof devs, devs, NULL);
+    g_commit_queue = *rc == CL_SUCCESS ? next.clCreateCommandQueue(c, devs[0], 0, rc) : NULL;
+    g_commit_ctx = g_commit_queue ? c : NULL;
+    return g_commit_queue;
+}
+
+static cl_int CL_API_CALL l_clReleaseContext(cl_context c)
+{
+    cl_uint refs = 0;
+    pthread_mutex_lock(&g_commit_lock);
+    if (c == g_commit_ctx &&
+        next.clGetContextInfo(c, CL_CONTEXT_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS && refs <= 2) {
+        next.clReleaseCommandQueue(g_commit_queue); /* the program's reference and our queue's are all there is */
+        g_commit_queue = NULL;
+        g_commit_ctx = NULL;
+    }
+    pthread_mutex_unlock(&g_commit_lock);
+    return next.clReleaseContext(c);
+}
+
+static cl_mem commit_pages(cl_context c, cl_mem_flags f, size_t size, uint64_t ticket, cl_mem mem, cl_int *err)
+{
+    cl_int rc = CL_SUCCESS;
+    if (!mem || size < COMMIT_MIN || (ticket & OVER_BIT) || (f & (CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR)))
+        return mem;
+    pthread_mutex_lock(&g_commit_lock);
+    cl_command_queue q = commit_queue_locked(c, &rc);
+    if (q && (f & (CL_MEM_HOST_NO_ACCESS | CL_MEM_HOST_READ_ONLY))) {
+        const cl_uchar zero = 0;
+        rc = next.clEnqueueFillBuffer(q, mem, &zero, 1, 0, size, 0, NULL, NULL);
+    } else if (q) {
+        char *p = next.clEnqueueMapBuffer(q, mem, CL_TRUE, CL_MAP_WRITE_INVALIDATE_REGION, 0, size, 0, NULL, NULL,
+                                          &rc);
+        if (p) {
+            populate(p, size);
+            rc = next.clEnqueueUnmapMemObject(q, mem, p, 0, NULL, NULL);
+        }
+    }
+    if (q) {
+        cl_int done = next.clFinish(q);
+        rc = rc == CL_SUCCESS ? done : rc;
+    }
+    pthread_mutex_unlock(&g_commit_lock);
+    if (rc == CL_SUCCESS)
+        return mem;
+    next.clReleaseMemObject(mem);
+    *err = rc;
+    return NULL;
+}
+
 static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t size, void *host,
                                            cl_int *errcode_ret)
 {
-    CREATE_COUNTED(size, 1, next.clCreateBuffer(c, f, size, host, &err_));
+    /* ticket_ is CREATE_COUNTED's: whether this object lives beyond the cap */
+    CREATE_COUNTED(size, 1, commit_pages(c, f, size, ticket_, next.clCreateBuffer(c, f, size, host, &err_), &err_));
 }
 
 static cl_mem CL_API_CALL l_clCreateBufferWithProperties(cl_context c, const cl_mem_properties *p, cl_mem_flags f,
                                                          size_t size, void *host, cl_int *errcode_ret)
 {
-    CREATE_COUNTED(size, 1, next.clCreateBufferWithProperties(c, p, f, size, host, &err_));
+    CREATE_COUNTED(size, 1, commit_pages(c, f, size, ticket_,
+                                         next.clCreateBufferWithProperties(c, p, f, size, host, &err_), &err_));
 }
 
 static uint64_t pixel_bytes(const cl_image_format *fmt)
@@ -1185,6 +1301,7 @@ static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
     HOOK(clEnqueueCopyBufferToImage); HOOK(clEnqueueMapBuffer); HOOK(clEnqueueMapImage);
     HOOK(clBuildProgram); HOOK(clCompileProgram); HOOK(clGetProgramBuildInfo); HOOK(clReleaseProgram);
     HOOK(clGetKernelWorkGroupInfo);
+    HOOK(clReleaseContext); /* gives up the private commit queue with the context (see commit_queue_locked) */
     return 0;
 }
 

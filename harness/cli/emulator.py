@@ -110,13 +110,14 @@ def _list(args: argparse.Namespace) -> int:
                 "global_mem": p.global_mem,
                 "max_alloc": p.max_alloc,
                 "oom_failure": p.oom_failure.value,
+                "oom_trigger": p.oom_trigger.value,
                 "estimated_fields": sum(p.is_estimated(name) for name in p.sources),
             }
         )
     if args.json:
         print(json.dumps(rows))
         return 0
-    header = ("PROFILE", "DEVICE", "BOARD RAM", "GLOBAL MEM", "MAX ALLOC", "OOM FAILURE", "ESTIMATED")
+    header = ("PROFILE", "DEVICE", "BOARD RAM", "GLOBAL MEM", "MAX ALLOC", "OOM FAILURE", "TRIGGERED BY", "ESTIMATED")
     table = [header] + [
         (
             r["profile"],
@@ -125,6 +126,7 @@ def _list(args: argparse.Namespace) -> int:
             format_size(r["global_mem"]),
             format_size(r["max_alloc"]),
             r["oom_failure"],
+            "RAM" if r["oom_trigger"] == "ram" else "device memory or RAM",
             f"{r['estimated_fields']} fields",
         )
         for r in rows

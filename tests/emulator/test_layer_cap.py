@@ -5,19 +5,21 @@ the process fails the way the profiled driver does. Real PoCL, real ICD loaders,
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from mali_hil.emulator.board import CONFIG_ENV, write_layer_config
 from mali_hil.emulator.errors import BackendError, BudgetError
-from mali_hil.emulator.profile import CL_ERRORS, available_profiles, load_profile
+from mali_hil.emulator.profile import CL_ERRORS, OomTrigger, Profile, available_profiles, load_profile
 from mali_hil.emulator.stats import LayerStats, read_stats_file
 from tests.emulator._subprocess import PYOPENCL, run_ok, run_on_board, run_snippet
 
 MiB = 1 << 20
 ALLOC_ERROR = "mali-g52:64MiB"  # alloc-error, CL_MEM_OBJECT_ALLOCATION_FAILURE, max alloc = a quarter of global
 ENQUEUE_ERROR = "mali-t860:64MiB"  # enqueue-error, CL_OUT_OF_RESOURCES, accepts buffers above max alloc
-OOM_KILL = "mali-g610:64MiB"  # oom-kill, max alloc = global
+OOM_KILL = "mali-g610:64MiB"  # oom-kill triggered by RAM only (libmali), max alloc = global
 SIGKILL_EXIT = -9
 
 
@@ -288,6 +290,23 @@ def test_enqueue_error_fails_commands_while_memory_is_overcommitted() -> None:
     assert got["over"]["live_objects"] == fit + 1 and got["over"]["failed_allocations"] == 0
 
 
+def _killing_at_the_cap(profile: Profile) -> dict[str, str]:
+    """Env putting a process on ``profile`` as a driver that also kills at its device counter (trigger both)."""
+    return {CONFIG_ENV: str(write_layer_config(replace(profile, oom_trigger=OomTrigger.BOTH)))}
+
+
+def test_ram_triggered_profile_counts_past_the_cap_and_fails_nothing() -> None:
+    """libmali's global memory is a figure, not a limit: past it allocations go on (the RAM budget decides)."""
+    profile = load_profile(OOM_KILL)
+    assert profile.oom_trigger is OomTrigger.RAM
+    chunk = 10 * MiB
+    fit = profile.global_mem // chunk
+    got = on_board(OOM_KILL, f"held = [create({chunk}) for _ in range({fit + 2})]\nemit(read_layer_stats().to_dict())")
+    assert got["live_bytes"] == got["peak_bytes"] == (fit + 2) * chunk > profile.global_mem
+    assert got["failed_allocations"] == 0
+    assert got["overcommitted_bytes"] == (fit + 2) * chunk - profile.global_mem
+
+
 def test_oom_kill_sends_sigkill_and_still_writes_stats(stats_file: Path) -> None:
     profile = load_profile(OOM_KILL)
     chunk = 10 * MiB
@@ -302,6 +321,7 @@ held.append(create({chunk}))
 emit("survived")
 """,
         stats_file,
+        env=_killing_at_the_cap(profile),
     )
     assert run.returncode == SIGKILL_EXIT, run.stderr
     assert run.results == [fit * chunk]

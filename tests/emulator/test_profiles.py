@@ -10,6 +10,7 @@ from mali_hil.emulator.errors import MaliHilError, ProfileError
 from mali_hil.emulator.profile import (
     PROFILE_DIR,
     OomFailure,
+    OomTrigger,
     available_profiles,
     load_profile,
     parse_profile_file,
@@ -43,6 +44,14 @@ def test_clinfo_values_from_public_dumps() -> None:
     assert t860.max_alloc * 4 == pytest.approx(t860.global_mem, rel=1e-3)  # Midgard: a quarter
     g52 = load_profile("mali-g52")
     assert (g52.vendor_id, g52.max_work_group_size, g52.compute_units) == (0x72120000, 384, 2)
+
+
+def test_what_triggers_each_failure() -> None:
+    """libmali (G610, G57) caps nothing below RAM; the others also fail at their own device counter."""
+    triggers = {key: load_profile(key).oom_trigger for key in available_profiles()}
+    assert triggers["mali-g610"] is triggers["mali-g57"] is OomTrigger.RAM
+    assert triggers["mali-g52"] is triggers["mali-t860"] is OomTrigger.BOTH
+    assert not load_profile("mali-g610").is_estimated("oom_trigger")
 
 
 def test_estimated_fields_say_so() -> None:
@@ -101,6 +110,8 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("max_alloc = { value = 502802432", "max_alloc = { value = 9999999999999", "max_alloc <= global_mem"),
         ("[device]", "[device\n", "not readable TOML"),
         ("unified_memory = { value = true", "unified_memory = { value = 1", "must be a bool"),
+        ('trigger = { value = "both"', 'trigger = { value = "device"', "trigger 'device' is not one of"),
+        ('trigger = { value = "both"', 'trigger = { value = "ram"', "failure must be oom-kill"),
     ],
 )
 def test_malformed_profile_names_file_and_field(tmp_path: Path, old: str, new: str, message: str) -> None:

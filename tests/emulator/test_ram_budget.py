@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from mali_hil.emulator.board import EmulatedBoard
 from mali_hil.emulator.errors import BudgetError
 from mali_hil.emulator.launcher import BoardRun, RunStatus, run_with_budget
+from mali_hil.emulator.profile import OomTrigger
 from mali_hil.emulator.ram import (
     CGROUP_ENV,
     CgroupEnforcer,
@@ -328,8 +330,10 @@ def test_board_run_reports_device_stats() -> None:
 def test_the_layers_own_oom_kill_is_classified_oom_killed() -> None:
     from mali_hil.emulator.launcher import run_on_board
 
-    # 1 GiB board: device cap ~0.9 GiB; the fourth 256 MiB buffer passes it and the layer SIGKILLs the process
+    # 1 GiB board: device cap ~0.9 GiB; the fourth 256 MiB buffer passes it and the layer SIGKILLs the process.
+    # The G610's libmali is killed by RAM only: this is the same GPU as a driver that also kills at its counter.
     board = EmulatedBoard.from_spec("mali-g610:1GiB", ram_budget=4 << 30)
+    board = replace(board, profile=replace(board.profile, oom_trigger=OomTrigger.BOTH))
     run: BoardRun = run_on_board(board, [PY, "-c", CL_ALLOC, "8"], capture_output=True, timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr
     assert run.status is RunStatus.OOM_KILLED

@@ -1,0 +1,124 @@
+"""Unified memory: a device buffer is the board's RAM from the moment it is allocated, as with a Mali driver.
+
+PoCL reserves a buffer's address space and Linux commits each page at its first write, so before the layer
+committed pages at allocation a buffer counted against the device cap at once but against the RAM only once
+written: RAM peaks depended on when PoCL's queue got round to a write, and a load could fit the RAM only
+because it had not written its buffers yet. These tests run real processes on emulated boards under the RAM
+watchdog. Synchronous execution is PoCL's ``basic`` device (``POCL_DEVICES=basic``), which runs every command
+inside its enqueue call; the default ``pthread`` device runs them later on its own threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.launcher import BoardRun, RunStatus, run_on_board
+from mali_hil.emulator.profile import available_profiles
+from mali_hil.emulator.supervisor import OomEvidence
+
+MiB = 1 << 20
+SPIN_ITERATIONS = 150_000_000  # ~0.5 s of one kernel on one core here: the fill queued behind it waits that long
+
+# Allocates a device buffer, queues a write to it behind a busy kernel, then touches as much host memory while
+# the write may still be queued. Reports the anonymous RAM that appeared meanwhile (the "window"): with pages
+# committed at allocation it is both buffers whatever the queue does.
+QUEUED_WRITE = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, pyopencl as cl
+    def rss():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
+    size, spins = int(sys.argv[1]), int(sys.argv[2])
+    ctx = cl.Context(cl.get_platforms()[0].get_devices())
+    queue = cl.CommandQueue(ctx)
+    spin = cl.Program(ctx, "kernel void spin(global uint *o, uint n) { uint x = o[0]; "
+                      "for (uint i = 0; i < n; i++) x = x * 1103515245u + 12345u; o[0] = x; }").build().spin
+    out = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 64)
+    spin(queue, (1,), None, out, np.uint32(1)).wait()  # compiled and run once: no compiler memory in the window
+    before = rss()
+    device = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, size)
+    spin(queue, (1,), None, out, np.uint32(spins))
+    cl.enqueue_fill_buffer(queue, device, np.uint8(1), 0, size)
+    host = np.ones(size, np.uint8)
+    window = rss() - before
+    time.sleep(0.2)  # the watchdog samples at least every 20 ms
+    del host
+    queue.finish()
+    print(json.dumps({"window": window}), flush=True)
+""")
+
+# Holds `device` bytes of never-written device buffers (32 MiB each, under every profile's max alloc), says so,
+# then touches `host` bytes of host memory and holds them.
+DEVICE_THEN_HOST = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, pyopencl as cl
+    from mali_hil.emulator.stats import read_layer_stats
+    device, host, piece = int(sys.argv[1]), int(sys.argv[2]), 32 << 20
+    ctx = cl.Context(cl.get_platforms()[0].get_devices())
+    held = [cl.Buffer(ctx, cl.mem_flags.READ_WRITE, piece) for _ in range(device // piece)]
+    stats = read_layer_stats()
+    print(json.dumps({"live": stats.live_bytes, "cap": stats.cap_bytes, "failed": stats.failed_allocations}),
+          flush=True)
+    more = np.ones(host, np.uint8)
+    time.sleep(1.0)
+    print("survived", flush=True)
+""")
+
+
+def _run(tmp_path: Path, spec: str, script: str, *args: int, env: dict[str, str] | None = None) -> BoardRun:
+    path = tmp_path / "job.py"
+    path.write_text(script, encoding="utf-8")
+    argv = [sys.executable, str(path), *map(str, args)]
+    # pyopencl's own program cache breaks under PoCL's basic device; PoCL's kernel cache stays on
+    full_env = {"PYOPENCL_NO_CACHE": "1", **(env or {})}
+    return run_on_board(EmulatedBoard.from_spec(spec), argv, env=full_env, capture_output=True, timeout=120)
+
+
+def _window(run: BoardRun) -> int:
+    assert run.status is RunStatus.OK, f"{run.status}: {run.stderr}"
+    lines = [line for line in (run.stdout or "").splitlines() if line.startswith("{")]
+    assert lines, run.stderr
+    return int(json.loads(lines[-1])["window"])
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size_mib=st.sampled_from([192, 256]))  # large enough that the window, not the compiler, is the peak
+def test_peak_is_the_same_with_synchronous_and_asynchronous_execution(tmp_path: Path, size_mib: int) -> None:
+    """Catches: device pages committed at their first write (the asynchronous run's window holds only the host
+    array, since the fill is still queued behind the busy kernel), so the peak depends on queue timing."""
+    size = size_mib * MiB
+    runs = {mode: _run(tmp_path, "mali-g610:2GiB", QUEUED_WRITE, size, SPIN_ITERATIONS, env={"POCL_DEVICES": mode})
+            for mode in ("pthread", "basic")}  # fmt: skip
+    windows = {mode: _window(run) for mode, run in runs.items()}
+    for mode, window in windows.items():
+        assert window >= 2 * size - 8 * MiB, (
+            f"{mode}: {window / MiB:.0f} MiB of RAM appeared for a {size_mib} MiB device buffer and as much host"
+            " memory: the device buffer was not RAM from its allocation"
+        )
+    peaks = {mode: run.peak_unified_bytes for mode, run in runs.items()}
+    assert abs(peaks["pthread"] - peaks["basic"]) <= size // 2, f"peaks differ with queue timing: {peaks}"
+
+
+@pytest.mark.parametrize("key", available_profiles())
+def test_a_load_that_fits_the_device_cap_but_not_the_ram_is_oom_killed(tmp_path: Path, key: str) -> None:
+    """Catches: unwritten device buffers left out of the RAM budget (the job fits because it has not written
+    them yet) and a layer that fails the allocation or kills at the cap although the device part fits it."""
+    spec = f"{key}:512MiB"
+    board = EmulatedBoard.from_spec(spec)
+    device = (board.profile.global_mem * 3 // 4) // (32 * MiB) * (32 * MiB)
+    host = board.ram_budget - device // 2  # device + host is 1.25-1.5x the board; host alone fits it
+    run = _run(tmp_path, spec, DEVICE_THEN_HOST, device, host)
+    reports = [json.loads(line) for line in (run.stdout or "").splitlines() if line.startswith("{")]
+    assert reports, f"the device buffers alone did not fit: {run.status} {run.stderr}"
+    assert reports[0]["live"] == device <= reports[0]["cap"] and reports[0]["failed"] == 0, reports[0]
+    assert run.status is RunStatus.OOM_KILLED, f"{run.status}: peak {run.peak_unified_bytes} B; {run.stderr}"
+    assert run.end.evidence is OomEvidence.ENFORCER, run.end.describe_oom()
+    assert "survived" not in (run.stdout or "")
