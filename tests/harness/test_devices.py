@@ -41,6 +41,15 @@ def board() -> Iterator[Device]:
         yield device
 
 
+@pytest.fixture(scope="module")
+def roomy_board() -> Iterator[Device]:
+    """For tests of what a loader returns, not of memory. On the 256 MiB board, one full run saw the float32
+    loader OOM-killed at 335 MiB (not reproduced alone; most likely PoCL compiling the cast kernel in process)."""
+    device = make_device("emulated-mali:mali-g52:1GiB")
+    with device:
+        yield device
+
+
 def _job(checkpoint: Path, loader: str = "chunked", **fields: object) -> LoadJob:
     return LoadJob(checkpoint=str(checkpoint), loader=loader, **fields)  # type: ignore[arg-type]
 
@@ -214,13 +223,13 @@ def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None
         ("returns_float32", "floating tensors are not float16 as the job asked"),
     ],
 )
-def test_a_loader_that_breaks_its_contract_is_an_error_and_leaks_nothing(board: Device, tiny: Path, loader: str,
-                                                                         says: str) -> None:  # fmt: skip
+def test_a_loader_that_breaks_its_contract_is_an_error_and_leaks_nothing(roomy_board: Device, tiny: Path,
+                                                                         loader: str, says: str) -> None:  # fmt: skip
     """Before: CPU tensors passed as ``ok`` with a device peak of 0, and a list, None or numpy arrays were a
     harness ``infra-error`` whose tensors stayed live into the next job's baseline."""
-    idle = board.run(_job(tiny, digests=False)).device_live_before
-    result = board.run(_job(tiny, f"{ODD}:{loader}"))
+    idle = roomy_board.run(_job(tiny, digests=False)).device_live_before
+    result = roomy_board.run(_job(tiny, f"{ODD}:{loader}"))
     assert (result.status, result.error_type) == (Status.ERROR, "LoaderContractError"), result.error_message
     assert says in (result.error_message or "")
-    after = board.run(_job(tiny, digests=False))
+    after = roomy_board.run(_job(tiny, digests=False))
     assert after.ok and after.device_live_before == idle, "the rejected tensors were still held by the next job"
