@@ -216,3 +216,15 @@ def reset_peak_rss(pid: int) -> None:
         os.write(fd, b"5")
     finally:
         os.close(fd)
+
+
+def mem_available() -> int | None:
+    """The kernel's estimate of memory available to new work (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from mali_hil.emulator.memory import mem_available
 from mali_hil.harness.cluster.plan import NodePlan, peak_tensor, verdict
 from mali_hil.harness.devices import make_device
 from mali_hil.harness.devices.device import Device
@@ -58,7 +59,7 @@ def default_parallel(board_ram: int | None) -> int:
     cores = os.cpu_count() or 1
     if board_ram is None:
         return 1
-    available = _mem_available()
+    available = mem_available()
     if available is None:
         return 1
     return max(1, min(cores, (available - HOST_RESERVE) // board_ram))
@@ -124,14 +125,3 @@ def run_nodes(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [(job, results[i]) for i, job in enumerate(jobs)]
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

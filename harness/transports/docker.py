@@ -34,7 +34,7 @@ from typing import IO, Any
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import OomEvidence, ProcessEnd, RunStatus
 from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import END_OP, KILL_OP, MEMORY_OP
+from mali_hil.harness.transports.remote import KILL_OP, supervisor_message
 
 IMAGE_ENV = "MALI_HIL_DOCKER_IMAGE"
 IMAGE_PYTHON = "/opt/mali-hil/bin/python"
@@ -233,15 +233,11 @@ class DockerChannel(PipeChannel):
         self._deliver(None)
 
     def _line(self, line: str) -> None:
-        try:
-            message = json.loads(line)
-            op = message.get("op") if isinstance(message, dict) else None
-        except ValueError:
-            op = None
-        if op == MEMORY_OP:
-            self._memory = RamVerdict.from_dict({k: v for k, v in message.items() if k != "op"})
-        elif op == END_OP:
-            self._end = ProcessEnd.from_dict({k: v for k, v in message.items() if k != "op"})
+        message = supervisor_message(line)
+        if isinstance(message, RamVerdict):
+            self._memory = message
+        elif isinstance(message, ProcessEnd):
+            self._end = message
         else:
             self._deliver(line)
 

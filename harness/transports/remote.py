@@ -26,9 +26,33 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from mali_hil.emulator.ram import RamVerdict
+    from mali_hil.emulator.supervisor import ProcessEnd
 
 MEMORY_OP, END_OP, KILL_OP = "memory", "end", "kill"
+
+
+def supervisor_message(line: str) -> RamVerdict | ProcessEnd | None:
+    """What this supervisor added to the worker's stream, read on the harness's side: a ``RamVerdict`` (memory),
+    a ``ProcessEnd`` (end), or None for a line of the worker's own."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    op = message.get("op") if isinstance(message, dict) else None
+    fields = {k: v for k, v in message.items() if k != "op"} if op in (MEMORY_OP, END_OP) else {}
+    if op == MEMORY_OP:
+        from mali_hil.emulator.ram import RamVerdict
+
+        return RamVerdict.from_dict(fields)
+    if op == END_OP:
+        from mali_hil.emulator.supervisor import ProcessEnd
+
+        return ProcessEnd.from_dict(fields)
+    return None
 
 
 def _write(out: BinaryIO, lock: threading.Lock, message: dict[str, Any] | bytes) -> None:
@@ -105,11 +129,12 @@ def supervise(argv: list[str], env: dict[str, str], ram_budget: int | None) -> i
 def health(workdir: Path, emulate: str | None, ram_budget: int | None) -> dict[str, Any]:
     """What the harness checks before it uses the board; every probe that fails says why."""
     from mali_hil import __version__
+    from mali_hil.emulator.memory import mem_available
     from mali_hil.emulator.ram import select_enforcer
     from mali_hil.emulator.supervisor import ISOLATED
 
     facts: dict[str, Any] = {"python": list(sys.version_info[:3]), "mali_hil": __version__, "workdir": str(workdir)}
-    facts["mem_available"] = _mem_available()
+    facts["mem_available"] = mem_available()
     facts["disk_free"] = shutil.disk_usage(workdir).free
     facts["enforcement"] = select_enforcer(ram_budget).name.value if ram_budget is not None else "kernel"
     probe = [sys.executable, *ISOLATED, "-m", "mali_hil.harness.transports.remote", "opencl"]
@@ -137,17 +162,6 @@ def opencl(emulate: str | None) -> dict[str, Any]:
                 "max_alloc": device.max_mem_alloc_size, "fp16": "cl_khr_fp16" in device.extensions.split()}  # fmt: skip
     except Exception as exc:  # any failure is the board's answer, reported as text
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd
 from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import END_OP, KILL_OP, MEMORY_OP
+from mali_hil.harness.transports.remote import KILL_OP, supervisor_message
 from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.transports.wheel import build_running_wheel
 
@@ -370,15 +370,11 @@ class SshChannel(PipeChannel):
         assert self._proc.stdout is not None
         for raw in self._proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            try:
-                message = json.loads(line)
-                op = message.get("op") if isinstance(message, dict) else None
-            except ValueError:
-                op = None
-            if op == MEMORY_OP:
-                self._memory = RamVerdict.from_dict({k: v for k, v in message.items() if k != "op"})
-            elif op == END_OP:
-                self._end = ProcessEnd.from_dict({k: v for k, v in message.items() if k != "op"})
+            message = supervisor_message(line)
+            if isinstance(message, RamVerdict):
+                self._memory = message
+            elif isinstance(message, ProcessEnd):
+                self._end = message
             else:
                 self._deliver(line)
         self._deliver(None)
