@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mali_hil.emulator.backend import backend_icd
 from mali_hil.emulator.board import EmulatedBoard
 from mali_hil.emulator.errors import BudgetError
 from mali_hil.emulator.launcher import BoardRun, RunStatus, run_with_budget
@@ -354,8 +355,10 @@ def test_cli_emulator_info_queries_opencl_on_the_board() -> None:
     device = as_json["platforms"][0]["devices"][0]
     assert device["global_mem"] < 3 << 30  # the board's share, from the layer, not PoCL's own figure
     assert device["compute_units"] == 6
-    # the backend's own answer, asked without the layer (the g610 profile lists cl_khr_fp16)
+    # the answer of the backend the board runs on (the fp16 PoCL where one is built), asked without the layer;
+    # the g610 profile lists cl_khr_fp16
     bare_env = {k: v for k, v in os.environ.items() if k not in ("OPENCL_LAYERS", "MALI_HIL_LAYER_CONFIG")}
+    bare_env |= {"OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""}
     probe = "import pyopencl as cl; print(cl.get_platforms()[0].get_devices()[0].extensions)"
     backend = subprocess.run([PY, "-c", probe], env=bare_env, capture_output=True, text=True, check=True).stdout
     if "cl_khr_fp16" in backend.split():
