@@ -125,11 +125,17 @@ class EmulatedBoard:
         from mali_hil.emulator.backend import backend_icd
         from mali_hil.emulator.build import layer_path  # builds the layer on first use
 
+        icd = backend_icd()
         # the ICD loader sees PoCL only (OCL_ICD_FILENAMES would be loaded before the vendors: emptied)
         env = {LAYERS_ENV: str(layer_path()), CONFIG_ENV: str(write_layer_config(self.profile)),
-               "OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""}  # fmt: skip
+               "OCL_ICD_VENDORS": str(icd), "OCL_ICD_FILENAMES": ""}  # fmt: skip
         if stats_file is not None:
             env[STATS_FILE_ENV] = str(stats_file)
+        if "CACHEDB" not in os.environ:
+            # tinygrad keys its compiled kernels by the device's name, which is the Mali's on every backend: a
+            # binary of the system PoCL fed to the fp16 PoCL is CL_INVALID_BINARY. One kernel cache per backend.
+            backend = hashlib.sha256(str(icd).encode()).hexdigest()[:16]
+            env["CACHEDB"] = str(cache_dir() / f"tinygrad-{backend}.db")
         return env
 
     def activate(self, stats_file: Path | None = None) -> None:
