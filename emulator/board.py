@@ -136,6 +136,11 @@ class EmulatedBoard:
             # binary of the system PoCL fed to the fp16 PoCL is CL_INVALID_BINARY. One kernel cache per backend.
             backend = hashlib.sha256(str(icd).encode()).hexdigest()[:16]
             env["CACHEDB"] = str(cache_dir() / f"tinygrad-{backend}.db")
+        if "PYOPENCL_NO_CACHE" not in os.environ:
+            # pyopencl's binary cache has the same key problem and no variable to move it; PoCL under it keeps a
+            # kernel cache of its own, keyed on its build, so little is lost. (pyopencl 2026.1 also turns the
+            # CL_INVALID_BINARY into a KeyError on PYOPENCL_CACHE_FAILURE_FATAL instead of rebuilding.)
+            env["PYOPENCL_NO_CACHE"] = "1"
         return env
 
     def activate(self, stats_file: Path | None = None) -> None:

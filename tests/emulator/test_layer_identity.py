@@ -230,7 +230,13 @@ def test_bf16_in_a_hand_written_config_is_never_advertised(tmp_path: Path, backe
     )
     conf = tmp_path / "bf16.conf"
     conf.write_text(text, encoding="utf-8")
-    run = run_snippet(NAME_AND_EXTENSIONS, {"OPENCL_LAYERS": str(layer_path()), "MALI_HIL_LAYER_CONFIG": str(conf)})
+    from mali_hil.emulator.backend import backend_icd
+
+    # on the backend the fixture asked, which is the fp16 PoCL where one is built, not the system's
+    env = {"OCL_ICD_VENDORS": str(backend_icd()), "OCL_ICD_FILENAMES": ""}
+    run = run_snippet(
+        NAME_AND_EXTENSIONS, {**env, "OPENCL_LAYERS": str(layer_path()), "MALI_HIL_LAYER_CONFIG": str(conf)}
+    )
     name, extensions = run.result
     assert name == profile.name
     assert extensions == expected_extensions(profile, backend)
