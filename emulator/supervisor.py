@@ -74,6 +74,9 @@ class OomEvidence(enum.StrEnum):
     LAYER = "layer"  # the OpenCL layer refused device memory and killed its process, as the profile's driver does
     KERNEL = "kernel"  # SIGKILL while the kernel's own OOM-kill counter went up
     CONTAINER = "container-cgroup"  # the container engine saw its memory cgroup's OOM killer act (Docker: OOMKilled)
+    # the worker's own meter (every 2 ms, in-process) saw unified memory past the budget between two of the
+    # watchdog's samples: the board's kernel would have killed the job there, so the harness ends it after the fact
+    METER = "meter"
 
 
 @dataclass(frozen=True)
@@ -131,10 +134,12 @@ class ProcessEnd:
             return "SIGKILLed by the kernel's OOM killer in the container's memory cgroup (the engine: OOMKilled)"
         if self.evidence is OomEvidence.KERNEL:
             return "SIGKILLed by the kernel's OOM killer (its oom_kill counter went up meanwhile)"
+        if self.evidence is OomEvidence.METER:
+            return "past the RAM budget between two of the watchdog's samples, seen by the worker's own meter"
         return ""
 
 
-def _with_parent_death_signal(hook: Callable[[], None] | None) -> Callable[[], None] | None:
+def with_parent_death_signal(hook: Callable[[], None] | None) -> Callable[[], None] | None:
     """``hook`` plus ``PR_SET_PDEATHSIG(SIGKILL)`` in the child, so it dies with the harness (Linux only).
 
     The signal is tied to the *thread* that forked the child, not its process: a worker spawned from a thread
@@ -210,7 +215,7 @@ class Supervised:
         full_env = dict(env)
         if self._private is not None:
             full_env[STATS_FILE_ENV] = str(self._private / "layer-stats.json")
-        preexec = _with_parent_death_signal(enforcer.prepare() if enforcer is not None else None)
+        preexec = with_parent_death_signal(enforcer.prepare() if enforcer is not None else None)
         self._oom_kills_before = kernel_oom_kills()
         self._started = time.monotonic()
         try:

@@ -81,10 +81,8 @@ def print_summary(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mali_hil.emulator.profile import format_size
-
-    def sz(n: int | None) -> str:
-        return "n/a" if n is None else format_size(n)
+    from mali_hil.harness.reports.tables import node_cells
+    from mali_hil.harness.reports.tables import size as sz
 
     console = Console(width=160 if not Console().is_terminal else None)
     dev = doc["device"]
@@ -104,14 +102,5 @@ def print_summary(doc: dict[str, Any]) -> None:
             for column in ("node", "layers", "bytes (fp16)", "device peak", "unified peak", "verdict", "peak tensor"):
                 table.add_column(column)
             for r in rows:
-                tensor = r["peak_tensor"]
-                table.add_row(
-                    r["node"],
-                    f"{r['layers'][0]}-{r['layers'][1]}",
-                    sz(r["final_bytes"]),
-                    sz(r["device_peak_bytes"]),
-                    sz(r["peak_unified_bytes"]),
-                    r["verdict"],
-                    f"{tensor['name']} ({tensor['basis']})",
-                )
+                table.add_row(*node_cells(r))
             console.print(table)

@@ -97,7 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.results:
         argv.append(f"--mali-hil-results={args.results}")
     argv += [a for a in args.pytest_args if a != "--"]
-    child = subprocess.Popen(argv)
+    from mali_hil.emulator.supervisor import with_parent_death_signal
+
+    # killed outright (SIGKILL, an OOM kill of this process), we cannot stop the child pytest: the kernel does
+    child = subprocess.Popen(argv, preexec_fn=with_parent_death_signal(None))
     try:
         return child.wait()
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from typing import Any
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement
-from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd, RunStatus
+from mali_hil.emulator.supervisor import ISOLATED, OomEvidence, ProcessEnd, RunStatus
 from mali_hil.harness.devices.board import Board, DeviceFacts
 from mali_hil.harness.errors import WorkerError
 from mali_hil.harness.jobs import LoadJob
@@ -167,9 +167,30 @@ class Device:
         data["device"] = self.spec
         data.update(self._ram_figures(channel))
         try:
-            return LoadResult.from_dict(data)
+            result = LoadResult.from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:
             return self._failed(job, Status.INFRA_ERROR, "WorkerError", f"the worker's result is malformed: {exc}")
+        return self._missed_by_watchdog(result) or result
+
+    def _missed_by_watchdog(self, result: LoadResult) -> LoadResult | None:
+        """The job as the board's kernel would have ended it, when the worker's meter saw it past the RAM budget
+        that the watchdog's sampling missed (a spike between two samples, or a watchdog not scheduled in time,
+        as on two busy cores). Without this, the verdict would depend on the watchdog's timing. The worker is
+        ended too, as the kernel would have: the next job starts from a fresh one, as after any OOM kill."""
+        budget, peak = result.ram_budget_bytes, result.peak_unified_bytes
+        if result.enforcement is not Enforcement.WATCHDOG or budget is None or peak is None or peak <= budget:
+            return None
+        channel = self._channel
+        self._channel, self._client = None, None
+        if channel is not None:
+            channel.kill()
+            channel.end(DEATH_GRACE)
+        gap = result.enforcement_gap_s or 0.0
+        message = (f"past the RAM budget between two of the watchdog's samples (longest gap {gap:.3f} s), seen by "
+                   f"the worker's own meter: unified memory peaked at {peak} bytes against a budget of {budget}; "
+                   f"the load itself ended {result.status.value}")  # fmt: skip
+        return replace(result, status=Status.OOM_KILLED, error_type="OOMKilled", error_message=message,
+                       oom_evidence=OomEvidence.METER, bytes_loaded=0, tensors=0, digests={}, values={})  # fmt: skip
 
     def _ram_figures(self, channel: Channel) -> dict[str, Any]:
         memory = channel.memory()

@@ -92,6 +92,14 @@ def ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(doc["results"], key=lambda r: (keeps.index(r["keep"]), loaders.index(r["loader"]), r["index"]))
 
 
+def node_cells(r: dict[str, Any]) -> list[str]:
+    """One cluster node's row: node, layers, final bytes, device peak, unified peak, verdict, peak tensor."""
+    tensor = r["peak_tensor"]
+    layers = f"{r['layers'][0]}-{r['layers'][1]}"
+    sizes = [size(r[key]) for key in ("final_bytes", "device_peak_bytes", "peak_unified_bytes")]
+    return [r["node"], layers, *sizes, r["verdict"], f"{tensor['name']} ({tensor['basis']})"]
+
+
 def cluster_tables(doc: dict[str, Any]) -> list[Table]:
     incomplete = "" if doc.get("complete", True) else f" (INCOMPLETE: {len(doc['results'])} of {doc['jobs']} jobs)"
     tables = [
@@ -128,20 +136,7 @@ def cluster_tables(doc: dict[str, Any]) -> list[Table]:
         [],
     )
     for r in ordered(doc):
-        tensor = r["peak_tensor"]
-        per_node.rows.append(
-            [
-                r["keep"],
-                r["loader"],
-                r["node"],
-                f"{r['layers'][0]}-{r['layers'][1]}",
-                size(r["final_bytes"]),
-                size(r["device_peak_bytes"]),
-                size(r["peak_unified_bytes"]),
-                r["verdict"],
-                f"{tensor['name']} ({tensor['basis']})",
-            ]
-        )
+        per_node.rows.append([r["keep"], r["loader"], *node_cells(r)])
     per_node.notes.append(
         "peak tensor: 'measured' when a refused allocation is exactly that tensor's size; "
         "'inferred' is the node's largest tensor (loaders report no per-tensor timeline)"

@@ -91,6 +91,28 @@ class PipeChannel(Channel):
         return str(line)
 
 
+class RelayedChannel(PipeChannel):
+    """A pipe channel to a remote supervisor (over SSH, in a container): the lines it adds to the worker's stream
+    (its RAM verdict, how the worker ended) are kept for ``memory()`` and ``end()``; the worker's own are delivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memory: RamVerdict | None = None
+        self._end: ProcessEnd | None = None
+
+    def _take(self, line: str) -> None:
+        """For the reader thread: one line of the supervisor's stream."""
+        from mali_hil.harness.transports.remote import supervisor_message
+
+        message = supervisor_message(line)
+        if isinstance(message, RamVerdict):
+            self._memory = message
+        elif isinstance(message, ProcessEnd):
+            self._end = message
+        else:
+            self._deliver(line)
+
+
 class StderrFile:
     """Where a channel's process writes its stderr: a private temporary file (it may grow large, and is read only
     after a death), of which ``tail`` gives the end."""

@@ -33,8 +33,8 @@ from typing import IO, Any
 
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import OomEvidence, ProcessEnd, RunStatus
-from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import KILL_OP, supervisor_message
+from mali_hil.harness.transports.base import Channel, RelayedChannel, StderrFile, Transport
+from mali_hil.harness.transports.remote import KILL_OP
 
 IMAGE_ENV = "MALI_HIL_DOCKER_IMAGE"
 IMAGE_PYTHON = "/opt/mali-hil/bin/python"
@@ -169,7 +169,7 @@ class DockerTransport(Transport):
                 self._client.close()
 
 
-class DockerChannel(PipeChannel):
+class DockerChannel(RelayedChannel):
     """The supervisor in the container, through the engine's attach connection (stdin in; stdout and stderr out,
     each frame headed by its stream and length)."""
 
@@ -193,8 +193,6 @@ class DockerChannel(PipeChannel):
         super().__init__()
         self._send_lock = threading.Lock()
         self._stdin_open = True
-        self._memory: RamVerdict | None = None
-        self._end: ProcessEnd | None = None
         self._reader = threading.Thread(target=self._read, name="mali-hil-docker-reader", daemon=True)
         self._reader.start()
 
@@ -227,19 +225,10 @@ class DockerChannel(PipeChannel):
             pending += data
             *lines, pending = pending.split(b"\n")
             for raw in lines:
-                self._line(raw.decode("utf-8", errors="replace"))
+                self._take(raw.decode("utf-8", errors="replace"))
         if pending:
-            self._line(pending.decode("utf-8", errors="replace"))
+            self._take(pending.decode("utf-8", errors="replace"))
         self._deliver(None)
-
-    def _line(self, line: str) -> None:
-        message = supervisor_message(line)
-        if isinstance(message, RamVerdict):
-            self._memory = message
-        elif isinstance(message, ProcessEnd):
-            self._end = message
-        else:
-            self._deliver(line)
 
     def _stdin(self) -> IO[bytes] | None:
         raise AssertionError("a container's stdin is its attach socket: send() writes to it")

@@ -28,8 +28,8 @@ from typing import IO, Any
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement, RamVerdict
 from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd
-from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import KILL_OP, supervisor_message
+from mali_hil.harness.transports.base import Channel, RelayedChannel, StderrFile, Transport
+from mali_hil.harness.transports.remote import KILL_OP
 from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.transports.wheel import build_running_wheel
 
@@ -347,7 +347,7 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-class SshChannel(PipeChannel):
+class SshChannel(RelayedChannel):
     """The remote supervisor's stdin/stdout through an ``ssh`` client process, in a session of its own."""
 
     def __init__(self, argv: list[str], destination: str) -> None:
@@ -361,8 +361,6 @@ class SshChannel(PipeChannel):
             self._stderr.close()
             raise SshError(f"cannot run the OpenSSH client (ssh): {exc}") from None
         super().__init__()
-        self._memory: RamVerdict | None = None
-        self._end: ProcessEnd | None = None
         self._reader = threading.Thread(target=self._read, name="mali-hil-ssh-reader", daemon=True)
         self._reader.start()
 
@@ -370,13 +368,7 @@ class SshChannel(PipeChannel):
         assert self._proc.stdout is not None
         for raw in self._proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            message = supervisor_message(line)
-            if isinstance(message, RamVerdict):
-                self._memory = message
-            elif isinstance(message, ProcessEnd):
-                self._end = message
-            else:
-                self._deliver(line)
+            self._take(line)
         self._deliver(None)
 
     def _stdin(self) -> IO[bytes] | None:

@@ -80,3 +80,28 @@ def test_a_worker_dies_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_suite_dies_with_a_mali_hil_run_killed_by_sigkill() -> None:
+    """`mali-hil run` starts its suite as a child pytest; SIGKILLed (say by the OOM killer), it cannot stop it, so
+    the kernel must (before: the child pytest and its workers ran on with ppid 1)."""
+    from mali_hil.emulator.memory import tree_pids
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen([sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader",
+                            "tests.harness.odd_loaders:hangs", "--", "-k", "test_same_job_twice"],
+                           cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (children := [pid for pid in tree_pids(run.pid, living=True) if pid != run.pid]):
+            assert run.poll() is None and time.monotonic() < deadline, "no child pytest started"
+            time.sleep(0.1)
+        run.kill()
+        run.wait()
+        assert gone_soon(children, within=10.0), "the child pytest outlived its SIGKILLed `mali-hil run`"
+    finally:
+        run.kill()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

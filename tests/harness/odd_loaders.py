@@ -34,6 +34,18 @@ def hoards_host_memory(checkpoint: Any, device: str, options: LoadOptions) -> di
     return {}
 
 
+def spikes_host_memory(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Loads as chunked does, after holding 320 MiB of host memory for a moment (past a 256 MiB board's RAM)."""
+    import numpy as np
+
+    from mali_hil.harness.loaders import get_loader
+
+    spike = np.ones(320 << 20, dtype=np.uint8)
+    time.sleep(0.05)  # long enough for the worker's 2 ms meter, short against a blinded watchdog
+    del spike
+    return get_loader("chunked").load(checkpoint, device, options)
+
+
 def hoards_device_memory(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
     """Allocates 32 MiB device buffers until the device refuses one."""
     from tinygrad import dtypes

@@ -107,6 +107,24 @@ def test_passing_the_ram_budget_is_oom_killed(board: Device, tiny: Path) -> None
     _ok_after(board, tiny)
 
 
+def test_a_spike_the_watchdog_missed_is_still_oom_killed(monkeypatch: pytest.MonkeyPatch, tiny: Path) -> None:
+    """The verdict must not depend on when the watchdog thread ran: blinded (one sample, then a 60 s sleep, as a
+    thread starved on two busy cores is), a job that held 320 MiB on a 256 MiB board for 50 ms is still
+    oom-killed, on the worker's own meter's evidence, and its worker is replaced as after any OOM kill."""
+    from mali_hil.emulator import ram
+
+    monkeypatch.setattr(ram._Sampler, "next_interval", lambda self, unified, growth: 60.0)
+    with make_device("emulated-mali:mali-g52:256MiB") as device:
+        result = device.run(_job(tiny, f"{ODD}:spikes_host_memory"))
+        assert result.status is Status.OOM_KILLED, result.error_message
+        assert result.oom_evidence is OomEvidence.METER and "worker's own meter" in (result.error_message or "")
+        assert result.peak_unified_bytes is not None and result.peak_unified_bytes > 320 << 20
+        assert result.digests == {} and result.tensors == 0  # nothing of a killed job counts as loaded
+        assert device.starts == 1
+        _ok_after(device, tiny)
+        assert device.starts == 2
+
+
 def test_passing_the_device_cap_is_device_oom_with_the_numbers(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:hoards_device_memory", lru=False))
     # On a unified-memory board the RAM budget and the device cap race; either ending is an OOM, never an error.
