@@ -1,7 +1,8 @@
 """Compile the OpenCL layer (``emulator/layer/mali_layer.c``) once per source and compiler, and cache the .so.
 
 The cache name carries a hash of the source, the flags and the compiler's version, so an edit or a compiler
-upgrade gives a new file and an old one is never reused by mistake. Two processes may build at once: each
+upgrade gives a new file and an old one is never reused by mistake. Builders take turns (a lock file in the cache):
+the second finds the first's build and keeps it, so no process has its loaded layer replaced under it. Each
 compiles to its own temporary name and renames it into place, and rename is atomic.
 
 Every job loads this file, so it is checked by content before use: the build records the .so's SHA-256 beside
@@ -11,11 +12,14 @@ folder itself must be private to the user (``board.cache_dir`` refuses one that 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from mali_hil.emulator.errors import LayerBuildError
@@ -43,9 +47,24 @@ def build_layer(force: bool = False) -> Path:
     source = SOURCE.read_bytes()
     target = _cache_dir() / f"mali_layer-{_build_key(compiler, source)}.so"
     if force or not verified(target):
-        _compile(compiler, target)
+        with _build_lock(target):
+            # another builder may have finished while we waited: replacing its file would swap the layer under
+            # every process that has it loaded (their maps then say "(deleted)" and the counters are lost)
+            if force or not verified(target):
+                _compile(compiler, target)
     _built = target
     return target
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """One builder at a time per cache (pytest-xdist's processes, boards started side by side)."""
+    fd = os.open(target.with_name(".build.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def hash_path(layer: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -65,7 +66,7 @@ def _loaded_layer_path() -> str | None:
     """The mali-hil layer an ICD loader mapped into this process (``mali_layer-<hash>.so``), if any."""
     with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
         for line in maps:
-            path = line.rstrip("\n").split(maxsplit=5)[-1]
+            path = line.rstrip("\n").split(maxsplit=5)[-1].removesuffix(" (deleted)")  # a file rebuilt since
             name = path.rsplit("/", 1)[-1]
             if name.startswith("mali_layer") and name.endswith(".so"):
                 return path
@@ -80,7 +81,10 @@ def _active_layer() -> ctypes.CDLL:
             "on a board first (EmulatedBoard.activate() before any OpenCL call, or `mali-hil emulator run`) and "
             "make an OpenCL call"
         )
-    lib = ctypes.CDLL(path)  # the same path gives the same loaded object, hence the loader's counters
+    try:  # the object the ICD loader mapped, never a second copy from the file now at that path
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+    except OSError as exc:
+        raise BackendError(f"the mali-hil layer mapped from {path} cannot be reached: {exc}") from None
     lib.mali_hil_layer_stats.argtypes = [ctypes.POINTER(_CStats), ctypes.c_size_t]
     lib.mali_hil_layer_stats.restype = ctypes.c_int
     lib.mali_hil_layer_reset.argtypes = []

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -74,8 +75,12 @@ class ResultsFile:
     def write(self, record: dict[str, Any]) -> None:
         """Append one whole line; on failure the file keeps only whole lines and ResultsFileError names it."""
         line = (json.dumps({"run": self.run, **record}) + "\n").encode("utf-8")
-        start = os.fstat(self._fd).st_size
+        # other writers append to the same file (pytest-xdist's processes, runs side by side): the lock keeps one
+        # from appending between our look at the size and a cut back to it, which would cut their record too
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS) still gets whole records
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
+            start = os.fstat(self._fd).st_size
             written = os.write(self._fd, line)
             if written != len(line):  # a full disk took what fitted: report it as the disk error it is
                 raise OSError(28, os.strerror(28))
@@ -86,6 +91,9 @@ class ResultsFile:
             raise ResultsFileError(
                 f"cannot write a result record to {self.path}: {exc.strerror or exc}; the records before it are intact"
             ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

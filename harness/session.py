@@ -111,7 +111,8 @@ def _given(value: float | None, default: float) -> float:
 
 def _check_devices(specs: list[str]) -> None:
     """Refuse a malformed ``--device`` or an unknown kind at once, as a usage error (nothing is started here)."""
-    from mali_hil.harness.devices import DeviceSpec, device_kinds, make_device
+    from mali_hil.harness.devices import DeviceSpec, device_kinds
+    from mali_hil.harness.devices.registry import check_device
     from mali_hil.harness.errors import DeviceSpecError
 
     for spec in specs:
@@ -121,7 +122,7 @@ def _check_devices(specs: list[str]) -> None:
             raise pytest.UsageError(f"--device: {exc}") from None
         if kind not in device_kinds():
             raise pytest.UsageError(f"--device: unknown device {spec!r}: known kinds are {', '.join(device_kinds())}")
-        try:  # the kind checks its target (local:junk, an unknown profile) when it makes the device: nothing starts
-            make_device(spec).close()
+        try:  # the kind checks its target (local:junk, an unknown profile); nothing starts, no board is leased
+            check_device(spec)
         except MaliHilError as exc:
             raise pytest.UsageError(f"--device: {exc}") from None

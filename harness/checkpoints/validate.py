@@ -43,9 +43,9 @@ from mali_hil.harness.checkpoints.errors import (
 from mali_hil.harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo, parse_header
 
 MAX_HEADER_SIZE = 100_000_000  # the format's limit, as the reference reader enforces it
-#: The limit for checkpoints given to load jobs: parsing a header costs about 20 bytes of RAM and 0.2 s per byte
-#: (measured: a 16 MB header 350 MiB and 2.8 s), inside the board's RAM budget, before any loader runs. Real
-#: checkpoints' headers are far below it (about 150 bytes a tensor: 16 MiB is over 100,000 tensors in one file).
+#: The limit for checkpoints given to load jobs: parsing a header costs about 20 bytes of RAM per header byte and
+#: 0.2 s per MB (measured: a 16 MB header 350 MiB and 2.8 s), inside the board's RAM budget, before any loader
+#: runs. Real checkpoints' headers are far below it (about 150 bytes a tensor: 16 MiB is over 100,000 tensors).
 JOB_HEADER_LIMIT = 16 << 20
 PREFIX_SIZE = 8
 

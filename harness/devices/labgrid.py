@@ -84,6 +84,18 @@ def parse_target(target: str) -> tuple[dict[str, str], float | None, dict[str, s
     return selector, wait, options
 
 
+def check(spec: DeviceSpec) -> None:
+    """The target's selector and options, checked without reserving a board (a usage check must not lease one)."""
+    from mali_hil.harness.devices import ssh
+
+    _, _, options = parse_target(spec.target)
+    stand_in = "ssh://127.0.0.1" + (f"?{urlencode(options, safe='/:')}" if options else "")
+    try:  # the SSH device's options, on a stand-in address: nothing connects until a device starts
+        ssh.make(DeviceSpec.parse(stand_in)).close()
+    except MaliHilError as exc:
+        raise DeviceSpecError(f"device {spec.text}: {exc}") from None
+
+
 def make(spec: DeviceSpec) -> Device:
     from mali_hil.harness.devices import ssh
     from mali_hil.harness.farm.lease import DEFAULT_WAIT, Lease
@@ -106,3 +118,6 @@ def make(spec: DeviceSpec) -> Device:
         if isinstance(exc, MaliHilError):
             raise DeviceSpecError(f"device {spec.text} (place {lease.released_place}): {exc}") from None
         raise
+
+
+make.check = check  # type: ignore[attr-defined]  # see mali_hil.harness.devices.registry

@@ -1,7 +1,9 @@
 """Device kinds by name: the entry point group ``mali_hil.devices`` (the built-ins are registered there too) and
 :func:`register_device` for kinds defined at run time, e.g. in a test module.
 
-A kind is a factory ``f(spec: DeviceSpec) -> Device``. Adding one touches its own module (and one entry point
+A kind is a factory ``f(spec: DeviceSpec) -> Device`` that starts nothing. A factory that must acquire something to
+make its device (labgrid's reserves and locks a board) carries ``f.check(spec)``: the same validation of the target
+without acquiring it, which :func:`check_device` uses. Adding a kind touches its own module (and one entry point
 line), never this file.
 """
 
@@ -64,6 +66,25 @@ def make_device(spec: str | DeviceSpec) -> Device:
     from mali_hil.harness.devices.device import Device
 
     parsed = DeviceSpec.parse(spec)
+    device = _factory(parsed)(parsed)
+    if not isinstance(device, Device):
+        raise DeviceSpecError(f"device kind {parsed.kind!r} made a {type(device).__name__}, not a Device")
+    return device
+
+
+def check_device(spec: str | DeviceSpec) -> None:
+    """Raise DeviceSpecError for a target its kind refuses (``local:junk``, an unknown profile), acquiring nothing:
+    the kind's ``check`` where it has one, else a device made and closed unstarted."""
+    parsed = DeviceSpec.parse(spec)
+    factory = _factory(parsed)
+    check = getattr(factory, "check", None)
+    if callable(check):
+        check(parsed)
+    else:
+        make_device(parsed).close()
+
+
+def _factory(parsed: DeviceSpec) -> DeviceFactory:
     factory = _registered.get(parsed.kind)
     if factory is None:
         found = _entry_points().get(parsed.kind)
@@ -73,10 +94,7 @@ def make_device(spec: str | DeviceSpec) -> Device:
             factory = found.load()
         except Exception as exc:  # a broken third-party kind: name it, do not show its traceback
             raise DeviceSpecError(f"device kind {parsed.kind!r} ({found.value}) failed to import: {exc}") from exc
-    device = factory(parsed)
-    if not isinstance(device, Device):
-        raise DeviceSpecError(f"device kind {parsed.kind!r} made a {type(device).__name__}, not a Device")
-    return device
+    return factory  # type: ignore[return-value]
 
 
 def _entry_points() -> dict[str, object]:

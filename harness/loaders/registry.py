@@ -126,6 +126,8 @@ def _import_attr(spec: str) -> Any:
         if isinstance(exc, ModuleNotFoundError):  # workers run with python -P: the current folder is not searched
             hint = f"; install it, or name its folder in {LOADER_PATH_ENV} (workers skip the current folder)"
         raise LoaderError(f"loader {spec!r}: cannot import module {module_name!r} ({exc}){hint}") from exc
+    except Exception as exc:  # the user's module failed while importing (a SyntaxError, its own code): its fault
+        raise LoaderError(f"loader {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise LoaderError(f"loader {spec!r}: {module_name} has no attribute {attr_path!r}")

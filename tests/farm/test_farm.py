@@ -176,6 +176,8 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     assert len(cases) == len(healthy["tests"]) and not junit.findall(".//failure") + junit.findall(".//error")
     down_junit = ET.parse(down["attempts"][0]["junit"]).getroot()
     assert {p.get("value") for p in down_junit.iter("property") if p.get("name") == "mali_hil.outcome"} == {"MISS"}
+    # one lease per attempt: pytest's up-front check of --device reserves nothing (it once leased every board twice)
+    assert len(healthy["attempts"][-1]["leases"]) == 1, healthy["attempts"][-1]["leases"]
     markdown = (out / "summary.md").read_text()
     assert "| healthy | **PASS** |" in markdown and "| down | **MISS** |" in markdown
     assert "mali-hil farm run: MISS" in capsys.readouterr().out
@@ -184,6 +186,19 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     # a second night against this one: the down board's tests are still missing, not newly; nothing new fails
     again = dict(report)
     assert diff(report, again) == {"new_failures": [], "fixed": [], "still_failing": [], "newly_missing": []}
+
+
+def test_checking_a_labgrid_device_reserves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mali_hil.harness.devices.registry import check_device
+
+    # no coordinator listens here: a check that reached for one would fail or wait for the reservation
+    monkeypatch.setenv("LG_COORDINATOR", "127.0.0.1:9")
+    started = time.monotonic()
+    check_device("labgrid:gpu=mali-g610?emulate=mali-g610&wait=600")
+    assert time.monotonic() - started < 5
+    for bad in ("labgrid:gpu=mali-g610?emulate=no-such-gpu", "labgrid:gpu=mali-g610?wait=-1", "labgrid:=x"):
+        with pytest.raises(DeviceSpecError):
+            check_device(bad)
 
 
 def test_the_diff_names_new_fixed_still_failing_and_newly_missing() -> None:

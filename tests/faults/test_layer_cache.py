@@ -80,3 +80,51 @@ def test_the_config_is_not_written_through_a_planted_name(cache: Path, tmp_path:
     target.with_suffix(f".{os.getpid()}.tmp").symlink_to(victim)  # the old, predictable temporary name
     assert write_layer_config(profile) == target
     assert victim.read_text() == "keep me" and target.read_text() == text and not target.is_symlink()
+
+
+def test_a_builder_that_waited_keeps_the_build_it_waited_for(cache: Path) -> None:
+    """Seen in a cold `mali-hil run --workers 2`: two builders raced, the second replaced the first's .so under
+    the workers that had loaded it, and their device figures were silently lost (three tests skipped)."""
+    import fcntl
+    import threading
+
+    layer = build.build_layer()
+    inode = layer.stat().st_ino
+    recorded = build.hash_path(layer).read_bytes()
+    build.hash_path(layer).unlink()  # as a second builder sees it while the first is still compiling
+    fd = os.open(layer.with_name(".build.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the first builder holds the lock
+    second = threading.Thread(target=build.build_layer)
+    second.start()
+    second.join(1.0)
+    assert second.is_alive(), "the second builder did not wait for the first"
+    build.hash_path(layer).write_bytes(recorded)  # the first builder finishes
+    os.close(fd)
+    second.join(60)
+    assert not second.is_alive()
+    assert layer.stat().st_ino == inode, "the second builder replaced the first's layer"
+
+
+def test_counters_are_read_from_the_loaded_layer_after_its_file_was_replaced(cache: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, shutil, pyopencl as cl\n"
+        "from mali_hil.emulator.stats import _loaded_layer_path, read_layer_stats\n"
+        "ctx = cl.Context(cl.get_platforms()[0].get_devices())\n"
+        "held = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 3 << 20)\n"
+        "path = _loaded_layer_path()\n"
+        "shutil.copyfile(path, path + '.new'); os.replace(path + '.new', path)  # a rebuild, same content\n"
+        "print(read_layer_stats().live_bytes)\n",
+        encoding="utf-8",
+    )
+    mali_hil = shutil.which("mali-hil", path=str(Path(sys.executable).parent))
+    assert mali_hil is not None
+    env = {**os.environ, "PYOPENCL_NO_CACHE": "1"}
+    done = subprocess.run([mali_hil, "emulator", "run", "mali-g52:512MiB", "--", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == str(3 << 20), done.stdout

@@ -359,3 +359,18 @@ def test_a_loader_that_cannot_be_called_as_one_is_refused_before_any_job(spec: s
     with pytest.raises(LoaderError) as refused:
         get_loader(spec)
     assert says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [("def load(:\n", "SyntaxError"), ("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here")],
+)
+def test_a_loader_module_that_fails_to_import_is_the_loaders_error(
+    source: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: anything but ImportError escaped as the worker's own failure (infra-error), blaming the harness
+    (tmp_path / "mali_hil_broken_loader.py").write_text(source, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(LoaderError) as refused:
+        get_loader("mali_hil_broken_loader:load")
+    assert "importing 'mali_hil_broken_loader' failed" in str(refused.value) and says in str(refused.value)
