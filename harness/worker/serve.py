@@ -243,6 +243,11 @@ def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob) -> dict[str, Any]:
     if elsewhere:
         raise LoaderContractError(f"{len(elsewhere)} tensors are not on the device under test {target} "
                                   f"({', '.join(elsewhere[:3])}): their memory is not the board's")  # fmt: skip
+    # an unrealized tensor gets its memory when someone realizes it: after this job's figures, so it would look free
+    lazy = [name for name, tensor in loaded.items() if tensor.numel() and not tensor.uop.is_realized]
+    if lazy:
+        raise LoaderContractError(f"{len(lazy)} tensors are not realized ({', '.join(lazy[:3])}): a loader returns "
+                                  "realized tensors (Tensor.realize), whose memory this job then measures")  # fmt: skip
     wrong = []
     for name, tensor in loaded.items():
         entry = checkpoint.tensors.get(name)  # names a loader made up are not judged here (the numerics are)

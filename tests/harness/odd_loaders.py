@@ -99,3 +99,10 @@ def returns_float32(checkpoint: Any, device: str, options: LoadOptions) -> dict[
 
     loaded = _first_tensors(checkpoint, device, options)
     return {name: t.cast(dtypes.float32).realize() if t.dtype == dtypes.half else t for name, t in loaded.items()}
+
+
+def returns_lazy(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """Returns a 24 MiB fp16 tensor that is not realized: its memory would come after the job's figures."""
+    from tinygrad import Tensor, dtypes
+
+    return {"lazy.weight": Tensor.full((12 << 20,), 1.5, dtype=dtypes.float16, device=device).contiguous()}

@@ -239,12 +239,14 @@ def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None
         ("returns_none", "returned NoneType, not a dict"),
         ("returns_numpy", "are not tinygrad Tensors"),
         ("returns_float32", "floating tensors are not float16 as the job asked"),
+        ("returns_lazy", "1 tensors are not realized (lazy.weight)"),
     ],
 )
 def test_a_loader_that_breaks_its_contract_is_an_error_and_leaks_nothing(roomy_board: Device, tiny: Path,
                                                                          loader: str, says: str) -> None:  # fmt: skip
     """Before: CPU tensors passed as ``ok`` with a device peak of 0, and a list, None or numpy arrays were a
-    harness ``infra-error`` whose tensors stayed live into the next job's baseline."""
+    harness ``infra-error`` whose tensors stayed live into the next job's baseline; unrealized tensors passed as
+    ``ok`` with their memory taken after the job's figures (at the digest read-back, or never)."""
     idle = roomy_board.run(_job(tiny, digests=False)).device_live_before
     result = roomy_board.run(_job(tiny, f"{ODD}:{loader}"))
     assert (result.status, result.error_type) == (Status.ERROR, "LoaderContractError"), result.error_message
