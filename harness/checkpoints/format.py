@@ -156,15 +156,23 @@ def parse_header(raw: bytes, path: str | Path) -> Header:
     return Header(tensors, metadata)
 
 
-def encode_header(tensors: tuple[TensorInfo, ...], metadata: Mapping[str, str] | None) -> bytes:
-    """Header bytes for ``tensors``, padded with spaces to a multiple of 8 (as reference writers do)."""
+def encode_header(
+    tensors: tuple[TensorInfo, ...], metadata: Mapping[str, str] | None, aligned: bool | None = None
+) -> bytes:
+    """Header bytes for ``tensors``, padded with spaces to a multiple of 8 (as reference writers do). ``aligned``
+    pads 8 more where needed so that the data section starts at a multiple of 16 bytes of the file (True) or 8
+    bytes past one (False): tinygrad copies a source that is not 16-byte aligned through host memory, so the two
+    cost loaders differently. None leaves it to the header's length, as any writer does."""
     doc: dict[str, Any] = {}
     if metadata is not None:
         doc[METADATA_KEY] = dict(metadata)
     for info in tensors:
         doc[info.name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [info.start, info.end]}
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return raw + b" " * (-len(raw) % 8)
+    raw += b" " * (-len(raw) % 8)
+    if aligned is not None and ((8 + len(raw)) % 16 == 0) != aligned:  # 8: the length prefix
+        raw += b" " * 8
+    return raw
 
 
 # --- JSON, the way serde_json reads it -----------------------------------------------------------------------

@@ -24,8 +24,10 @@ def make_checkpoint(
     dtype: str = "BF16",
     fill: str = "normal",
     layers: int | None = None,
+    aligned: bool | None = None,
 ) -> Checkpoint:
-    """Write a checkpoint with ``model``'s tensors (scaled) and seeded values; return it, validated.
+    """Write a checkpoint with ``model``'s tensors (scaled) and seeded values; return it, validated. ``aligned``:
+    each file's data section at a multiple of 16 bytes (True), 8 bytes past one (False), or as the header falls.
 
     With ``shards == 1``, ``out`` is the ``.safetensors`` file (or an existing folder to put
     ``model.safetensors`` in); with more, ``out`` is a folder that gets the shards and the index.
@@ -50,11 +52,11 @@ def make_checkpoint(
         if target.suffix != ".safetensors":
             raise CheckpointWriteError(target, "a single-file checkpoint needs a path ending in .safetensors")
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_safetensors(target, specs, values, metadata)
+        write_safetensors(target, specs, values, metadata, aligned)
         return validate_checkpoint(target)
     if out.exists() and not out.is_dir():
         raise CheckpointWriteError(out, f"a {shards}-shard checkpoint is written into a folder, and this is a file")
-    return validate_checkpoint(write_sharded(out, specs, values, shards, metadata))
+    return validate_checkpoint(write_sharded(out, specs, values, shards, metadata, aligned))
 
 
 _HEADER_ALLOWANCE = 256  # bytes of JSON header per tensor, more than any model's names and shapes take

@@ -48,13 +48,18 @@ def layout(specs: Sequence[TensorSpec], path: str | Path = "<new checkpoint>") -
 
 
 def write_safetensors(
-    path: str | Path, specs: Sequence[TensorSpec], fill: Fill, metadata: Mapping[str, str] | None = None
+    path: str | Path,
+    specs: Sequence[TensorSpec],
+    fill: Fill,
+    metadata: Mapping[str, str] | None = None,
+    aligned: bool | None = None,
 ) -> CheckpointInfo:
-    """Write one ``.safetensors`` file, streaming each tensor's chunks from ``fill(spec)``."""
+    """Write one ``.safetensors`` file, streaming each tensor's chunks from ``fill(spec)``; ``aligned``: see
+    :func:`~mali_hil.harness.checkpoints.format.encode_header`."""
     path = Path(path)
     _check_metadata(metadata, path)
     tensors = layout(specs, path)
-    header = encode_header(tensors, metadata)
+    header = encode_header(tensors, metadata, aligned)
     partial = path.with_name(path.name + ".partial")
     try:
         with partial.open("wb") as handle:
@@ -106,6 +111,7 @@ def write_sharded(
     fill: Fill,
     shards: int,
     metadata: Mapping[str, str] | None = None,
+    aligned: bool | None = None,
 ) -> Path:
     """Write ``shards`` files plus ``model.safetensors.index.json`` into ``out_dir``; return the index path."""
     out_dir = Path(out_dir)
@@ -115,7 +121,7 @@ def write_sharded(
     weight_map: dict[str, str] = {}
     for i, part in enumerate(plan, start=1):
         name = shard_name(i, shards)
-        write_safetensors(out_dir / name, part, fill, metadata)
+        write_safetensors(out_dir / name, part, fill, metadata, aligned)
         weight_map.update((spec.name, name) for spec in part)
     index = out_dir / DEFAULT_INDEX_NAME
     partial = index.with_name(index.name + ".partial")

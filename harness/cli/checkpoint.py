@@ -44,6 +44,14 @@ def register(sub: Any) -> None:
     make.add_argument("--dtype", choices=FILL_DTYPES, default="BF16", help="tensor dtype (default BF16)")
     make.add_argument("--fill", choices=FILL_KINDS, default="normal", help="values (default normal)")
     make.add_argument("--layers", type=_positive_int, default=None, help="override the layer count")
+    make.add_argument(
+        "--align",
+        type=int,
+        choices=(16, 8),
+        default=None,
+        help="where each file's data section starts: at a multiple of 16 bytes, or 8 bytes past one (tinygrad "
+        "copies a source that is not 16-byte aligned through host memory); default: as the header falls",
+    )
     make.add_argument("out", metavar="OUT", type=Path, help=".safetensors file, or a folder when --shards > 1")
     make.set_defaults(func=_make)
 
@@ -67,6 +75,7 @@ def _make(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fill=args.fill,
         layers=args.layers,
+        aligned=None if args.align is None else args.align == 16,
     )
     where = checkpoint.index or checkpoint.files[0]
     print(f"wrote {_summary(checkpoint)}: {where}")
