@@ -42,11 +42,11 @@ def _layer_stats() -> Any | None:
     device nobody measures."""
     from mali_hil.emulator.stats import read_layer_stats
 
-    if os.environ.get(EMULATE_ENV):
-        return read_layer_stats()
     try:
         return read_layer_stats()
     except MaliHilError:
+        if os.environ.get(EMULATE_ENV):
+            raise
         return None
 
 
