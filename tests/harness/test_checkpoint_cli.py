@@ -98,8 +98,8 @@ def test_align_puts_the_data_section_where_asked(tmp_path: Path) -> None:
         name = f"a{align}.safetensors"
         made = mali_hil("checkpoint", "make", "--model", "tiny", "--align", align, name, cwd=tmp_path)
         assert made.returncode == 0, made.stderr
-        prefix = int.from_bytes((tmp_path / f"a{align}.safetensors").read_bytes()[:8], "little")
+        prefix = int.from_bytes((tmp_path / name).read_bytes()[:8], "little")
         assert (8 + prefix) % 16 == remainder
-        assert mali_hil("checkpoint", "check", f"a{align}.safetensors", cwd=tmp_path).returncode == 0
+        assert mali_hil("checkpoint", "check", name, cwd=tmp_path).returncode == 0
     refused = mali_hil("checkpoint", "make", "--model", "tiny", "--align", "4", "a4.safetensors", cwd=tmp_path)
     assert refused.returncode == 2 and "--align" in refused.stderr and not (tmp_path / "a4.safetensors").exists()

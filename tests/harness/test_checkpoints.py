@@ -86,13 +86,13 @@ def test_aligned_data_sections_start_where_asked_and_read_back_exact(
     files = sorted({path for path, _ in checkpoint.tensors.values()})
     assert len(files) == shards
     values = make_fill("normal", seed=seed)
+    config = get_model(model).scaled(options.get("scale", 1.0), layers=options.get("layers"))
+    specs = {spec.name: spec for spec in config.specs("F16")}
     for path in files:
         prefix = int.from_bytes(Path(path).read_bytes()[:8], "little")
         assert ((8 + prefix) % 16 == 0) == aligned, (path, prefix)
         for name, array in load_file(path).items():  # the reference reader
-            spec = next(s for s in get_model(model).scaled(options.get("scale", 1.0), layers=options.get("layers"))
-                        .specs("F16") if s.name == name)  # fmt: skip
-            assert _bits(array) == _bits(materialize(values, spec)), name
+            assert _bits(array) == _bits(materialize(values, specs[name])), name
 
 
 def test_tinygrad_safe_load_sees_the_same_tensors_and_bits(tmp_path: Path) -> None:
