@@ -304,6 +304,15 @@ def _cleanup(tensors: dict[str, Any]) -> None:
         device.synchronize()
         if hasattr(device.allocator, "free_cache"):
             device.allocator.free_cache()
+    _freeze_survivors()
+
+
+def _freeze_survivors() -> None:
+    """Take what is alive now (modules, tinygrad's caches: the worker's own state) out of the cyclic collector's
+    scans. A full ``gc.collect`` walked all of it after every job: 76 ms a job, 64 s of the main job's 186 s.
+    Reference counting still frees frozen objects; only a cycle among them is never collected, and everything
+    a job makes afterwards is collected as before, so no job's tensors can be kept by this."""
+    gc.freeze()
 
 
 def serve(inbox: IO[str], outbox: IO[str]) -> None:
@@ -319,6 +328,7 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
     except Exception as exc:  # no device to serve on: say why in the hello, where the harness reads it
         send({"op": "hello", "protocol": PROTOCOL, "error": f"{type(exc).__name__}: {exc}"})
         return
+    _freeze_survivors()  # the imports and the device: the first job's cleanup need not walk them
     send({"op": "hello", "protocol": PROTOCOL, "pid": os.getpid(), **facts})
     for line in inbox:
         try:
