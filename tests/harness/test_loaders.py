@@ -374,3 +374,24 @@ def test_a_loader_module_that_fails_to_import_is_the_loaders_error(
     with pytest.raises(LoaderError) as refused:
         get_loader("mali_hil_broken_loader:load")
     assert "importing 'mali_hil_broken_loader' failed" in str(refused.value) and says in str(refused.value)
+
+
+def test_chunked_reads_a_whole_range_and_names_a_file_cut_after_its_check(tmp_path: Path) -> None:
+    """Catches: a short ``preadv`` taken as the whole chunk (the rest of the device range left as it was), and a
+    file cut between its check and the read passing silently or raising from deep inside numpy."""
+    from mali_hil.harness.loaders.chunked import _Source
+
+    path = tmp_path / "data.bin"
+    data = np.arange(1 << 20, dtype=np.uint32).view(np.uint8)
+    path.write_bytes(data.tobytes())
+    source = _Source.open(path)
+    try:
+        target = np.zeros(data.size - 100, dtype=np.uint8)
+        source.read_into(target, 100)
+        assert np.array_equal(target, data[100:])
+        with path.open("r+b") as handle:
+            handle.truncate(4096)
+        with pytest.raises(LoaderError, match="ends at byte 4096, inside a tensor: it was cut after it was checked"):
+            source.read_into(np.zeros(8192, dtype=np.uint8), 0)
+    finally:
+        source.close()
