@@ -16,6 +16,7 @@ PARALLEL_PLUGIN = "mali_hil.harness.parallel"
 # Each xdist worker starts its own device workers and compiles its own kernels: past a few, the boards they share
 # (and the memory they hold) cost more than another core gives.
 MAX_WORKERS = 4
+DEFAULT_WORKERS = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", default=None, help="write every job's result record here (JSON lines)")
     parser.add_argument("--workers", type=_workers, default=None, metavar="N",
                         help="test processes side by side (pytest-xdist, at most"
-                        f" {MAX_WORKERS}); default 1: see default_workers")  # fmt: skip
+                        f" {MAX_WORKERS}); default: one per core, at most {DEFAULT_WORKERS}")  # fmt: skip
     parser.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
@@ -50,13 +51,18 @@ def _workers(text: str) -> int:
 
 
 def default_workers() -> int:
-    """One test process unless asked for more. With one per core (2 here), the jobs' timing depends on the other
-    process: once, a naive job went past a 256 MiB board between two of the RAM watchdog's samples and ended ``ok``
-    (now ``oom-killed`` on the worker's own meter, ``OomEvidence.METER``); and in 1 of 6 runs with 2 processes on a
-    quiet 2-core machine, mmap's RAM growth past the default chunk came out 6.9 MB (2.4 %) over its declared bound,
-    where 6 of 6 runs in one process passed. A verdict that does not change with our parallelism is worth more than
-    the time: ``--workers 2`` takes the warm main job from 157 s to about 90 s (medians of 3), if you accept that."""
-    return 1
+    """One test process per core this process may run on, at most ``DEFAULT_WORKERS``: the suite keeps both
+    cores of a 2-core runner busy (warm: 45 s against 78 s in one process; benchmarks/run_time.py). More is
+    opt-in: each process holds boards of its own, up to a 3 GiB one per variant it measures, and was not measured
+    past 2 cores.
+
+    With two processes, each job's timing depends on the other's. A spike the RAM watchdog's sampling misses is
+    still ``oom-killed`` (on the worker's own meter, ``OomEvidence.METER``). Before the workers' collector was
+    tamed, 1 of 6 runs with 2 processes saw mmap's RAM growth past the default chunk 6.9 MB (2.4 %) over its
+    declared bound; 6 of 6 runs after it passed. ``--workers 1`` keeps every job alone on the machine."""
+    import os
+
+    return max(1, min(DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
 
 
 def parallel_args(workers: int) -> list[str]:
