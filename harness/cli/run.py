@@ -16,7 +16,6 @@ PARALLEL_PLUGIN = "mali_hil.harness.parallel"
 # Each xdist worker starts its own device workers and compiles its own kernels: past a few, the boards they share
 # (and the memory they hold) cost more than another core gives.
 MAX_WORKERS = 4
-DEFAULT_WORKERS = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", default=None, help="write every job's result record here (JSON lines)")
     parser.add_argument("--workers", type=_workers, default=None, metavar="N",
                         help="test processes side by side (pytest-xdist, at most"
-                        f" {MAX_WORKERS}); default: one per core, at most {DEFAULT_WORKERS}")  # fmt: skip
+                        f" {MAX_WORKERS}); default 1: see default_workers")  # fmt: skip
     parser.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
@@ -51,18 +50,15 @@ def _workers(text: str) -> int:
 
 
 def default_workers() -> int:
-    """One test process per core this process may run on, at most ``DEFAULT_WORKERS``: the suite keeps both
-    cores of a 2-core runner busy (warm: 45 s against 78 s in one process; benchmarks/run_time.py). More is
-    opt-in: each process holds boards of its own, up to a 3 GiB one per variant it measures, and was not measured
-    past 2 cores.
-
-    With two processes, each job's timing depends on the other's. A spike the RAM watchdog's sampling misses is
-    still ``oom-killed`` (on the worker's own meter, ``OomEvidence.METER``). Before the workers' collector was
-    tamed, 1 of 6 runs with 2 processes saw mmap's RAM growth past the default chunk 6.9 MB (2.4 %) over its
-    declared bound; 6 of 6 runs after it passed. ``--workers 1`` keeps every job alone on the machine."""
-    import os
-
-    return max(1, min(DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
+    """One test process unless asked for more: a verdict that does not change with our parallelism is worth more
+    than the time. With two (pytest-xdist, one per core here), the main job takes 45 s warm and 58 s cold instead
+    of 78 s and 103 s (benchmarks/run_time.py, medians), but each job's timing and history then depend on the
+    other process. A spike the RAM watchdog's sampling misses is still ``oom-killed`` (on the worker's own meter,
+    ``OomEvidence.METER``); yet with two processes, in 1 of 6 runs before the workers' collector was tamed and in 1
+    of 13 after, mmap's RAM growth past the default chunk came out 6.9 and 7.8 MB over its declared bound (2.4 and
+    2.8 %; 289.5 MB from a 111 MB baseline), against 272.7-273.4 MB from 97-102 MB in 10 runs of that job alone,
+    beside busy cores or beside a whole second run. The cause is not found; it was never seen in one process."""
+    return 1
 
 
 def parallel_args(workers: int) -> list[str]:
