@@ -57,16 +57,14 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
     plans = plan_load(as_checkpoint(checkpoint), options)  # validation and selection come before the device
     out: dict[str, Tensor] = {}
     files: dict[Path, _Source] = {}
-    threads = copy_threads()
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="chunked-copy") if threads > 1 else None
+    slicer = _Slicer(copy_threads())
     try:
         for plan in plans:
             if plan.path not in files:
                 files[plan.path] = _Source.open(plan.path)
-            out[plan.name] = _load_one(files[plan.path], plan, device, options.chunk_bytes, pool)
+            out[plan.name] = _load_one(files[plan.path], plan, device, options.chunk_bytes, slicer)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)  # no copy may still write into a buffer once load returns or raises
+        slicer.close()  # no copy may still write into a buffer once load returns or raises
         for source in files.values():
             source.close()
     Device[device].synchronize()
@@ -107,8 +105,7 @@ class _Source:
         os.close(self.fd)
 
 
-def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int,
-              pool: ThreadPoolExecutor | None) -> Tensor:  # fmt: skip
+def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int, slicer: _Slicer) -> Tensor:
     tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
     source_type, size = numpy_dtype(plan.source_dtype), ITEMSIZE[plan.source_dtype]
     final_type, final_size = numpy_dtype(plan.final_dtype), ITEMSIZE[plan.final_dtype]
@@ -116,30 +113,41 @@ def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int,
         at = plan.offset + first * size
         with mapped_at(tensor, first * final_size, count * final_size) as dst:
             if dst is not None and not plan.converts:
-                _in_slices(count, count * size, partial(_read_slice, source, dst, at, size), pool)
+                slicer.run(count, count * size, partial(_read_slice, source, dst, at, size))
                 continue
             # The chunk as it is in the file: mapped page-cache pages (file-backed, reclaimable), not a copy.
             raw = np.frombuffer(source.mapped, dtype=source_type, count=count, offset=at)
             if dst is None:  # a device without mappable buffers: convert to a host chunk, then write it
                 write_at(tensor, first * final_size, host_convert(raw, plan.final_dtype))
             else:
-                _in_slices(count, count * size, partial(_convert_slice, raw, dst.view(final_type)), pool)
+                slicer.run(count, count * size, partial(_convert_slice, raw, dst.view(final_type)))
             del raw
     return tensor
 
 
-def _in_slices(count: int, nbytes: int, work: Callable[[int, int], None], pool: ThreadPoolExecutor | None) -> None:
-    """``work(a, b)`` over ``[0, count)`` elements (``nbytes`` of source): in one call, or in slices on ``pool``'s
-    threads when large."""
-    slices = 1 if pool is None else max(1, min(copy_threads(), nbytes // SLICE_BYTES))
-    if slices == 1:
-        work(0, count)
-        return
-    edges = [count * i // slices for i in range(slices + 1)]
-    parts = [pool.submit(work, a, b) for a, b in itertools.pairwise(edges)]
-    wait(parts)  # every slice has ended before the chunk is unmapped, even when one of them raised
-    for part in parts:
-        part.result()
+class _Slicer:
+    """Runs a chunk's work in one call, or in slices on up to ``threads`` threads when it is large. The threads
+    start at the first large chunk, so a load of small tensors starts none."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunked-copy") if threads > 1 else None
+
+    def run(self, count: int, nbytes: int, work: Callable[[int, int], None]) -> None:
+        """``work(a, b)`` over ``[0, count)`` elements, ``nbytes`` of source in all."""
+        slices = max(1, min(self.threads, nbytes // SLICE_BYTES))
+        if slices == 1 or self._pool is None:
+            work(0, count)
+            return
+        edges = [count * i // slices for i in range(slices + 1)]
+        parts = [self._pool.submit(work, a, b) for a, b in itertools.pairwise(edges)]
+        wait(parts)  # every slice has ended before the chunk is unmapped, even when one of them raised
+        for part in parts:
+            part.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _read_slice(source: _Source, dst: np.ndarray, at: int, size: int, a: int, b: int) -> None:
