@@ -12,6 +12,7 @@ import pytest
 from mali_hil.harness.checkpoints import get_model, make_checkpoint, node_keys
 from mali_hil.harness.oracles import expected_digests
 from mali_hil.harness.results import LoadResult, Status
+from tests.interrupt import interruptible
 
 pytest_plugins = ["pytester"]
 
@@ -112,28 +113,28 @@ def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) ->
 
     junit = tmp_path / "junit.xml"
     root = Path(__file__).resolve().parents[2]
-    run = subprocess.Popen([sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader",
-                            "tests.harness.odd_loaders:hangs", "--junitxml", str(junit), "--", "-k",
-                            "test_same_job_twice"], cwd=root, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    argv = [sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader", "tests.harness.odd_loaders:hangs",
+            "--junitxml", str(junit), "--", "-k", "test_same_job_twice"]  # fmt: skip
+    with interruptible(argv, cwd=root, start_new_session=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT) as run:  # fmt: skip
 
-    def workers() -> list[int]:
-        found = []
-        for pid in tree_pids(run.pid, living=True):
-            try:
-                if b"mali_hil.harness.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                pass
-        return found
+        def workers() -> list[int]:
+            found = []
+            for pid in tree_pids(run.pid, living=True):
+                try:
+                    if b"mali_hil.harness.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.append(pid)
+                except OSError:
+                    pass
+            return found
 
-    deadline = time.monotonic() + 120
-    while not (started := workers()):
-        assert run.poll() is None and time.monotonic() < deadline, "no worker started"
-        time.sleep(0.2)
-    time.sleep(3)  # the hanging job is running now
-    os.killpg(run.pid, signal.SIGINT)
-    output = run.communicate(timeout=90)[0].decode(errors="replace")
+        deadline = time.monotonic() + 120
+        while not (started := workers()):
+            assert run.poll() is None and time.monotonic() < deadline, "no worker started"
+            time.sleep(0.2)
+        time.sleep(3)  # the hanging job is running now
+        os.killpg(run.pid, signal.SIGINT)
+        output = run.communicate(timeout=90)[0].decode(errors="replace")
     assert junit.is_file() and "<testcase" in junit.read_text(), output[-3000:]
     time.sleep(1)
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]

@@ -26,6 +26,7 @@ from mali_hil.harness.results import Status
 from mali_hil.harness.transports.docker import CHECKPOINTS, OWNER_LABEL, DockerTransport, owner_label
 from tests.dockerd import Engine
 from tests.harness.test_ssh import _suite_verdicts
+from tests.interrupt import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARD = "mali-g52:512MiB"
@@ -177,14 +178,15 @@ def test_ctrl_c_mid_job_removes_the_container(image: BuiltImage, tmp_path: Path)
         "    device.close()\n"
         "    print('closed', flush=True)\n"
     )
-    harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=tmp_path)
-    assert harness.stdout is not None and harness.stdout.readline().strip() == b"started"
-    client = docker_client()
-    mine = {"label": f"{OWNER_LABEL}"}
-    assert [c for c in client.containers.list(filters=mine) if c.labels[OWNER_LABEL].split("/")[1] == str(harness.pid)]
-    time.sleep(2.0)  # inside the first job
-    harness.send_signal(signal.SIGINT)
-    out, _ = harness.communicate(timeout=90)
+    with interruptible([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=tmp_path) as harness:
+        assert harness.stdout is not None and harness.stdout.readline().strip() == b"started"
+        client = docker_client()
+        mine = {"label": f"{OWNER_LABEL}"}
+        assert [c for c in client.containers.list(filters=mine)
+                if c.labels[OWNER_LABEL].split("/")[1] == str(harness.pid)]  # fmt: skip
+        time.sleep(2.0)  # inside the first job
+        harness.send_signal(signal.SIGINT)
+        out, _ = harness.communicate(timeout=90)
     assert b"closed" in out and harness.returncode == 0
     left = [c for c in client.containers.list(all=True, filters=mine)
             if c.labels[OWNER_LABEL].split("/")[1] == str(harness.pid)]  # fmt: skip

@@ -28,6 +28,7 @@ from mali_hil.harness.results import Status
 from mali_hil.harness.transports.ssh import HostKeyError, SshError, SshTransport
 from mali_hil.harness.transports.ssh_target import SshTarget
 from tests.harness import odd_loaders
+from tests.interrupt import interruptible
 from tests.sshd import LoopbackBoard, sshd_available
 
 pytest_plugins = ["pytester"]
@@ -185,17 +186,17 @@ def test_ctrl_c_leaves_the_board_clean(board: LoopbackBoard, tiny: Path, tmp_pat
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-    deadline = time.monotonic() + 60
-    while not any("mali_hil.harness.worker" in line for line in board.board_processes()):
-        assert time.monotonic() < deadline, "the worker never started on the board"
-        time.sleep(0.1)
-    time.sleep(1.0)  # the job is running now
-    interrupted = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) != 0
-    assert time.monotonic() - interrupted < 15, "Ctrl-C took too long"
+    with interruptible([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 60
+        while not any("mali_hil.harness.worker" in line for line in board.board_processes()):
+            assert time.monotonic() < deadline, "the worker never started on the board"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the job is running now
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) != 0
+        assert time.monotonic() - interrupted < 15, "Ctrl-C took too long"
     deadline = time.monotonic() + 15
     while board.board_processes() and time.monotonic() < deadline:
         time.sleep(0.1)
