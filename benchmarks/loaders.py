@@ -109,38 +109,35 @@ def _best_time(run: Callable[[], object], repeats: int) -> float:
 
 
 def memcpy_bandwidth(nbytes: int, repeats: int, threads: int = 1) -> float:
-    """Bytes per second of a numpy copy between two pre-faulted arrays on ``threads`` threads, each copying its
-    own slice (best of ``repeats``). One thread is the goals' reference; more is what chunked's copy can reach."""
+    """Bytes per second of a numpy copy between two pre-faulted arrays on ``threads`` threads, sliced as chunked
+    slices a chunk (best of ``repeats``). One thread is the goals' reference; more is what chunked's copy can reach."""
     src = np.ones(nbytes, dtype=np.uint8)
     dst = np.zeros(nbytes, dtype=np.uint8)
     np.copyto(dst, src)  # fault every destination page in before timing
-    return nbytes / _best_time(lambda: _sliced(np.copyto, dst, src, threads), repeats)
+    return nbytes / _best_sliced_time(src, dst, threads, repeats)
 
 
 def bf16_to_fp16_bandwidth(nbytes: int, repeats: int, threads: int = 1) -> float:
-    """Source bytes per second of ml_dtypes' bf16 -> fp16 cast into a pre-faulted array on ``threads`` threads
-    (what the host-converting loaders call; chunked splits a chunk the same way)."""
+    """Source bytes per second of ml_dtypes' bf16 -> fp16 cast into a pre-faulted array on ``threads`` threads:
+    chunked's own conversion of a slice, sliced as chunked slices a chunk."""
     import ml_dtypes
 
     rng = np.random.default_rng(0)
     src = rng.standard_normal(nbytes // 2, dtype=np.float32).astype(ml_dtypes.bfloat16)
     dst = np.zeros(src.size, dtype=np.float16)
-
-    def cast(target: np.ndarray, source: np.ndarray) -> None:
-        np.copyto(target, source, casting="unsafe")
-
-    return nbytes / _best_time(lambda: _sliced(cast, dst, src, threads), repeats)
+    return nbytes / _best_sliced_time(src, dst, threads, repeats)
 
 
-def _sliced(copy: Callable[[np.ndarray, np.ndarray], None], dst: np.ndarray, src: np.ndarray, threads: int) -> None:
-    if threads <= 1:
-        copy(dst, src)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+def _best_sliced_time(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int) -> float:
+    from functools import partial
 
-    edges = [src.size * i // threads for i in range(threads + 1)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: copy(dst[edges[i] : edges[i + 1]], src[edges[i] : edges[i + 1]]), range(threads)))
+    from mali_hil.harness.loaders.chunked import Slicer, convert_slice
+
+    slicer = Slicer(threads)
+    try:
+        return _best_time(lambda: slicer.run(src.size, src.nbytes, partial(convert_slice, src, dst)), repeats)
+    finally:
+        slicer.close()
 
 
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; Python's mmap module names it only from 3.13 on

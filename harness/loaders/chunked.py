@@ -57,7 +57,7 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
     plans = plan_load(as_checkpoint(checkpoint), options)  # validation and selection come before the device
     out: dict[str, Tensor] = {}
     files: dict[Path, _Source] = {}
-    slicer = _Slicer(copy_threads())
+    slicer = Slicer(copy_threads())
     try:
         for plan in plans:
             if plan.path not in files:
@@ -72,9 +72,9 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
 
 
 class _Source:
-    """A checkpoint file, open twice: a descriptor to read unconverted chunks with ``preadv`` (from the page cache
+    """A checkpoint file, read two ways: its descriptor for unconverted chunks, with ``preadv`` (from the page cache
     straight into the device range: no page of the file is mapped, so no page-table entry is set up for it, which
-    made copies from the map 1.5x slower), and a map of it for chunks that are converted as they are read."""
+    made copies from the map 1.5x slower), and a map of it for the chunks converted as they are read."""
 
     def __init__(self, path: Path, fd: int, mapped: mmap.mmap) -> None:
         self.path, self.fd, self.mapped = path, fd, mapped
@@ -105,7 +105,7 @@ class _Source:
         os.close(self.fd)
 
 
-def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int, slicer: _Slicer) -> Tensor:
+def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int, slicer: Slicer) -> Tensor:
     tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
     source_type, size = numpy_dtype(plan.source_dtype), ITEMSIZE[plan.source_dtype]
     final_type, final_size = numpy_dtype(plan.final_dtype), ITEMSIZE[plan.final_dtype]
@@ -120,12 +120,12 @@ def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int, 
             if dst is None:  # a device without mappable buffers: convert to a host chunk, then write it
                 write_at(tensor, first * final_size, host_convert(raw, plan.final_dtype))
             else:
-                slicer.run(count, count * size, partial(_convert_slice, raw, dst.view(final_type)))
+                slicer.run(count, count * size, partial(convert_slice, raw, dst.view(final_type)))
             del raw
     return tensor
 
 
-class _Slicer:
+class Slicer:
     """Runs a chunk's work in one call, or in slices on up to ``threads`` threads when it is large. The threads
     start at the first large chunk, so a load of small tensors starts none."""
 
@@ -154,7 +154,8 @@ def _read_slice(source: _Source, dst: np.ndarray, at: int, size: int, a: int, b:
     source.read_into(dst[a * size : b * size], at + a * size)
 
 
-def _convert_slice(source: np.ndarray, target: np.ndarray, a: int, b: int) -> None:
+def convert_slice(source: np.ndarray, target: np.ndarray, a: int, b: int) -> None:
+    """``target[a:b] = source[a:b]``, converted to ``target``'s dtype (one slice of a chunk)."""
     source, target = source[a:b], target[a:b]
     with np.errstate(over="ignore", invalid="ignore"):  # bf16 >= 65536 becomes inf by design
         np.copyto(target, source, casting="unsafe")
