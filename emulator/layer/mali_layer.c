@@ -8,7 +8,8 @@
  *      layer fails the way the profiled driver fails: an error from clCreate*, an error at the next enqueue,
  *      or SIGKILL, as the Linux OOM killer ends a process on a unified-memory board; or, for a driver whose
  *      global memory is no limit (oom_trigger=ram: libmali), not at all, leaving it to the board's RAM. A new
- *      buffer's pages are committed before clCreateBuffer returns, so device memory is RAM from its allocation.
+ *      buffer gets pages of its own, committed before clCreateBuffer returns and unmapped when the buffer dies,
+ *      so device memory is RAM from its allocation to its release, as on a board (see create_buffer).
  *   3. honesty: a profile's extension is advertised only if the backend (or the layer) honours it, e.g.
  *      cl_khr_fp16 only if PoCL can really compile half arithmetic; no bf16 extension is ever advertised and a
  *      source naming __bf16 fails to build as on a Mali; a local work size above the profile's limits fails at
@@ -572,92 +573,119 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
  * (no fault per page); a kernel without MADV_POPULATE_WRITE gets one read-and-write-back per page instead.
  * Large buffers are offered transparent huge pages first, as Arm's kernel driver can back allocations with 2 MiB
  * pages: committing then costs what the board pays, zeroing the memory, rather than one fault per 4 KiB, which
- * on a virtual machine (a trap to the host per page it has not backed yet) ran 5-20x slower than a memset. */
-static void populate(char *p, size_t size)
+ * on a virtual machine (a trap to the host per page it has not backed yet) ran 5-20x slower than a memset. The
+ * advice stays on the mapping, so it is given only to mappings the layer owns. Returns -1 when the kernel
+ * cannot supply the pages. */
+static int populate(char *p, size_t size)
 {
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)p & ~(page - 1);
     uintptr_t end = ((uintptr_t)p + size + page - 1) & ~(page - 1);
     if (size >= HUGE_PAGE)
         madvise((void *)start, end - start, MADV_HUGEPAGE); /* advice only: the kernel's THP policy decides */
     if (madvise((void *)start, end - start, MADV_POPULATE_WRITE) == 0)
-        return;
+        return 0;
+    if (errno != EINVAL) /* EINVAL: a kernel older than 5.14; anything else: no pages to be had */
+        return -1;
     for (volatile char *q = p; q < p + size; q = (volatile char *)(((uintptr_t)q + page) & ~(page - 1)))
         *q = *q;
+    return 0;
 }
 
-/* A Mali driver takes (and zeroes) a buffer's pages when the buffer is allocated, so on the board they are RAM
- * from then on. PoCL only reserves address space and Linux commits each page at its first write, which made
- * RAM peaks and OOM verdicts depend on when PoCL's queue got round to writing. So a new buffer's pages are
- * committed before clCreateBuffer returns: mapped (blocking) on a private queue (PoCL's CPU device maps its own
- * storage: no copy), populated, unmapped; a buffer the host may not map is filled with zeros instead. Skipped:
- * USE_HOST_PTR (the application's own memory), COPY_HOST_PTR (PoCL copies the data in at creation, which
- * commits it), objects enqueue-error lets live beyond the cap (every use of them fails), and buffers under
- * COMMIT_MIN: the queue round trips cost ~14 us per buffer, PoCL carves such buffers from the heap (pages mostly
- * resident already), and at most COMMIT_MIN per live small buffer goes uncounted. A buffer that cannot be
- * committed is released and its creation fails with the backend's error, as a driver short of pages fails. */
+/* A Mali driver takes a buffer's pages from the kernel (zeroed) when the buffer is allocated, and gives them back
+ * when it is freed. PoCL's CPU device takes storage from malloc, which differs twice: Linux commits each page
+ * only at its first write (RAM peaks and OOM verdicts then depended on when PoCL's queue got round to writing),
+ * and once glibc's mmap threshold has risen past a freed block's size (it follows freed blocks up to 32 MiB),
+ * later buffers come from the heap, whose pages stay in the process after the buffer is released and are mixed
+ * with the application's own objects (measured: RssAnon kept every freed buffer of a second round of 3-30 MiB
+ * buffers; a job's RAM growth then depended on what earlier jobs had left in the heap). So the layer gives each
+ * buffer of COMMIT_MIN or more storage of its own, as a driver does: an anonymous mapping, populated before
+ * clCreateBuffer returns, handed to PoCL as CL_MEM_USE_HOST_PTR (PoCL's CPU device computes in that memory: no
+ * copy) and unmapped when PoCL destroys the object (a destructor callback, the spec's signal that host_ptr may
+ * go). Left to PoCL: USE_HOST_PTR (the application's own memory), objects enqueue-error lets live beyond the
+ * cap (every use of them fails), and buffers under COMMIT_MIN, of which at most COMMIT_MIN each may go
+ * uncommitted. A buffer whose pages cannot be had fails to create, as a driver short of pages fails. The
+ * application still sees the flags it asked for (l_clGetMemObjectInfo). */
 #define COMMIT_MIN (64u << 10)
-/* The private queue commits run on: one, for the context of the latest buffer, as creating a queue per buffer
- * cost ~10 us. Holding it keeps that one context alive until a buffer of another context comes, or until the
- * program drops what would otherwise be the context's last reference (l_clReleaseContext). */
-static pthread_mutex_t g_commit_lock = PTHREAD_MUTEX_INITIALIZER;
-static cl_context g_commit_ctx;
-static cl_command_queue g_commit_queue;
 
-static cl_command_queue commit_queue_locked(cl_context c, cl_int *rc)
-{
-    cl_device_id devs[8];
-    if (c == g_commit_ctx && g_commit_queue)
-        return g_commit_queue;
-    if (g_commit_queue)
-        next.clReleaseCommandQueue(g_commit_queue);
-    g_commit_ctx = NULL;
-    *rc = next.clGetContextInfo(c, CL_CONTEXT_DEVICES, sizeof devs, devs, NULL);
-    g_commit_queue = *rc == CL_SUCCESS ? next.clCreateCommandQueue(c, devs[0], 0, rc) : NULL;
-    g_commit_ctx = g_commit_queue ? c : NULL;
-    return g_commit_queue;
-}
+struct owned { /* storage the layer gave a buffer: the flags the application asked for, and what to unmap */
+    cl_mem mem;
+    cl_mem_flags flags;
+    void *storage;
+    size_t size;
+    struct owned *next;
+};
+static struct owned *g_owned; /* a short list: only clGetMemObjectInfo's two answers and destruction search it */
+static pthread_mutex_t g_owned_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static cl_int CL_API_CALL l_clReleaseContext(cl_context c)
+static void CL_CALLBACK on_storage_free(cl_mem mem, void *data)
 {
-    cl_uint refs = 0;
-    pthread_mutex_lock(&g_commit_lock);
-    if (c == g_commit_ctx &&
-        next.clGetContextInfo(c, CL_CONTEXT_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS && refs <= 2) {
-        next.clReleaseCommandQueue(g_commit_queue); /* the program's reference and our queue's are all there is */
-        g_commit_queue = NULL;
-        g_commit_ctx = NULL;
-    }
-    pthread_mutex_unlock(&g_commit_lock);
-    return next.clReleaseContext(c);
-}
-
-static cl_mem commit_pages(cl_context c, cl_mem_flags f, size_t size, uint64_t ticket, cl_mem mem, cl_int *err)
-{
-    cl_int rc = CL_SUCCESS;
-    if (!mem || size < COMMIT_MIN || (ticket & OVER_BIT) || (f & (CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR)))
-        return mem;
-    pthread_mutex_lock(&g_commit_lock);
-    cl_command_queue q = commit_queue_locked(c, &rc);
-    if (q && (f & (CL_MEM_HOST_NO_ACCESS | CL_MEM_HOST_READ_ONLY))) {
-        const cl_uchar zero = 0;
-        rc = next.clEnqueueFillBuffer(q, mem, &zero, 1, 0, size, 0, NULL, NULL);
-    } else if (q) {
-        char *p = next.clEnqueueMapBuffer(q, mem, CL_TRUE, CL_MAP_WRITE_INVALIDATE_REGION, 0, size, 0, NULL, NULL,
-                                          &rc);
-        if (p) {
-            populate(p, size);
-            rc = next.clEnqueueUnmapMemObject(q, mem, p, 0, NULL, NULL);
+    struct owned *o = data;
+    (void)mem;
+    pthread_mutex_lock(&g_owned_lock);
+    for (struct owned **p = &g_owned; *p; p = &(*p)->next)
+        if (*p == o) {
+            *p = o->next;
+            break;
         }
+    pthread_mutex_unlock(&g_owned_lock);
+    munmap(o->storage, o->size);
+    free(o);
+}
+
+/* Pages for a buffer of `size` bytes, committed (and holding `copy` if not NULL), or NULL with *err set. */
+static void *own_storage(size_t size, const void *copy, cl_int *err)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED && populate(p, size) == 0) {
+        if (copy)
+            memcpy(p, copy, size);
+        return p;
     }
-    if (q) {
-        cl_int done = next.clFinish(q);
-        rc = rc == CL_SUCCESS ? done : rc;
+    if (p != MAP_FAILED)
+        munmap(p, size);
+    *err = CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    return NULL;
+}
+
+typedef cl_mem (*create_fn)(cl_context, const cl_mem_properties *, cl_mem_flags, size_t, void *, cl_int *);
+
+static cl_mem create_plain(cl_context c, const cl_mem_properties *p, cl_mem_flags f, size_t size, void *host,
+                           cl_int *err)
+{
+    (void)p;
+    return next.clCreateBuffer(c, f, size, host, err);
+}
+
+/* clCreateBuffer(WithProperties) with the layer's own storage where the comment above says so. */
+static cl_mem create_buffer(create_fn create, cl_context c, const cl_mem_properties *props, cl_mem_flags f,
+                            size_t size, void *host, uint64_t ticket, cl_int *err)
+{
+    const cl_mem_flags host_flags = CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR | CL_MEM_ALLOC_HOST_PTR;
+    int copies = (f & CL_MEM_COPY_HOST_PTR) != 0;
+    /* malformed requests (a host pointer without its flag, or the reverse) go to PoCL for its own error */
+    if (size < COMMIT_MIN || (ticket & OVER_BIT) || (f & CL_MEM_USE_HOST_PTR) || (copies != (host != NULL)))
+        return create(c, props, f, size, host, err);
+    struct owned *o = calloc(1, sizeof *o);
+    void *storage = o ? own_storage(size, host, err) : NULL;
+    if (!o)
+        *err = CL_OUT_OF_HOST_MEMORY;
+    cl_mem mem = storage ? create(c, props, (f & ~host_flags) | CL_MEM_USE_HOST_PTR, size, storage, err) : NULL;
+    if (mem) {
+        *o = (struct owned){mem, f, storage, size, NULL};
+        if (next.clSetMemObjectDestructorCallback(mem, on_storage_free, o) == CL_SUCCESS) {
+            pthread_mutex_lock(&g_owned_lock);
+            o->next = g_owned;
+            g_owned = o;
+            pthread_mutex_unlock(&g_owned_lock);
+            return mem;
+        }
+        next.clReleaseMemObject(mem); /* nothing would ever unmap its storage */
+        mem = NULL;
+        *err = CL_OUT_OF_HOST_MEMORY;
     }
-    pthread_mutex_unlock(&g_commit_lock);
-    if (rc == CL_SUCCESS)
-        return mem;
-    next.clReleaseMemObject(mem);
-    *err = rc;
+    if (storage)
+        munmap(storage, size);
+    free(o);
     return NULL;
 }
 
@@ -665,14 +693,36 @@ static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t 
                                            cl_int *errcode_ret)
 {
     /* ticket_ is CREATE_COUNTED's: whether this object lives beyond the cap */
-    CREATE_COUNTED(size, 1, commit_pages(c, f, size, ticket_, next.clCreateBuffer(c, f, size, host, &err_), &err_));
+    CREATE_COUNTED(size, 1, create_buffer(create_plain, c, NULL, f, size, host, ticket_, &err_));
 }
 
 static cl_mem CL_API_CALL l_clCreateBufferWithProperties(cl_context c, const cl_mem_properties *p, cl_mem_flags f,
                                                          size_t size, void *host, cl_int *errcode_ret)
 {
-    CREATE_COUNTED(size, 1, commit_pages(c, f, size, ticket_,
-                                         next.clCreateBufferWithProperties(c, p, f, size, host, &err_), &err_));
+    CREATE_COUNTED(size, 1, create_buffer(next.clCreateBufferWithProperties, c, p, f, size, host, ticket_, &err_));
+}
+
+/* A buffer on the layer's storage answers with the flags and host pointer it was created with. */
+static cl_int CL_API_CALL l_clGetMemObjectInfo(cl_mem mem, cl_mem_info param, size_t size, void *value,
+                                               size_t *size_ret)
+{
+    if (param == CL_MEM_FLAGS || param == CL_MEM_HOST_PTR) {
+        cl_mem_flags flags = 0;
+        void *host = NULL; /* the spec's CL_MEM_HOST_PTR for a buffer not made with USE_HOST_PTR */
+        int found = 0;
+        pthread_mutex_lock(&g_owned_lock);
+        for (struct owned *o = g_owned; o && !found; o = o->next)
+            if (o->mem == mem) {
+                flags = o->flags;
+                found = 1;
+            }
+        pthread_mutex_unlock(&g_owned_lock);
+        if (found && param == CL_MEM_FLAGS)
+            return answer(&flags, sizeof flags, size, value, size_ret);
+        if (found)
+            return answer(&host, sizeof host, size, value, size_ret);
+    }
+    return next.clGetMemObjectInfo(mem, param, size, value, size_ret);
 }
 
 static uint64_t pixel_bytes(const cl_image_format *fmt)
@@ -1301,7 +1351,7 @@ static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
     HOOK(clEnqueueCopyBufferToImage); HOOK(clEnqueueMapBuffer); HOOK(clEnqueueMapImage);
     HOOK(clBuildProgram); HOOK(clCompileProgram); HOOK(clGetProgramBuildInfo); HOOK(clReleaseProgram);
     HOOK(clGetKernelWorkGroupInfo);
-    HOOK(clReleaseContext); /* gives up the private commit queue with the context (see commit_queue_locked) */
+    HOOK(clGetMemObjectInfo);
     return 0;
 }
 
