@@ -544,10 +544,12 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
     return mem;
 }
 
-/* What every storage-creating entry point shares: admit, let PoCL create, settle. */
+/* What every storage-creating entry point shares: admit, let PoCL create, settle. `call` may hand over storage
+ * of the layer's own in owned_ (create_buffer), to be unmapped when the object dies. */
 #define CREATE_COUNTED(bytes, is_buffer, call)                                                             \
     do {                                                                                                    \
         uint64_t ticket_ = 0;                                                                               \
+        struct owned *owned_ = NULL;                                                                        \
         cl_int rc_ = admit((bytes), (is_buffer), &ticket_), err_ = CL_SUCCESS;                              \
         if (rc_ != CL_SUCCESS) {                                                                            \
             if (errcode_ret)                                                                                \
@@ -555,8 +557,10 @@ static cl_mem settle_create(cl_mem mem, cl_int err, uint64_t ticket, cl_int *err
             publish_stats(); /* a refusal counts too */                                                     \
             return NULL;                                                                                    \
         }                                                                                                   \
-        cl_mem mem_ = call; /* sets err_ */                                                                 \
+        cl_mem mem_ = call; /* sets err_, and owned_ if it gave the object storage */                       \
         mem_ = settle_create(mem_, err_, ticket_, errcode_ret);                                             \
+        if (owned_)                                                                                         \
+            mem_ = keep_storage(mem_, owned_, errcode_ret);                                                 \
         publish_stats();                                                                                    \
         return mem_;                                                                                        \
     } while (0)
@@ -617,6 +621,7 @@ struct owned { /* storage the layer gave a buffer: the flags the application ask
 static struct owned *g_owned; /* a short list: only clGetMemObjectInfo's two answers and destruction search it */
 static pthread_mutex_t g_owned_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Registered after on_destroyed, so it runs first (newest first): the pages are gone before the counters say so. */
 static void CL_CALLBACK on_storage_free(cl_mem mem, void *data)
 {
     struct owned *o = data;
@@ -630,6 +635,26 @@ static void CL_CALLBACK on_storage_free(cl_mem mem, void *data)
     pthread_mutex_unlock(&g_owned_lock);
     munmap(o->storage, o->size);
     free(o);
+}
+
+/* Ties storage from create_buffer to its object; NULL (the object released, the storage unmapped) if it cannot. */
+static cl_mem keep_storage(cl_mem mem, struct owned *o, cl_int *errcode_ret)
+{
+    if (mem && next.clSetMemObjectDestructorCallback(mem, on_storage_free, o) == CL_SUCCESS) {
+        pthread_mutex_lock(&g_owned_lock);
+        o->next = g_owned;
+        g_owned = o;
+        pthread_mutex_unlock(&g_owned_lock);
+        return mem;
+    }
+    if (mem) {
+        next.clReleaseMemObject(mem); /* nothing would ever unmap its storage; no command uses it yet */
+        if (errcode_ret)
+            *errcode_ret = CL_OUT_OF_HOST_MEMORY;
+    }
+    munmap(o->storage, o->size);
+    free(o);
+    return NULL;
 }
 
 /* Pages for a buffer of `size` bytes, committed (and holding `copy` if not NULL), or NULL with *err set. */
@@ -656,9 +681,10 @@ static cl_mem create_plain(cl_context c, const cl_mem_properties *p, cl_mem_flag
     return next.clCreateBuffer(c, f, size, host, err);
 }
 
-/* clCreateBuffer(WithProperties) with the layer's own storage where the comment above says so. */
+/* clCreateBuffer(WithProperties) with the layer's own storage where the comment above says so; that storage is
+ * handed back in *owned for CREATE_COUNTED to tie to the object once it is counted. */
 static cl_mem create_buffer(create_fn create, cl_context c, const cl_mem_properties *props, cl_mem_flags f,
-                            size_t size, void *host, uint64_t ticket, cl_int *err)
+                            size_t size, void *host, uint64_t ticket, cl_int *err, struct owned **owned)
 {
     const cl_mem_flags host_flags = CL_MEM_USE_HOST_PTR | CL_MEM_COPY_HOST_PTR | CL_MEM_ALLOC_HOST_PTR;
     int copies = (f & CL_MEM_COPY_HOST_PTR) != 0;
@@ -672,16 +698,8 @@ static cl_mem create_buffer(create_fn create, cl_context c, const cl_mem_propert
     cl_mem mem = storage ? create(c, props, (f & ~host_flags) | CL_MEM_USE_HOST_PTR, size, storage, err) : NULL;
     if (mem) {
         *o = (struct owned){mem, f, storage, size, NULL};
-        if (next.clSetMemObjectDestructorCallback(mem, on_storage_free, o) == CL_SUCCESS) {
-            pthread_mutex_lock(&g_owned_lock);
-            o->next = g_owned;
-            g_owned = o;
-            pthread_mutex_unlock(&g_owned_lock);
-            return mem;
-        }
-        next.clReleaseMemObject(mem); /* nothing would ever unmap its storage */
-        mem = NULL;
-        *err = CL_OUT_OF_HOST_MEMORY;
+        *owned = o;
+        return mem;
     }
     if (storage)
         munmap(storage, size);
@@ -693,13 +711,14 @@ static cl_mem CL_API_CALL l_clCreateBuffer(cl_context c, cl_mem_flags f, size_t 
                                            cl_int *errcode_ret)
 {
     /* ticket_ is CREATE_COUNTED's: whether this object lives beyond the cap */
-    CREATE_COUNTED(size, 1, create_buffer(create_plain, c, NULL, f, size, host, ticket_, &err_));
+    CREATE_COUNTED(size, 1, create_buffer(create_plain, c, NULL, f, size, host, ticket_, &err_, &owned_));
 }
 
 static cl_mem CL_API_CALL l_clCreateBufferWithProperties(cl_context c, const cl_mem_properties *p, cl_mem_flags f,
                                                          size_t size, void *host, cl_int *errcode_ret)
 {
-    CREATE_COUNTED(size, 1, create_buffer(next.clCreateBufferWithProperties, c, p, f, size, host, ticket_, &err_));
+    CREATE_COUNTED(size, 1, create_buffer(next.clCreateBufferWithProperties, c, p, f, size, host, ticket_, &err_,
+                                            &owned_));
 }
 
 /* A buffer on the layer's storage answers with the flags and host pointer it was created with. */
