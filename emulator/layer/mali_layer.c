@@ -218,9 +218,13 @@ _Static_assert(sizeof(void *) == sizeof(uint64_t), "the ticket rides in a pointe
 
 /* Late deaths. PoCL marks a command complete (so clFinish returns) and only then, on its worker thread, drops
  * the command's references to its buffers: a buffer the program released while a command still used it dies a
- * few microseconds AFTER clFinish. Counter readers and over-cap decisions wait for such deaths (bounded), so
- * they see what the program may expect after clFinish, and no allocation fails for memory being freed. */
+ * few microseconds AFTER clFinish (milliseconds when the cores are busy). Counter readers and over-cap decisions
+ * wait for such deaths (bounded), so they see what the program may expect after clFinish, and no allocation fails
+ * for memory being freed; so does a release made when every queue is finished (queues_idle), so that the program's
+ * next buffer never lives beside one it freed. */
 #define SETTLE_TIMEOUT_NS 1000000000L /* generous: a loaded CI machine can leave PoCL's thread unscheduled */
+/* A release waits less: what outlives it that long is held by the program itself (a retain, a sub-buffer). */
+#define RELEASE_SETTLE_TIMEOUT_NS 250000000L
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the late-death state only */
 static pthread_cond_t g_settled = PTHREAD_COND_INITIALIZER;
 static uint64_t g_late_pending, g_late_epoch;
@@ -229,14 +233,14 @@ static __thread uint64_t t_late_done, t_late_epoch; /* handed from on_late_destr
 
 /* Waits, with g_lock held, until late deaths have landed. Timing out means something real still holds the
  * object (a running kernel, a live sub-buffer); a new epoch then stops anyone from waiting for it again. */
-static void settle_locked(void)
+static void settle_locked(long timeout_ns)
 {
     struct timespec deadline;
     if (!g_late_pending)
         return;
     clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += SETTLE_TIMEOUT_NS / 1000000000L;
-    deadline.tv_nsec += SETTLE_TIMEOUT_NS % 1000000000L;
+    deadline.tv_sec += timeout_ns / 1000000000L;
+    deadline.tv_nsec += timeout_ns % 1000000000L;
     deadline.tv_sec += deadline.tv_nsec / 1000000000L;
     deadline.tv_nsec %= 1000000000L;
     while (g_late_pending)
@@ -246,11 +250,89 @@ static void settle_locked(void)
         }
 }
 
-static void settle(void)
+static void settle(long timeout_ns)
 {
     pthread_mutex_lock(&g_lock);
-    settle_locked();
+    settle_locked(timeout_ns);
     pthread_mutex_unlock(&g_lock);
+}
+
+/* Whether every queue has been finished since its last command. Then a buffer the program releases is in use by
+ * nothing, and a driver frees it at once, while PoCL drops its last reference only later on its own thread:
+ * l_clReleaseMemObject waits for that death, so neither the counters nor the RAM see the released buffer and the
+ * program's next one alive together. A buffer released while commands may still use it is left to die when they
+ * end, as on a board. Tracked per queue in a small table; a program with more queues than it holds is never
+ * taken to be idle (no waiting, as before). Commands are counted where the layer hooks them (every buffer,
+ * image, map and kernel enqueue); markers, barriers and migrations hold no buffer past their own completion. */
+#define QUEUE_SLOTS 16
+static struct { cl_command_queue q; uint64_t enqueued, finished; } g_queues[QUEUE_SLOTS];
+static int g_queues_overflow;
+static pthread_mutex_t g_queue_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int queue_slot_locked(cl_command_queue q)
+{
+    int free_slot = -1;
+    for (int i = 0; i < QUEUE_SLOTS; i++) {
+        if (g_queues[i].q == q)
+            return i;
+        if (!g_queues[i].q && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot < 0)
+        g_queues_overflow = 1;
+    else
+        g_queues[free_slot].q = q, g_queues[free_slot].enqueued = g_queues[free_slot].finished = 0;
+    return free_slot;
+}
+
+static void enqueued(cl_command_queue q)
+{
+    pthread_mutex_lock(&g_queue_lock);
+    int i = queue_slot_locked(q);
+    if (i >= 0)
+        g_queues[i].enqueued++;
+    pthread_mutex_unlock(&g_queue_lock);
+}
+
+static int queues_idle(void)
+{
+    int idle = 1;
+    pthread_mutex_lock(&g_queue_lock);
+    for (int i = 0; i < QUEUE_SLOTS && idle; i++)
+        idle = !g_queues[i].q || g_queues[i].finished >= g_queues[i].enqueued;
+    idle = idle && !g_queues_overflow;
+    pthread_mutex_unlock(&g_queue_lock);
+    return idle;
+}
+
+static cl_int CL_API_CALL l_clFinish(cl_command_queue q)
+{
+    pthread_mutex_lock(&g_queue_lock);
+    int i = queue_slot_locked(q);
+    uint64_t upto = i >= 0 ? g_queues[i].enqueued : 0; /* commands enqueued while it waits are not covered */
+    pthread_mutex_unlock(&g_queue_lock);
+    cl_int rc = next.clFinish(q);
+    if (rc == CL_SUCCESS && i >= 0) {
+        pthread_mutex_lock(&g_queue_lock);
+        if (g_queues[i].q == q && g_queues[i].finished < upto)
+            g_queues[i].finished = upto;
+        pthread_mutex_unlock(&g_queue_lock);
+    }
+    return rc;
+}
+
+static cl_int CL_API_CALL l_clReleaseCommandQueue(cl_command_queue q)
+{
+    cl_uint refs = 0;
+    if (next.clGetCommandQueueInfo(q, CL_QUEUE_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS &&
+        refs == 1) { /* its last reference: PoCL finishes its commands, and its address may come back */
+        pthread_mutex_lock(&g_queue_lock);
+        for (int i = 0; i < QUEUE_SLOTS; i++)
+            if (g_queues[i].q == q)
+                g_queues[i].q = NULL;
+        pthread_mutex_unlock(&g_queue_lock);
+    }
+    return next.clReleaseCommandQueue(q);
 }
 
 /* ---- stats ------------------------------------------------------------------------------------------- */
@@ -299,7 +381,7 @@ EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
     struct mali_hil_stats s;
     if (!out)
         return -1;
-    settle();
+    settle(SETTLE_TIMEOUT_NS);
     fill_stats(&s);
     memcpy(out, &s, size < sizeof s ? size : sizeof s);
     return (int)sizeof s;
@@ -355,7 +437,7 @@ static void open_live_stats(void)
 /* Starts a new measurement: peak restarts from what is live now; event counters restart from zero. */
 EXPORT void mali_hil_layer_reset(void)
 {
-    settle();
+    settle(SETTLE_TIMEOUT_NS);
     for (int i = 0; i < NEVENTS; i++)
         __atomic_store_n(&g.base[i], LOAD(g.events[i]), __ATOMIC_RELAXED);
     __atomic_store_n(&g.peak, LOAD(g.used), __ATOMIC_RELAXED);
@@ -434,7 +516,7 @@ static cl_int admit(uint64_t bytes, int is_buffer, uint64_t *ticket)
     }
     if (try_reserve(bytes))
         return CL_SUCCESS;
-    settle(); /* memory being freed right now is not missing memory */
+    settle(SETTLE_TIMEOUT_NS); /* memory being freed right now is not missing memory */
     if (try_reserve(bytes))
         return CL_SUCCESS;
     __atomic_store_n(&g_last_refused, bytes, __ATOMIC_RELAXED);
@@ -495,6 +577,7 @@ static cl_int CL_API_CALL l_clReleaseMemObject(cl_mem mem)
 {
     cl_uint refs = 0;
     cl_mem parent = NULL;
+    int late = 0;
     if (next.clGetMemObjectInfo(mem, CL_MEM_REFERENCE_COUNT, sizeof refs, &refs, NULL) == CL_SUCCESS && refs > 1 &&
         next.clGetMemObjectInfo(mem, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL) == CL_SUCCESS &&
         !parent) {
@@ -508,9 +591,14 @@ static cl_int CL_API_CALL l_clReleaseMemObject(cl_mem mem)
             pthread_mutex_lock(&g_lock);
             g_late_pending -= epoch == g_late_epoch && g_late_pending;
             pthread_mutex_unlock(&g_lock);
+        } else {
+            late = 1;
         }
     }
-    return next.clReleaseMemObject(mem);
+    cl_int rc = next.clReleaseMemObject(mem);
+    if (rc == CL_SUCCESS && late && queues_idle())
+        settle(RELEASE_SETTLE_TIMEOUT_NS); /* in use by nothing: PoCL drops its reference in moments */
+    return rc;
 }
 
 static void raise_peak(void)
@@ -833,13 +921,18 @@ static inline int overcommitted(void) { return __atomic_load_n(&g_over_alive, __
 #define GATED(name, params, args)                                                                           \
     static cl_int CL_API_CALL l_##name params                                                               \
     {                                                                                                       \
-        return overcommitted() ? (cl_int)cfg.oom_error : next.name args;                                    \
+        if (overcommitted())                                                                                \
+            return (cl_int)cfg.oom_error;                                                                   \
+        enqueued(q);                                                                                        \
+        return next.name args;                                                                              \
     }
 #define GATED_MAP(name, params, args)                                                                       \
     static void *CL_API_CALL l_##name params                                                                \
     {                                                                                                       \
-        if (!overcommitted())                                                                               \
+        if (!overcommitted()) {                                                                             \
+            enqueued(q);                                                                                    \
             return next.name args;                                                                          \
+        }                                                                                                   \
         if (errcode_ret)                                                                                    \
             *errcode_ret = (cl_int)cfg.oom_error;                                                           \
         return NULL;                                                                                        \
@@ -860,7 +953,16 @@ static cl_int CL_API_CALL l_clEnqueueNDRangeKernel(Q q, cl_kernel k, cl_uint dim
     }
     if (lws && total > cfg.max_work_group_size)
         return CL_INVALID_WORK_GROUP_SIZE;
-    return overcommitted() ? (cl_int)cfg.oom_error : next.clEnqueueNDRangeKernel(q, k, dim, off, gws, lws, nw, wl, ev);
+    if (overcommitted())
+        return (cl_int)cfg.oom_error;
+    enqueued(q);
+    return next.clEnqueueNDRangeKernel(q, k, dim, off, gws, lws, nw, wl, ev);
+}
+
+static cl_int CL_API_CALL l_clEnqueueUnmapMemObject(Q q, cl_mem m, void *p, WAIT)
+{
+    enqueued(q);
+    return next.clEnqueueUnmapMemObject(q, m, p, nw, wl, ev);
 }
 
 /* A kernel's largest work group is at most the device's: clients size their launches from it. */
@@ -1370,7 +1472,7 @@ static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
     HOOK(clEnqueueCopyBufferToImage); HOOK(clEnqueueMapBuffer); HOOK(clEnqueueMapImage);
     HOOK(clBuildProgram); HOOK(clCompileProgram); HOOK(clGetProgramBuildInfo); HOOK(clReleaseProgram);
     HOOK(clGetKernelWorkGroupInfo);
-    HOOK(clGetMemObjectInfo);
+    HOOK(clGetMemObjectInfo); HOOK(clFinish); HOOK(clReleaseCommandQueue); HOOK(clEnqueueUnmapMemObject);
     return 0;
 }
 

@@ -11,6 +11,7 @@ inside its enqueue call; the default ``pthread`` device runs them later on its o
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -117,7 +118,42 @@ ROUNDS_RELEASED = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path: Path, spec: str, script: str, *args: int, env: dict[str, str] | None = None) -> BoardRun:
+# Loads a checkpoint with the mmap loader `rounds` times, as a warm worker does, and reports each load's device peak
+# (the layer's counter) and its RAM growth (RssAnon, sampled every 0.5 ms). mmap frees each (source, target) pair's
+# staging right after a clFinish and allocates the next pair's at once.
+LOADS_BACK_TO_BACK = textwrap.dedent("""
+    import gc, json, sys, threading, time
+    from tinygrad import Device
+    from mali_hil.emulator.stats import read_layer_stats, reset_layer_stats
+    from mali_hil.harness.loaders import LoadOptions, get_loader
+    def rss():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
+    checkpoint, rounds, loader = sys.argv[1], int(sys.argv[2]), get_loader("mmap")
+    figures = []
+    for _ in range(rounds):
+        gc.collect()
+        base, peak, done = rss(), [0], threading.Event()
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.0005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        tensors = loader.load(checkpoint, "CL", LoadOptions())
+        Device["CL"].synchronize()
+        done.set()
+        sampler.join()
+        figures.append([read_layer_stats().peak_bytes, max(peak[0], rss()) - base])
+        tensors.clear()
+        gc.collect()
+        Device["CL"].allocator.free_cache()
+        reset_layer_stats()
+    print(json.dumps({"figures": figures}), flush=True)
+""")
+
+
+def _run(tmp_path: Path, spec: str, script: str, *args: int | str, env: dict[str, str] | None = None) -> BoardRun:
     path = tmp_path / "job.py"
     path.write_text(script, encoding="utf-8")
     argv = [sys.executable, str(path), *map(str, args)]
@@ -181,3 +217,30 @@ def test_a_released_buffer_gives_its_ram_back_and_keeps_the_flags_it_was_asked_f
     for name, (flags, asked, host_ptr) in report["answers"].items():
         assert (flags, host_ptr) == (asked, None), f"{name}: flags {flags:#x} (asked {asked:#x}), host_ptr {host_ptr}"
     assert report["arrived"] == {"copy": True, "alloc-copy": True}, report["arrived"]
+
+
+def test_a_buffer_released_after_clfinish_is_gone_before_the_next_allocation(tmp_path: Path) -> None:
+    """A driver frees, at its release, a buffer no command uses any more; PoCL drops a finished command's reference
+    on its own thread after clFinish has returned, which busy cores delay. Catches: the layer letting that late
+    death race the program's next allocation, so that the device counter or the RAM held a freed staging pair and
+    the next one together: before the layer waited for it, 5 of 60 such loads beside four busy processes peaked 7-17
+    MiB over the rest (the device counter in 3, RAM in 2), and with two test processes mmap's RAM growth past the
+    default chunk came out over its bound in about 1 run of 8."""
+    from mali_hil.harness.checkpoints.cache import cache_key, cached_checkpoint
+    from tests.properties import past_chunks
+
+    key = cache_key("past_every_chunk", {}, sources=[Path(past_chunks.__file__)])  # the property suite's own
+    checkpoint = cached_checkpoint(key, "past-every-chunk.safetensors", past_chunks.write, tmp_path)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        run = _run(tmp_path, "mali-g610:3GiB", LOADS_BACK_TO_BACK, str(checkpoint), 40)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert run.status is RunStatus.OK, f"{run.status}: {run.stderr}"
+    figures = json.loads([line for line in (run.stdout or "").splitlines() if line.startswith("{")][-1])["figures"]
+    device_peak = figures[1][0]  # the first load also holds its kernels' compilation
+    overlaps = [(i, peak, growth) for i, (peak, growth) in enumerate(figures[1:], 1)
+                if peak != device_peak or growth > device_peak + 4 * MiB]  # fmt: skip
+    assert not overlaps, f"loads whose device peak or RAM growth held two stagings (of {device_peak}): {overlaps}"
