@@ -223,9 +223,9 @@ def test_a_buffer_released_after_clfinish_is_gone_before_the_next_allocation(tmp
     """A driver frees, at its release, a buffer no command uses any more; PoCL drops a finished command's reference
     on its own thread after clFinish has returned, which busy cores delay. Catches: the layer letting that late
     death race the program's next allocation, so that the device counter or the RAM held a freed staging pair and
-    the next one together: before the layer waited for it, 5 of 60 such loads beside four busy processes peaked 7-17
-    MiB over the rest (the device counter in 3, RAM in 2), and with two test processes mmap's RAM growth past the
-    default chunk came out over its bound in about 1 run of 8."""
+    the next one together: before the layer waited for it, two series of 60 such loads beside four busy processes
+    had 2 loads 16-18 MiB over the rest in RAM and 3 loads 17 MiB over in the counter, and with two test processes
+    mmap's RAM growth past the default chunk came out over its bound in about 1 run of 8."""
     from mali_hil.harness.checkpoints.cache import cache_key, cached_checkpoint
     from tests.properties import past_chunks
 
