@@ -263,7 +263,8 @@ static void settle(long timeout_ns)
  * program's next one alive together. A buffer released while commands may still use it is left to die when they
  * end, as on a board. Tracked per queue in a small table; a program with more queues than it holds is never
  * taken to be idle (no waiting, as before). Commands are counted where the layer hooks them (every buffer,
- * image, map and kernel enqueue); markers, barriers and migrations hold no buffer past their own completion. */
+ * image, map, unmap and kernel enqueue); markers and barriers name no buffer, and a buffer released while an
+ * uncounted migration (clEnqueueMigrateMemObjects) still runs is waited for, at most the release's timeout. */
 #define QUEUE_SLOTS 16
 static struct { cl_command_queue q; uint64_t enqueued, finished; } g_queues[QUEUE_SLOTS];
 static int g_queues_overflow;
