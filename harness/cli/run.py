@@ -51,12 +51,12 @@ def _workers(text: str) -> int:
 
 def default_workers() -> int:
     """Two test processes where two cores can run them (pytest-xdist, one loader's tests per process), else one.
-    Two took the main job to 67-72 s cold and 53-65 s warm here, against 87 s and 69 s for one (benchmarks/
-    run_time.py, medians of 3, two series). Their verdicts are one process's: the one that was not (mmap's RAM growth past the default chunk
-    over its bound in about 1 run of 8) came from the layer letting PoCL's late release of a freed staging pair race
-    the next allocation on busy cores. The layer now waits for that release (test: tests/emulator/
-    test_unified_memory.py), and in 19 runs with two processes since, none failed; in the 12 whose records were
-    kept, that judged job grew 0.01 MiB over its device peak each time."""
+    Two took the main job to 67-72 s cold and 53-65 s warm here, against 87 s and 69 s for one
+    (benchmarks/run_time.py, medians of 3, two series). Their verdicts are one process's. The one that was not
+    (mmap's RAM growth past the default chunk over its bound in about 1 run of 8) came from the layer letting
+    PoCL's late release of a freed staging pair race the next allocation on busy cores. The layer now waits for
+    that release (test: tests/emulator/test_unified_memory.py). In 19 runs with two processes since, none failed;
+    in the 12 whose records were kept, that judged job grew 0.01 MiB over its device peak each time."""
     import os
 
     return max(1, min(2, len(os.sched_getaffinity(0))))
