@@ -26,6 +26,12 @@ from mali_hil.emulator.profile import available_profiles
 from mali_hil.emulator.supervisor import OomEvidence
 
 MiB = 1 << 20
+# Put before every job script (_run): the process's anonymous RAM, as the RAM figures count it.
+RSS_ANON = textwrap.dedent("""
+    def rss():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
+""")
 SPIN_ITERATIONS = 150_000_000  # ~0.5 s of one kernel on one core here: the fill queued behind it waits that long
 
 # Allocates a device buffer, queues a write to it behind a busy kernel, then touches as much host memory while
@@ -34,9 +40,6 @@ SPIN_ITERATIONS = 150_000_000  # ~0.5 s of one kernel on one core here: the fill
 QUEUED_WRITE = textwrap.dedent("""
     import json, sys, time
     import numpy as np, pyopencl as cl
-    def rss():
-        with open("/proc/self/status") as status:
-            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
     size, spins = int(sys.argv[1]), int(sys.argv[2])
     ctx = cl.Context(cl.get_platforms()[0].get_devices())
     queue = cl.CommandQueue(ctx)
@@ -89,9 +92,6 @@ ROUNDS_RELEASED = textwrap.dedent("""
         ctypes.CDLL(loader).clGetMemObjectInfo(ctypes.c_void_p(buf.int_ptr), CL_MEM_HOST_PTR, ctypes.sizeof(out),
                                                ctypes.byref(out), None)
         return out.value
-    def rss():
-        with open("/proc/self/status") as status:
-            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
     ctx = cl.Context(cl.get_platforms()[0].get_devices())
     queue = cl.CommandQueue(ctx)
     data = np.arange(3 << 20, dtype=np.uint8)
@@ -126,9 +126,6 @@ LOADS_BACK_TO_BACK = textwrap.dedent("""
     from tinygrad import Device
     from mali_hil.emulator.stats import read_layer_stats, reset_layer_stats
     from mali_hil.harness.loaders import LoadOptions, get_loader
-    def rss():
-        with open("/proc/self/status") as status:
-            return next(int(l.split()[1]) << 10 for l in status if l.startswith("RssAnon:"))
     checkpoint, rounds, loader = sys.argv[1], int(sys.argv[2]), get_loader("mmap")
     figures = []
     for _ in range(rounds):
@@ -155,7 +152,7 @@ LOADS_BACK_TO_BACK = textwrap.dedent("""
 
 def _run(tmp_path: Path, spec: str, script: str, *args: int | str, env: dict[str, str] | None = None) -> BoardRun:
     path = tmp_path / "job.py"
-    path.write_text(script, encoding="utf-8")
+    path.write_text(RSS_ANON + script, encoding="utf-8")
     argv = [sys.executable, str(path), *map(str, args)]
     # pyopencl's own program cache breaks under PoCL's basic device; PoCL's kernel cache stays on
     full_env = {"PYOPENCL_NO_CACHE": "1", **(env or {})}
