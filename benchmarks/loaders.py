@@ -2,8 +2,9 @@
 
 One invocation writes the checkpoints once into a cache folder (Llama-3.2-1B shapes at full size by default:
 ~2.47 GB of bf16, plus an F16 twin for the fp16 -> fp16 runs), measures this machine's memcpy and host
-bf16 -> fp16 conversion bandwidth, then runs every loader variant on the emulated board, each job in a fresh
-worker process under the board's RAM budget, and prints one Markdown table plus the goals, pass or fail.
+bf16 -> fp16 conversion bandwidth and the bound of each conversion, then runs every loader variant on the
+emulated board, each variant in a fresh worker process under the board's RAM budget, and prints one Markdown
+table plus the goals, pass or fail.
 
     python benchmarks/loaders.py                          # full size, all five built-ins (~4 min on 2 cores)
     python benchmarks/loaders.py --scale 0.25             # quick run (1/16 of the bytes)
@@ -19,17 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.host_bandwidth import GB, HostBandwidths
+from benchmarks.host_bandwidth import measure as measure_host
 
 if TYPE_CHECKING:
     from mali_hil.harness.checkpoints import Checkpoint
@@ -40,7 +43,6 @@ DEFAULT_DEVICE = "emulated-mali:mali-g610:3GiB"
 DEFAULT_BIG_DEVICE = "emulated-mali:mali-g610:8GiB"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "mali-hil-bench-loaders"
 MIB = 1 << 20
-GB = 1e9
 PEAK_SLACK_MIN = 64 * MIB  # goal 1: final + max(chunk, 64 MiB) + 5% of final
 PEAK_SLACK_FRACTION = 0.05
 NAIVE_MIN_RATIO = 2.0  # goal 2
@@ -96,89 +98,10 @@ def ensure_checkpoint(workdir: Path, model: str, scale: float, dtype: str, seed:
     return validate_checkpoint(path), f"written in {time.monotonic() - started:.1f} s"
 
 
-# ------------------------------------------------------------------------------------- host bandwidths
-
-
-def _best_time(run: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def memcpy_bandwidth(nbytes: int, repeats: int, threads: int = 1) -> float:
-    """Bytes per second of a numpy copy between two pre-faulted arrays on ``threads`` threads, sliced as chunked
-    slices a chunk (best of ``repeats``). One thread is the goals' reference; more is what chunked's copy can reach."""
-    src = np.ones(nbytes, dtype=np.uint8)
-    dst = np.zeros(nbytes, dtype=np.uint8)
-    np.copyto(dst, src)  # fault every destination page in before timing
-    return nbytes / _best_sliced_time(src, dst, threads, repeats)
-
-
-def bf16_to_fp16_bandwidth(nbytes: int, repeats: int, threads: int = 1) -> float:
-    """Source bytes per second of ml_dtypes' bf16 -> fp16 cast into a pre-faulted array on ``threads`` threads:
-    chunked's own conversion of a slice, sliced as chunked slices a chunk."""
-    import ml_dtypes
-
-    rng = np.random.default_rng(0)
-    src = rng.standard_normal(nbytes // 2, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    dst = np.zeros(src.size, dtype=np.float16)
-    return nbytes / _best_sliced_time(src, dst, threads, repeats)
-
-
-def _best_sliced_time(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int) -> float:
-    from functools import partial
-
-    from mali_hil.harness.loaders.chunked import Slicer, convert_slice
-
-    slicer = Slicer(threads)
-    try:
-        return _best_time(lambda: slicer.run(src.size, src.nbytes, partial(convert_slice, src, dst)), repeats)
-    finally:
-        slicer.close()
-
-
-MADV_POPULATE_WRITE = 23  # Linux >= 5.14; Python's mmap module names it only from 3.13 on
-
-
-def commit_bandwidth(nbytes: int, repeats: int) -> float:
-    """Bytes per second of committing fresh memory the way the Mali layer commits a new device buffer (huge pages
-    advised, then MADV_POPULATE_WRITE): the prefault every buffer pays at allocation, on the emulator as on a
-    Mali, whose driver takes and zeroes a buffer's pages when it is allocated. Unmapping is not timed."""
-    best = float("inf")
-    for _ in range(repeats):
-        fresh = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        start = time.perf_counter()
-        fresh.madvise(mmap.MADV_HUGEPAGE)
-        fresh.madvise(MADV_POPULATE_WRITE)
-        best = min(best, time.perf_counter() - start)
-        fresh.close()
-    return nbytes / best
-
-
-def host_bandwidths(args: argparse.Namespace) -> tuple[float, float, float, float, float]:
-    """memcpy and ml_dtypes' conversion on one thread and on as many as chunked uses, and the commit."""
+def host_bandwidths(args: argparse.Namespace) -> HostBandwidths:
     from mali_hil.harness.loaders.chunked import copy_threads
 
-    threads = copy_threads()
-    memcpy = memcpy_bandwidth(args.copy_bytes, args.copy_repeats)
-    convert = bf16_to_fp16_bandwidth(args.copy_bytes, args.copy_repeats)
-    commit = commit_bandwidth(args.copy_bytes, args.copy_repeats)
-    memcpy_n = memcpy_bandwidth(args.copy_bytes, args.copy_repeats, threads)
-    convert_n = bf16_to_fp16_bandwidth(args.copy_bytes, args.copy_repeats, threads)
-    print(f"host: memcpy {memcpy / GB:.2f} GB/s ({memcpy_n / GB:.2f} on {threads} threads), ml_dtypes bf16->fp16"
-          f" {convert / GB:.2f} GB/s ({convert_n / GB:.2f} on {threads} threads), commit of fresh pages"
-          f" {commit / GB:.2f} GB/s", flush=True)  # fmt: skip
-    return memcpy, convert, commit, memcpy_n, convert_n
-
-
-def emulator_bounds(copy: float, convert: float, commit: float) -> dict[str, float]:
-    """Per conversion, the fastest any loader can go here: commit the final buffer at allocation, then one pass
-    of copy (fp16 -> fp16) or of host conversion (bf16 -> fp16) into it; both are paid per byte, in turn.
-    ``copy`` and ``convert`` are the faster of one thread and chunked's threads."""
-    return {"fp16->fp16": 1 / (1 / commit + 1 / copy), "bf16->fp16": 1 / (1 / commit + 1 / convert)}
+    return measure_host(args.copy_bytes, args.copy_repeats, copy_threads())
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -195,10 +118,14 @@ class Record:
     source_bytes: int  # checkpoint tensor bytes read
     final_bytes: int  # what the loaded tensors take on the device (from the plan; bytes_loaded when ok)
     bounds: tuple[int | None, int | None]  # the loader's declared (device, RAM) bounds
-    result: LoadResult  # the fastest attempt (or the one that did not finish)
+    # the first attempt, in a fresh worker: its memory figures are a first load's, as in a process that loads a
+    # model once (exo's); a later attempt in the same worker may reuse what that one left
+    result: LoadResult
     wall_s: list[float] = field(default_factory=list)  # per attempt, worker start and stop included
     attempts_elapsed_s: list[float] = field(default_factory=list)  # elapsed_s of every finished attempt
     attempts_status: list[str] = field(default_factory=list)  # every attempt's status, in order
+    # RAM growth of every finished attempt: the first ran in a fresh worker, the others after it in the same one
+    attempts_ram_growth_bytes: list[int | None] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -219,9 +146,15 @@ class Record:
         return None if growth is None or not self.ok or not self.final else growth / self.final
 
     @property
+    def elapsed_s(self) -> float | None:
+        """The fastest finished attempt's load time: other work on a 2-core machine only ever adds to it."""
+        return min(self.attempts_elapsed_s) if self.ok and self.attempts_elapsed_s else None
+
+    @property
     def throughput(self) -> float | None:
-        """Source bytes per second, or None unless the job finished."""
-        return self.source_bytes / self.result.elapsed_s if self.ok and self.result.elapsed_s > 0 else None
+        """Source bytes per second of the fastest attempt, or None unless the job finished."""
+        elapsed = self.elapsed_s
+        return self.source_bytes / elapsed if elapsed else None
 
     def to_dict(self, memcpy: float) -> dict[str, Any]:
         thr = self.throughput
@@ -241,13 +174,16 @@ class Record:
             "wall_s": self.wall_s,
             "attempts_elapsed_s": self.attempts_elapsed_s,
             "attempts_status": self.attempts_status,
+            "attempts_ram_growth_bytes": self.attempts_ram_growth_bytes,
             "fraction_of_memcpy": None if thr is None else thr / memcpy,
             "result": self.result.to_dict(),
         }
 
 
 def run_variant(role: str, variant: str, checkpoint: Checkpoint, device_spec: str, args: argparse.Namespace) -> Record:
-    """One job in a fresh worker (so no job inherits another's heap), digests off: readback is not loading."""
+    """One job, repeated on one worker started for it (a board's warm worker: the host has backed its memory, see
+    benchmarks/README.md), digests off: readback is not loading. Every attempt's RAM growth is kept and a spread
+    printed, so a repeat that reused what an earlier attempt left in the worker shows."""
     from mali_hil.harness.devices import make_device
     from mali_hil.harness.jobs import LoadJob
     from mali_hil.harness.loaders import LoadOptions, bound_inputs, get_loader
@@ -269,31 +205,35 @@ def run_variant(role: str, variant: str, checkpoint: Checkpoint, device_spec: st
     source = next(iter(checkpoint.tensors.values()))[1].dtype
     conversion = CONVERSIONS.get(source, source)
     print(f"  {variant:<16} {conversion:<11} on {device_spec} ...", end="", flush=True)
-    result, walls, elapsed, statuses = None, [], [], []
-    # A finished job is repeated (other work on a 2-core machine adds noise); the fastest attempt is kept.
-    # A job that did not finish is not: its outcome is the result, and an OOM kill does not get faster.
-    for _ in range(max(1, args.repeats)):
-        started = time.monotonic()
-        with make_device(device_spec) as device:
+    result, walls, elapsed, statuses, growths = None, [], [], [], []
+    # A finished job is repeated (other work on a 2-core machine adds noise); the fastest attempt's time is kept,
+    # the first attempt's memory. A job that did not finish is not: its outcome is the result, and an OOM kill
+    # does not get faster.
+    with make_device(device_spec) as device:
+        for _ in range(max(1, args.repeats)):
+            started = time.monotonic()
             attempt = device.run(job)
-        walls.append(time.monotonic() - started)
-        statuses.append(attempt.status.value)
-        if attempt.ok:
-            elapsed.append(attempt.elapsed_s)
-        if result is None or (attempt.ok and attempt.elapsed_s < result.elapsed_s):
-            result = attempt
-        if not attempt.ok:
-            break
+            walls.append(time.monotonic() - started)
+            statuses.append(attempt.status.value)
+            if attempt.ok:
+                elapsed.append(attempt.elapsed_s)
+                growths.append(attempt.ram_growth_bytes)
+            result = result or attempt
+            if not attempt.ok:
+                break
     assert result is not None
     record = Record(
         role, variant, conversion, device_spec, inputs.source_bytes, inputs.final_bytes, bounds, result,
-        wall_s=walls, attempts_elapsed_s=elapsed, attempts_status=statuses,
+        wall_s=walls, attempts_elapsed_s=elapsed, attempts_status=statuses, attempts_ram_growth_bytes=growths,
     )  # fmt: skip
     thr = record.throughput
     line = f" {result.status.value}"
-    line += f", {result.elapsed_s:.1f} s" if result.ok else f" after {walls[-1]:.1f} s (worker start included)"
+    line += f", {record.elapsed_s:.1f} s" if record.elapsed_s else f" after {walls[-1]:.1f} s (worker start included)"
     line += f", {thr / GB:.2f} GB/s" if thr else ""
     line += f" (elapsed of {len(elapsed)} runs: {', '.join(f'{e:.1f}' for e in elapsed)})" if len(elapsed) > 1 else ""
+    known = [g for g in growths if g is not None]
+    if known and max(known) - min(known) > MIB:  # a later attempt reused what an earlier one left in the worker
+        line += f"; RAM growth of the attempts: {', '.join(f'{g / MIB:,.0f}' for g in known)} MiB"
     if len(set(statuses)) > 1:  # a repeat ended differently: the kept figures are not the whole story
         line += f"; attempts: {', '.join(statuses)}"
     print(line, flush=True)
@@ -431,7 +371,7 @@ def table(records: Sequence[Record], memcpy: float) -> str:
             _mib(res.peak_unified_bytes), _mib(res.ram_growth_bytes), _mib(res.peak_anon_bytes),
             _mib(res.peak_file_bytes), _mib(res.device_peak_bytes), _mib(r.final),
             _ratio(r.device_ratio), _ratio(r.ram_ratio),
-            f"{res.elapsed_s:.1f}" if res.elapsed_s else "—",
+            f"{r.elapsed_s:.1f}" if r.elapsed_s else "—",
             "—" if thr is None else f"{thr / GB:.2f}",
             "—" if thr is None else f"{thr / memcpy:.1%}",
         ]) + " |")  # fmt: skip
@@ -479,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Host bandwidths are timed before the jobs and again after them; the better figure of each is used, so a
     # burst of other work on the machine during one timing does not lower the bar the loaders are held to.
-    bandwidths = [host_bandwidths(args)]
+    timings = [host_bandwidths(args)]
 
     records = [run_variant("main", v, bf16, args.device, args) for v in args.loaders]
     naive = next((r for r in records if r.variant == "naive"), None)
@@ -495,22 +435,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints["F16"] = f16.to_dict()
         records += [run_variant("fp16", v, f16, args.device, args) for v in fp16_variants]
 
-    bandwidths.append(host_bandwidths(args))
-    memcpy, convert, commit, memcpy_n, convert_n = (max(b[i] for b in bandwidths) for i in range(5))
-    bounds = emulator_bounds(max(memcpy, memcpy_n), max(convert, convert_n), commit)
+    timings.append(host_bandwidths(args))
+    host = HostBandwidths.best(timings)
+    memcpy, bounds = host.memcpy, host.bounds()
     goals = evaluate_goals(records, args.chunk_bytes, memcpy, bounds)
     print()
     print(f"## Loader variants: {bf16.files[0].name}, chunk {args.chunk_bytes // MIB} MiB, "
           f"LRU cache {'off' if args.no_lru else 'on'}, device {args.device}")  # fmt: skip
     print()
+
+    def spread(name: str) -> str:
+        return " / ".join(f"{getattr(t, name) / GB:.2f}" for t in timings)
+
     print(f"memcpy (numpy, one thread, {args.copy_bytes // MIB} MiB, best of {2 * args.copy_repeats}):"
-          f" {memcpy / GB:.2f} GB/s; ml_dtypes bf16->fp16 on the host: {convert / GB:.2f} GB/s of source"
-          f" (before/after the jobs: {' / '.join(f'{b[0] / GB:.2f}' for b in bandwidths)} and"
-          f" {' / '.join(f'{b[1] / GB:.2f}' for b in bandwidths)} GB/s); committing fresh pages (huge pages"
-          f" advised, as the layer commits each new device buffer): {commit / GB:.2f} GB/s"
-          f" ({' / '.join(f'{b[2] / GB:.2f}' for b in bandwidths)}); on chunked's threads, memcpy"
-          f" {memcpy_n / GB:.2f} and ml_dtypes {convert_n / GB:.2f} GB/s. Bound per conversion (commit, then one"
-          f" pass on the faster of one thread and chunked's):"
+          f" {memcpy / GB:.2f} GB/s; ml_dtypes bf16->fp16 on the host: {host.bf16_to_fp16 / GB:.2f} GB/s of source"
+          f" (before/after the jobs: {spread('memcpy')} and {spread('bf16_to_fp16')} GB/s); committing fresh pages"
+          f" (huge pages advised, as the layer commits each new device buffer): {host.commit / GB:.2f} GB/s"
+          f" ({spread('commit')}); on chunked's threads, memcpy {host.memcpy_threads / GB:.2f} and ml_dtypes"
+          f" {host.bf16_to_fp16_threads / GB:.2f} GB/s. Bound per conversion (fresh pages committed and filled by a"
+          f" copy or a conversion, on the faster of one thread and chunked's, measured):"
           f" {', '.join(f'{k} {v / GB:.2f} GB/s' for k, v in bounds.items())}")  # fmt: skip
     print()
     print(table(records, memcpy))
@@ -532,13 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": args.device,
             "checkpoints": checkpoints,
             "memcpy_bytes_per_s": memcpy,
-            "host_bandwidth_timings": [
-                {"memcpy": m, "bf16_to_fp16": c, "commit": k, "memcpy_threads": mn, "bf16_to_fp16_threads": cn}
-                for m, c, k, mn, cn in bandwidths
-            ],
-            "commit_bytes_per_s": commit,
+            "host_bandwidth_timings": [t.to_dict() for t in timings],
+            "commit_bytes_per_s": host.commit,
             "bound_bytes_per_s": bounds,
-            "bf16_to_fp16_host_bytes_per_s": convert,
+            "bf16_to_fp16_host_bytes_per_s": host.bf16_to_fp16,
             "goals": [g.to_dict() for g in goals],
             "records": [r.to_dict(memcpy) for r in records],
         }
@@ -548,5 +488,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
     sys.exit(main())

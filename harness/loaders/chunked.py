@@ -3,15 +3,19 @@ host and written straight into the tensor's final device buffer at its offset.
 
 Where the device buffer can be mapped (OpenCL: on Mali and PoCL the map is the buffer's own unified memory), a
 chunk goes straight from the page cache into the mapped device range, with no host buffer in between: read with
-``preadv`` when it needs no conversion, converted (numpy / ml_dtypes, exact) from the mmap'd file's pages when it
-does (file-backed, reclaimable, never an anonymous copy). Devices that cannot map convert into one host chunk
-that is then written. The device holds only final buffers (no staging, no casts on the device: nothing for
-tinygrad's cache to keep). This is what accelerate's ``low_cpu_mem_usage`` and llama.cpp aim for, on a device
-whose RAM is the host's RAM.
+``preadv``, and when its type changes but not its size (bf16 -> fp16), converted in place there, slice by slice
+while the slice is still in the CPU's cache (numpy / ml_dtypes, exact). A conversion that changes the size
+(float32 -> fp16) reads the mmap'd file's pages instead (file-backed, reclaimable, never an anonymous copy).
+Devices that cannot map convert into one host chunk that is then written. The device holds only final buffers
+(no staging, no casts on the device: nothing for tinygrad's cache to keep). This is what accelerate's
+``low_cpu_mem_usage`` and llama.cpp aim for, on a device whose RAM is the host's RAM.
 
-A large chunk is read or converted by up to ``COPY_THREADS`` threads, each on its own slice of the same mapped
-range (``preadv``, numpy and ml_dtypes release the GIL): ml_dtypes converts bf16 -> fp16 at 2.3-3.3 GB/s on one
-core, the slowest stage of the load. No thread holds memory of its own, so the bounds are the same.
+A chunk is read or converted in slices shared by the loading thread and up to ``COPY_THREADS - 1`` helpers
+(``preadv``, numpy and ml_dtypes release the GIL): ml_dtypes converts bf16 -> fp16 at 2.3-3.3 GB/s on one core,
+the slowest stage of the load. While the helpers work on a tensor's first chunk, the loading thread allocates the
+next tensor, whose buffer the driver commits (zeroed pages, on a Mali as on the emulator): the two largest costs
+of a load then share the cores instead of taking turns. No thread holds memory of its own, and every buffer is a
+final one, so the bounds are the same.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import contextlib
 import itertools
 import mmap
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
@@ -58,17 +63,43 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
     out: dict[str, Tensor] = {}
     files: dict[Path, _Source] = {}
     slicer = Slicer(copy_threads())
+    ahead = _AllocateAhead(device)
     try:
-        for plan in plans:
+        for plan, following in itertools.zip_longest(plans, plans[1:]):
             if plan.path not in files:
                 files[plan.path] = _Source.open(plan.path)
-            out[plan.name] = _load_one(files[plan.path], plan, device, options.chunk_bytes, slicer)
+            tensor = ahead.take(plan)
+            out[plan.name] = _load_one(files[plan.path], plan, tensor, options.chunk_bytes, slicer,
+                                       partial(ahead.prepare, following) if following else None)  # fmt: skip
     finally:
         slicer.close()  # no copy may still write into a buffer once load returns or raises
         for source in files.values():
             source.close()
     Device[device].synchronize()
     return out
+
+
+class _AllocateAhead:
+    """The next tensor's buffer, allocated while the copy threads fill the current one.
+
+    Allocating commits the buffer's memory (a Mali driver hands out zeroed pages when the buffer is created), as
+    long a job as the copy itself; done one after the other they take twice as long. All device calls stay on
+    the loading thread: only the copy threads run beside it, and they touch nothing but mapped memory. The
+    device holds no more than without it: every buffer is a final one, allocated one tensor earlier.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._ready: tuple[TensorPlan, Tensor] | None = None
+
+    def prepare(self, plan: TensorPlan) -> None:
+        self._ready = (plan, allocate(plan.shape, safe_dtypes[plan.final_dtype], self.device))
+
+    def take(self, plan: TensorPlan) -> Tensor:
+        ready, self._ready = self._ready, None
+        if ready is not None and ready[0] is plan:
+            return ready[1]
+        return allocate(plan.shape, safe_dtypes[plan.final_dtype], self.device)
 
 
 class _Source:
@@ -105,53 +136,106 @@ class _Source:
         os.close(self.fd)
 
 
-def _load_one(source: _Source, plan: TensorPlan, device: str, chunk_bytes: int, slicer: Slicer) -> Tensor:
-    tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
+def _load_one(source: _Source, plan: TensorPlan, tensor: Tensor, chunk_bytes: int, slicer: Slicer,
+              meanwhile: Callable[[], None] | None) -> Tensor:  # fmt: skip
+    """Fill ``tensor`` from the file; ``meanwhile`` runs once on this thread while the first chunk is copied."""
     source_type, size = numpy_dtype(plan.source_dtype), ITEMSIZE[plan.source_dtype]
     final_type, final_size = numpy_dtype(plan.final_dtype), ITEMSIZE[plan.final_dtype]
     for first, count in plan.chunks(chunk_bytes):
         at = plan.offset + first * size
         with mapped_at(tensor, first * final_size, count * final_size) as dst:
-            if dst is not None and not plan.converts:
-                slicer.run(count, count * size, partial(_read_slice, source, dst, at, size))
+            if dst is not None and (not plan.converts or size == final_size):
+                # read straight into the device range; a conversion between types of one size then runs in
+                # place, slice by slice while the slice is still in cache (no file page mapped, no host copy)
+                convert = (source_type, final_type) if plan.converts else None
+                slicer.run(count, count * size, partial(_read_slice, source, dst, at, size, convert), meanwhile)
+                meanwhile = None
                 continue
             # The chunk as it is in the file: mapped page-cache pages (file-backed, reclaimable), not a copy.
             raw = np.frombuffer(source.mapped, dtype=source_type, count=count, offset=at)
             if dst is None:  # a device without mappable buffers: convert to a host chunk, then write it
                 write_at(tensor, first * final_size, host_convert(raw, plan.final_dtype))
             else:
-                slicer.run(count, count * size, partial(convert_slice, raw, dst.view(final_type)))
+                slicer.run(count, count * size, partial(convert_slice, raw, dst.view(final_type)), meanwhile)
+                meanwhile = None
             del raw
+    if meanwhile is not None:  # nothing went to the copy threads (an empty tensor, a device that cannot map)
+        meanwhile()
     return tensor
 
 
 class Slicer:
-    """Runs a chunk's work in one call, or in slices on up to ``threads`` threads when it is large. The threads
-    start at the first large chunk, so a load of small tensors starts none."""
+    """Runs a chunk's work in slices of about ``SLICE_BYTES`` of source, taken in turn by the calling thread and
+    up to ``threads - 1`` helper threads, so a thread that was busy elsewhere (``meanwhile``) joins in when it is
+    free rather than leaving a core idle. The helpers start at the first large chunk: a load of small tensors
+    starts none."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunked-copy") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="chunked-copy") if threads > 1 else None
 
-    def run(self, count: int, nbytes: int, work: Callable[[int, int], None]) -> None:
-        """``work(a, b)`` over ``[0, count)`` elements, ``nbytes`` of source in all."""
-        slices = max(1, min(self.threads, nbytes // SLICE_BYTES))
-        if slices == 1 or self._pool is None:
+    def run(self, count: int, nbytes: int, work: Callable[[int, int], None],
+            meanwhile: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """``work(a, b)`` over ``[0, count)`` elements, ``nbytes`` of source in all. ``meanwhile()``, if given, runs
+        on the calling thread first, while the helpers work; any exception is raised once every slice has ended."""
+        slices = max(1, min(count, nbytes // SLICE_BYTES))
+        if self._pool is None or (slices == 1 and meanwhile is None):
             work(0, count)
+            if meanwhile is not None:
+                meanwhile()
             return
         edges = [count * i // slices for i in range(slices + 1)]
-        parts = [self._pool.submit(work, a, b) for a, b in itertools.pairwise(edges)]
-        wait(parts)  # every slice has ended before the chunk is unmapped, even when one of them raised
-        for part in parts:
-            part.result()
+        queue = _Slices(work, itertools.pairwise(edges))
+        helpers = [self._pool.submit(queue.drain) for _ in range(min(self.threads - 1, slices))]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            queue.drain()
+        except BaseException:
+            queue.stop()
+            raise
+        finally:
+            wait(helpers)  # every slice has ended before the chunk is unmapped, even when one of them raised
+        for helper in helpers:
+            helper.result()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
 
-def _read_slice(source: _Source, dst: np.ndarray, at: int, size: int, a: int, b: int) -> None:
-    source.read_into(dst[a * size : b * size], at + a * size)
+class _Slices:
+    """The slices of one chunk not yet taken; after a failure, the rest are left undone."""
+
+    def __init__(self, work: Callable[[int, int], None], spans: Iterable[tuple[int, int]]) -> None:
+        self._work, self._spans, self._lock = work, iter(spans), threading.Lock()
+
+    def drain(self) -> None:
+        while True:
+            with self._lock:
+                span = next(self._spans, None)
+            if span is None:
+                return
+            try:
+                self._work(*span)
+            except BaseException:
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        with self._lock:
+            self._spans = iter(())
+
+
+def _read_slice(source: _Source, dst: np.ndarray, at: int, size: int, convert: tuple[Any, Any] | None, a: int,
+                b: int) -> None:  # fmt: skip
+    """Elements ``[a, b)`` of a chunk from the file into ``dst`` (bytes); if ``convert`` is (source type, final
+    type) of one item size, converted where they landed."""
+    target = dst[a * size : b * size]
+    source.read_into(target, at + a * size)
+    if convert is not None:
+        stored = target.view(convert[0])
+        convert_slice(stored, target.view(convert[1]), 0, stored.size)  # elementwise: numpy needs no temporary
 
 
 def convert_slice(source: np.ndarray, target: np.ndarray, a: int, b: int) -> None:
@@ -170,7 +254,8 @@ def ram_bound(b: BoundInputs) -> int:
     """final_bytes + largest_chunk_source_bytes + largest_chunk_final_bytes: the device buffers (unified
     memory) plus, at most, one chunk's converted host copy and a driver's map of one chunk (the fallback paths;
     on a mappable device a bf16 -> fp16 or unconverted chunk goes from file pages to the device with no copy).
-    Source chunks are mmap'd file pages (RssFile), which the bound does not need but still leaves room for."""
+    A conversion that changes the item size reads mmap'd file pages (RssFile), which the bound does not need
+    but still leaves room for."""
     return b.final_bytes + b.largest_chunk_source_bytes + b.largest_chunk_final_bytes
 
 
