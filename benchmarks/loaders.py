@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     blind = [f"{r.variant} {r.conversion}" for r in records if r.ok and r.result.device_peak_bytes is None]
     if blind:
         print(f"\nWARNING: no device counters for {', '.join(blind)}: the worker could not read the layer's stats"
-              " (was emulator/layer/mali_layer.c edited during the run?); their peak goal cannot pass.")  # fmt: skip
+              " (was emulator/layer/ edited during the run?); their peak goal cannot pass.")  # fmt: skip
     print(f"\n(total {time.monotonic() - started:.0f} s)")
 
     if args.json is not None:

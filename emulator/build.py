@@ -1,4 +1,5 @@
-"""Compile the OpenCL layer (``emulator/layer/mali_layer.c``) once per source and compiler, and cache the .so.
+"""Compile the OpenCL layer (``emulator/layer/``: ``mali_layer.c`` and the parts it includes) once per source and
+compiler, and cache the .so.
 
 The cache name carries a hash of the source, the flags and the compiler's version, so an edit or a compiler
 upgrade gives a new file and an old one is never reused by mistake. Builders take turns (a lock file in the cache):
@@ -44,8 +45,7 @@ def build_layer(force: bool = False) -> Path:
     global _built
     compiler = _find_compiler()
     _check_headers()
-    source = SOURCE.read_bytes()
-    target = _cache_dir() / f"mali_layer-{_build_key(compiler, source)}.so"
+    target = _cache_dir() / f"mali_layer-{_build_key(compiler, _sources())}.so"
     if force or not verified(target):
         with _build_lock(target):
             # another builder may have finished while we waited: replacing its file would swap the layer under
@@ -102,6 +102,13 @@ def _check_headers() -> None:
             f"OpenCL headers {', '.join(str(INCLUDE_DIR / h) for h in missing)} are missing, so the mali-hil "
             f"layer cannot be built: {INSTALL_HINT}"
         )
+
+
+def _sources() -> bytes:
+    """Every C file beside SOURCE (the parts it includes), named, in a fixed order: an edit to any part is a new
+    build."""
+    parts = sorted(SOURCE.parent.glob("*.c"))
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in parts)
 
 
 def _build_key(compiler: str, source: bytes) -> str:

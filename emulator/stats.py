@@ -56,7 +56,8 @@ class LayerStats:
 
 
 class _CStats(ctypes.Structure):
-    # mirrors struct mali_hil_stats in mali_layer.c: two header words, then the counters in LayerStats order
+    # mirrors struct mali_hil_stats in emulator/layer/stats.c: two header words, then the counters in LayerStats
+    # order
     _fields_ = [("version", ctypes.c_uint64), ("active", ctypes.c_uint64)] + [
         (f.name, ctypes.c_uint64) for f in fields(LayerStats)
     ]
@@ -125,7 +126,7 @@ def read_stats_file(path: Path | str) -> LayerStats:
 
 
 LIVE_SUFFIX = ".live"
-_LIVE_MAGIC = 0x6D616C692D6C6976  # struct live_snapshot in mali_layer.c: magic, index, then two stats slots
+_LIVE_MAGIC = 0x6D616C692D6C6976  # struct live_snapshot in emulator/layer/stats.c: magic, index, then two stats slots
 
 
 def read_live_stats_file(path: Path | str) -> LayerStats:

@@ -20,7 +20,7 @@ class Backend:
     non_uniform_work_groups: bool = False
 
     def honours(self, extension: str) -> bool:
-        """Whether the layer may advertise a profile's extension on this backend (mirrors mali_layer.c)."""
+        """Whether the layer may advertise a profile's extension on this backend (mirrors emulator/layer/identity.c)."""
         if extension in ("cl_khr_icd", "cl_arm_core_id", "cl_arm_printf"):  # the layer honours these itself
             return True
         if extension == "cl_arm_non_uniform_work_group_size":

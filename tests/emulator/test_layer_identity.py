@@ -5,6 +5,7 @@ Every scenario runs real PoCL through the real ICD loaders with the real layer, 
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -286,6 +287,21 @@ def test_compile_error_shows_the_compiler_output(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(LayerBuildError, match="undeclared_thing"):
         build_layer()
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # no half-built file left behind
+
+
+def test_an_edit_to_any_part_of_the_layer_is_a_new_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Catches: a cache key over mali_layer.c alone, which would keep loading a stale layer after an edit to one
+    of the parts it includes (the .so would still match its own recorded hash)."""
+    parts = tmp_path / "layer"
+    shutil.copytree(build.SOURCE.parent, parts)
+    monkeypatch.setattr(build, "SOURCE", parts / build.SOURCE.name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = build_layer()
+    stats = parts / "stats.c"
+    stats.write_text(stats.read_text(encoding="utf-8") + "\n/* edited */\n", encoding="utf-8")
+    second = build_layer()
+    assert first != second and first.is_file() and second.is_file()
+    assert build_layer() == second  # and an unchanged source is the same build
 
 
 def test_concurrent_first_builds_agree_and_leave_no_debris(tmp_path: Path) -> None:
