@@ -49,7 +49,8 @@ class Device:
         self._client: WorkerClient | None = None
         self._hello: dict[str, Any] = {}
         self._busy = False  # a job is in flight: stopping must kill, not wait for the worker to finish it
-        self.starts = 0  # workers started so far: one, unless jobs killed some
+        self._spare: Channel | None = None  # a worker started ahead, not yet greeted (see _keep_spare)
+        self.starts = 0  # workers put to work so far: one, unless jobs killed some (a spare counts when used)
         self.lost = 0  # workers the transport lost (dropped connections), each retried or reported
 
     @property
@@ -77,8 +78,9 @@ class Device:
         """Start a worker unless one is running; raises a MaliHilError (with the worker's own words) if it cannot."""
         if self._client is not None:
             return
-        argv = (*self.transport.python(), *ISOLATED, "-m", WORKER_MODULE)
-        channel = self.transport.spawn(argv, self.worker_env(), ram_budget=self.board.ram_budget)
+        channel, self._spare = self._spare, None
+        if channel is None:
+            channel = self._spawn()
         self.starts += 1
         try:
             client = WorkerClient(channel, START_TIMEOUT)
@@ -88,6 +90,31 @@ class Device:
             raise WorkerError(f"cannot start the worker on {self.spec} ({exc}; it ended {_ended(end)})"
                               + (f": {stderr}" if stderr else "")) from None  # fmt: skip
         self._channel, self._client, self._hello = channel, client, dict(client.hello)
+        self._keep_spare()
+
+    def _spawn(self) -> Channel:
+        argv = (*self.transport.python(), *ISOLATED, "-m", WORKER_MODULE)
+        return self.transport.spawn(argv, self.worker_env(), ram_budget=self.board.ram_budget)
+
+    def _keep_spare(self) -> None:
+        """Once a device has needed a second worker (its first was OOM-killed, timed out or restarted), it is
+        likely to need more: start the next one now, so it imports tinygrad and opens its device while this one
+        works, instead of when this one dies (0.4-0.5 s each, dozens of times in the property suite). Only where
+        the transport allows it and the worker has a RAM budget of its own; never for a single-job device."""
+        if self._spare is not None or self.starts < 2 or not self.transport.spare_workers:
+            return
+        if self.transport.enforcement(self.board.ram_budget) is Enforcement.KERNEL:
+            return  # no budget of ours: the spare would share the job's RAM
+        try:
+            self._spare = self._spawn()
+        except MaliHilError:
+            self._spare = None  # the next start spawns its own worker and reports why it cannot
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()  # it never ran a job: nothing to wait for
+            spare.end()
 
     def stop(self) -> None:
         """Ask the worker to exit (killed if it does not within STOP_GRACE); the next job starts a new one."""
@@ -103,6 +130,7 @@ class Device:
 
     def close(self) -> None:
         self.stop()
+        self._drop_spare()
         self.transport.close()
 
     def interrupt(self) -> None:

@@ -134,6 +134,10 @@ class StderrFile:
 class Transport(abc.ABC):
     """How to run processes and place files on one machine (this one, a board over SSH, a container)."""
 
+    #: whether a device may keep a second worker started ahead there. Only where that costs the job under test
+    #: nothing: on a real board every process shares the board's RAM, so an idle worker would shrink the job's.
+    spare_workers = False
+
     #: what keeps a process within a RAM budget there (a watchdog or cgroup of ours, or the machine's own kernel)
     @abc.abstractmethod
     def enforcement(self, ram_budget: int | None) -> Enforcement:

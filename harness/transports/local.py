@@ -89,6 +89,10 @@ def backend_description() -> str:
 class LocalTransport(Transport):
     """Processes on this machine, each in a session of its own under the RAM enforcer a budget asks for."""
 
+    # This machine is not the board: each worker's budget is enforced on its own process tree, so a worker
+    # started ahead takes nothing from another's (Device keeps one only for workers that have a budget).
+    spare_workers = True
+
     def enforcement(self, ram_budget: int | None) -> Enforcement:
         return Enforcement.KERNEL if ram_budget is None else select_enforcer(ram_budget).name
 

@@ -125,6 +125,24 @@ def test_a_spike_the_watchdog_missed_is_still_oom_killed(monkeypatch: pytest.Mon
         assert device.starts == 2
 
 
+def test_a_device_that_lost_a_worker_keeps_the_next_one_started_and_leaves_none_behind(tiny: Path) -> None:
+    """Catches: a spare worker that is started but never used (the next job starts yet another), one started for
+    a device that never lost a worker (a single ``mali-hil load``), and one left running after close."""
+    with make_device("emulated-mali:mali-g52:256MiB") as device:
+        _ok_after(device, tiny)
+        assert device._spare is None  # one worker so far: nothing suggests another will be needed
+        assert device.run(_job(tiny, f"{ODD}:hoards_host_memory")).status is Status.OOM_KILLED
+        _ok_after(device, tiny)
+        assert device.starts == 2 and device._spare is not None
+        spares = [device._spare._process.pid]
+        assert device.run(_job(tiny, f"{ODD}:hoards_host_memory")).status is Status.OOM_KILLED
+        _ok_after(device, tiny)
+        assert device.starts == 3 and device._hello["pid"] == spares[0]  # the spare took the job
+        assert device._spare is not None
+        spares.append(device._spare._process.pid)
+    assert spares[0] != spares[1] and not any(Path(f"/proc/{pid}").exists() for pid in spares)
+
+
 def test_passing_the_device_cap_is_device_oom_with_the_numbers(board: Device, tiny: Path) -> None:
     result = board.run(_job(tiny, f"{ODD}:hoards_device_memory", lru=False))
     # On a unified-memory board the RAM budget and the device cap race; either ending is an OOM, never an error.
