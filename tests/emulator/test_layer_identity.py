@@ -295,6 +295,7 @@ def test_an_edit_to_any_part_of_the_layer_is_a_new_build(monkeypatch: pytest.Mon
     parts = tmp_path / "layer"
     shutil.copytree(build.SOURCE.parent, parts)
     monkeypatch.setattr(build, "SOURCE", parts / build.SOURCE.name)
+    monkeypatch.setattr(build, "_built", None)  # restored after: later tests must find the real layer's build
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = build_layer()
     stats = parts / "stats.c"
