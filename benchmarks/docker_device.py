@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ssh_board import overhead_ms
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Device, make_device
-from mali_hil.harness.jobs import LoadJob
+from mali_hil.harness.records.jobs import LoadJob
 
 FRACTIONS = (0.80, 0.90, 0.95, 1.00, 1.05, 1.10, 1.25)
 MIB = 1 << 20

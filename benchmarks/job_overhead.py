@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 
 
 def main() -> None:

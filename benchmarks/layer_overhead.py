@@ -105,7 +105,7 @@ def _timed(proc: subprocess.Popen[str]) -> float:
 
 
 def compare(client: str, count: int, size: int, repeats: int, board_spec: str) -> tuple[float, float]:
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
 
     plain_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCL_LAYERS", "MALI_HIL_"))}
     layered_env = {**plain_env, **EmulatedBoard.from_spec(board_spec).environ()}

@@ -36,7 +36,7 @@ from benchmarks.host_bandwidth import measure as measure_host
 
 if TYPE_CHECKING:
     from mali_hil.harness.checkpoints import Checkpoint
-    from mali_hil.harness.results import LoadResult
+    from mali_hil.harness.records.results import LoadResult
 
 BUILTIN_VARIANTS = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
 DEFAULT_DEVICE = "emulated-mali:mali-g610:3GiB"
@@ -185,8 +185,8 @@ def run_variant(role: str, variant: str, checkpoint: Checkpoint, device_spec: st
     benchmarks/README.md), digests off: readback is not loading. Every attempt's RAM growth is kept and a spread
     printed, so a repeat that reused what an earlier attempt left in the worker shows."""
     from mali_hil.harness.devices import make_device
-    from mali_hil.harness.jobs import LoadJob
     from mali_hil.harness.loaders import LoadOptions, bound_inputs, get_loader
+    from mali_hil.harness.records.jobs import LoadJob
 
     options = LoadOptions(chunk_bytes=args.chunk_bytes)
     inputs = bound_inputs(checkpoint, options)
@@ -382,7 +382,7 @@ def table(records: Sequence[Record], memcpy: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from mali_hil.emulator.profile import parse_size
+    from mali_hil.sizes import parse_size
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", default="llama-3.2-1b", help="model shape (default llama-3.2-1b)")

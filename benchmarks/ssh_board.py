@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Device, make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.ssh import SshTransport
 from tests.sshd import LoopbackBoard
 

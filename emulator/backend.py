@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from mali_hil.emulator.errors import BackendError
+from mali_hil.errors import BackendError
 
 _CL_PLATFORM_NAME, _CL_PLATFORM_VERSION = 0x0902, 0x0901
 _CL_DEVICE_TYPE_ALL = 0xFFFFFFFF

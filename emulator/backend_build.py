@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.emulator.errors import BackendError
+from mali_hil.errors import BackendError
 
 POCL_VERSION = "6.0"
 DEBIAN_SUITE = "trixie"  # the first Debian release with PoCL >= 4 (fp16 needs >= 4 and LLVM >= 16)
@@ -94,7 +94,7 @@ def build_key() -> str | None:
 
 
 def backend_root() -> Path:
-    from mali_hil.emulator.board import cache_dir
+    from mali_hil.paths import cache_dir
 
     return cache_dir() / "backend"
 

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mali_hil.emulator.errors import LayerBuildError
+from mali_hil.errors import LayerBuildError
 
 SOURCE = Path(__file__).parent / "layer" / "mali_layer.c"
 INCLUDE_DIR = Path("/usr/include")
@@ -118,7 +118,7 @@ def _build_key(compiler: str, source: bytes) -> str:
 
 
 def _cache_dir() -> Path:
-    from mali_hil.emulator.board import cache_dir  # board imports this module lazily; keep the cycle one-way at import
+    from mali_hil.paths import cache_dir
 
     return cache_dir()
 

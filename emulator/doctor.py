@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 DOCTOR_PROFILE = "mali-g52"  # any profile: the check is that the layer loads and answers with its identity
 
@@ -56,8 +56,8 @@ def _compiler() -> Check:
 def _layer() -> Check:
     """Built, and loaded for real: a process on a board must see the profile's device through the layer (a file
     that exists proves nothing; an ICD loader skips a layer it cannot load, without an error)."""
-    from mali_hil.emulator.board import EmulatedBoard
     from mali_hil.emulator.build import build_layer
+    from mali_hil.emulator.emulated_board import EmulatedBoard
     from mali_hil.emulator.info import describe
 
     try:
@@ -93,7 +93,7 @@ def _fp16() -> Check:
 
 
 def _cgroup() -> Check:
-    from mali_hil.emulator.ram import cgroup_status
+    from mali_hil.runtime.ram import cgroup_status
 
     return Check("ram-cap", True, cgroup_status())
 

@@ -9,51 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.emulator.errors import BackendError, BudgetError, LayerCacheError
-from mali_hil.emulator.profile import CL_ERRORS, Profile, format_size, load_profile
+from mali_hil.emulator.profile import CL_ERRORS, Profile, load_profile
+from mali_hil.errors import BackendError, BudgetError
+from mali_hil.paths import cache_dir
+from mali_hil.runtime.layer_stats import STATS_FILE_ENV
+from mali_hil.runtime.memory import host_ram_bytes
+from mali_hil.sizes import format_size
 
 CONFIG_ENV = "MALI_HIL_LAYER_CONFIG"
-STATS_FILE_ENV = "MALI_HIL_STATS_FILE"
 LAYERS_ENV = "OPENCL_LAYERS"
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/mali-hil`` (default ``~/.cache/mali-hil``): where the layer and its configs are kept.
-
-    Every job loads code from here, so it must be the user's own: a folder owned by this user, not a symlink,
-    writable by no one else. A shared or world-writable cache (a shared ``XDG_CACHE_HOME``) is refused, not used.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "mali-hil"
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
-    except OSError as exc:
-        raise LayerCacheError(f"cannot make the layer cache {path}: {exc.strerror or exc}") from None
-    fix = "remove it, or set XDG_CACHE_HOME to a folder of your own"
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise LayerCacheError(f"refusing the layer cache {path}: it is a symlink or not a folder; {fix}")
-    if info.st_uid != os.geteuid():
-        raise LayerCacheError(f"refusing the layer cache {path}: it belongs to uid {info.st_uid}, not to you "
-                              f"({os.geteuid()}), and every job would load code from it; {fix}")  # fmt: skip
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise LayerCacheError(f"refusing the layer cache {path}: it is writable by others (mode "
-                              f"{stat.S_IMODE(info.st_mode):o}), so anyone could plant the layer every job loads; "
-                              f"run `chmod go-w {path}`, or set XDG_CACHE_HOME to a folder of your own")  # fmt: skip
-    return path
-
-
-def host_ram_bytes() -> int:
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise BackendError("cannot read MemTotal from /proc/meminfo")
 
 
 def layer_config_text(profile: Profile) -> str:

@@ -27,7 +27,7 @@ from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 REPOSITORY = "mali-hil/emulator"
 BASE_REPOSITORY = "mali-hil/debian-base"
@@ -71,7 +71,7 @@ class BuiltImage:
 
 def running_build() -> str:
     """The running mali-hil's wheel version (``0.1.0+h<hash of its code>``), the label an image must carry."""
-    from mali_hil.harness.transports.wheel import build_running_wheel
+    from mali_hil.wheel import build_running_wheel
 
     with tempfile.TemporaryDirectory(prefix="mali-hil-wheel-") as tmp:
         return build_running_wheel(Path(tmp)).name.split("-")[1]
@@ -120,7 +120,7 @@ def build_image(base: str | None = None, tag: str | None = None, log: Any = None
         say(f"base: {BASE_REPOSITORY}:{DEFAULT_SUITE} (debootstrap, made once)")
         base = ensure_base(client)
     base_id = _image_id(client, base) or _pull(client, base)
-    from mali_hil.harness.transports.wheel import build_running_wheel
+    from mali_hil.wheel import build_running_wheel
 
     with tempfile.TemporaryDirectory(prefix="mali-hil-image-") as tmp:
         context = Path(tmp)

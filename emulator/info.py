@@ -15,11 +15,11 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
-from mali_hil.emulator.errors import BackendError
-from mali_hil.emulator.profile import format_size
+from mali_hil.errors import BackendError
+from mali_hil.sizes import format_size
 
 if TYPE_CHECKING:
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
 
 # pyopencl device attribute -> key in our JSON
 _DEVICE_FIELDS = {
@@ -71,14 +71,15 @@ def query_opencl() -> dict[str, Any]:
 
 
 def _query_command() -> list[str]:
-    from mali_hil.emulator.supervisor import ISOLATED
+    from mali_hil.runtime.supervisor import ISOLATED
 
     return [sys.executable, *ISOLATED, "-m", "mali_hil.emulator.info"]
 
 
 def _backend_query() -> dict[str, Any]:
     from mali_hil.emulator.backend import backend_icd
-    from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV
+    from mali_hil.emulator.emulated_board import CONFIG_ENV, LAYERS_ENV
+    from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV, STATS_FILE_ENV)}
     env.update(OCL_ICD_VENDORS=str(backend_icd()), OCL_ICD_FILENAMES="")  # the backend boards run on

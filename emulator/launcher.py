@@ -1,6 +1,6 @@
 """Run one command on an emulated board and wait for it: ``mali-hil emulator run`` and the emulator's own tools.
 
-The process is supervised as every process on a board is (:mod:`mali_hil.emulator.supervisor`: its own session,
+The process is supervised as every process on a board is (:mod:`mali_hil.runtime.supervisor`: its own session,
 the RAM budget enforced, leftovers killed and waited for, the OOM verdict from evidence); this module adds the
 board's environment, a wall clock and captured output, and keeps the record people and scripts read.
 """
@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.ram import STALL_GAP, Enforcement, RamEnforcer, RamVerdict, select_enforcer
-from mali_hil.emulator.supervisor import ProcessEnd, RunStatus, Supervised
+from mali_hil.errors import MaliHilError
+from mali_hil.runtime.ram import STALL_GAP, Enforcement, RamEnforcer, RamVerdict, select_enforcer
+from mali_hil.runtime.supervisor import ProcessEnd, RunStatus, Supervised
 
 if TYPE_CHECKING:
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
 
 __all__ = ["BoardRun", "RunStatus", "run_on_board", "run_with_budget"]
 
@@ -57,7 +57,7 @@ class BoardRun:
 
     @property
     def device(self) -> Any:
-        """mali_hil.emulator.stats.LayerStats from the layer, when it wrote its stats file."""
+        """mali_hil.runtime.layer_stats.LayerStats from the layer, when it wrote its stats file."""
         return self.end.device
 
     @property
@@ -65,7 +65,7 @@ class BoardRun:
         assert self.end.memory is not None  # run_with_budget always runs under an enforcer
         return self.end.memory
 
-    # peaks are sampled from /proc (see mali_hil.emulator.ram): a spike shorter than one sampling interval, such as
+    # peaks are sampled from /proc (see mali_hil.runtime.ram): a spike shorter than one sampling interval, such as
     # the last milliseconds before an exit, can be missed; max_rss_bytes cannot miss it but mixes in file pages
     @property
     def enforcement(self) -> Enforcement:
@@ -138,7 +138,7 @@ def run_on_board(
     """Run ``argv`` on ``board`` and wait for it; never raises for what the command does, only for setup.
 
     ``env`` adds variables to this process's environment (the board's own variables win over both).
-    ``enforcer`` defaults to :func:`mali_hil.emulator.ram.select_enforcer` for ``board.ram_budget``.
+    ``enforcer`` defaults to :func:`mali_hil.runtime.ram.select_enforcer` for ``board.ram_budget``.
     """
     return run_with_budget(
         argv,

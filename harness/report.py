@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from mali_hil.harness.results import LoadResult
-    from mali_hil.harness.session import HarnessSession
+    from mali_hil.harness.plugin.session import HarnessSession
+    from mali_hil.harness.records.results import LoadResult
 
 WORKER_RECORDS = "mali_hil.records"  # workeroutput key: a worker's records, as JSON
 PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
@@ -69,7 +69,7 @@ class VariantTable:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """xdist's controller: a worker finished; take its records (a crashed worker has none to give, but wrote
         each of its records to ``--mali-hil-results`` as it went)."""
-        from mali_hil.harness.results import LoadResult
+        from mali_hil.harness.records.results import LoadResult
 
         text = getattr(node, "workeroutput", {}).get(WORKER_RECORDS)
         if text:
@@ -125,7 +125,7 @@ def _verdict(outcomes: list[str]) -> str:
 
 def _highest(results: list[LoadResult], used: str, limit: str) -> str:
     """The result closest to its limit, as "used / limit" (fields of LoadResult, in bytes)."""
-    from mali_hil.emulator.profile import format_size
+    from mali_hil.sizes import format_size
 
     pairs = [(getattr(r, used), getattr(r, limit)) for r in results]
     pairs = [(u, lim) for u, lim in pairs if u is not None and lim]
@@ -136,7 +136,7 @@ def _highest(results: list[LoadResult], used: str, limit: str) -> str:
 
 
 def _statuses(results: list[LoadResult]) -> str:
-    from mali_hil.harness.results import Status
+    from mali_hil.harness.records.results import Status
 
     ok = sum(r.status is Status.OK for r in results)
     oom = sum(r.status in (Status.DEVICE_OOM, Status.OOM_KILLED) for r in results)

@@ -21,8 +21,9 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from mali_hil.emulator.errors import BackendError
+from mali_hil.errors import BackendError
 
+STATS_FILE_ENV = "MALI_HIL_STATS_FILE"  # where the layer writes its counters (exit file, and its live snapshot)
 STATS_VERSION = 2
 
 

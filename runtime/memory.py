@@ -26,6 +26,8 @@ import contextlib
 import os
 from dataclasses import asdict, dataclass
 
+from mali_hil.errors import BackendError
+
 _KIB = 1024
 
 
@@ -228,3 +230,11 @@ def mem_available() -> int | None:
     except OSError:
         return None
     return None
+
+
+def host_ram_bytes() -> int:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise BackendError("cannot read MemTotal from /proc/meminfo")

@@ -2,7 +2,7 @@
 
 The worker measures itself: the parent's RAM watchdog enforces the budget over the worker's whole life, but a
 warm worker serves many jobs and each needs its own peaks. A sampling thread splits memory the way
-mali_hil.emulator.memory explains; VmHWM, reset through /proc/self/clear_refs, is the kernel's exact (unsampled) peak of
+mali_hil.runtime.memory explains; VmHWM, reset through /proc/self/clear_refs, is the kernel's exact (unsampled) peak of
 total RSS, kept beside it as a cross-check.
 """
 
@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from mali_hil.emulator.memory import MemoryPeaks, ProcessMemory, peak_rss, read_process_memory, reset_peak_rss
+from mali_hil.runtime.memory import MemoryPeaks, ProcessMemory, peak_rss, read_process_memory, reset_peak_rss
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ one of three ways, all behind :class:`RamEnforcer` (``prepare`` before the spawn
   bound that: the next sample comes before the job could use up its remaining headroom at
   ``ASSUMED_RATE`` (or the rate it was actually seen growing at, if faster), within
   ``[MIN_INTERVAL, MAX_INTERVAL]``. The overshoot is therefore about rate x (MIN_INTERVAL + the cost of
-  one sample); ``tests/emulator/test_ram_budget.py`` measures it.
+  one sample); ``tests/runtime/test_ram_budget.py`` measures it.
 
   That bound holds only while the watchdog thread gets a CPU when it asks for one. On a virtual machine whose
   host is slow to back guest memory, we measured a sleeping thread in the parent woken up to ~0.5 s late
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mali_hil.emulator.errors import BudgetError
-from mali_hil.emulator.memory import MemoryPeaks, read_tree_memory, tree_pids
+from mali_hil.errors import BudgetError
+from mali_hil.runtime.memory import MemoryPeaks, read_tree_memory, tree_pids
 
 CGROUP_ENV = "MALI_HIL_CGROUP"
 
@@ -266,7 +266,7 @@ _CONTAINER_FILES = (
 
 
 def _container_limit() -> tuple[int, Path] | None:
-    from mali_hil.emulator.board import host_ram_bytes
+    from mali_hil.runtime.memory import host_ram_bytes
 
     for limit_file, events in _CONTAINER_FILES:
         text = _read_text(limit_file)
@@ -426,7 +426,7 @@ def cgroup_status() -> str:
         except BudgetError as exc:
             return f"cgroup: NOT usable: {exc}"
         return f"cgroup: delegated cgroup v2 at {parent} is usable; runs get enforcement 'cgroup' (kernel memory.max)"
-    from mali_hil.emulator.profile import format_size
+    from mali_hil.sizes import format_size
 
     limit = container_memory_limit()
     if limit is not None:

@@ -1,7 +1,7 @@
-"""The board's side of a remote transport: ``python -m mali_hil.harness.transports.remote health|opencl|supervise``.
+"""The board's side of a remote transport: ``python -m mali_hil.runtime.remote health|opencl|supervise``.
 
 Runs in mali-hil's venv on the board. ``supervise`` is the small remote supervisor: it runs the worker under the
-same :class:`~mali_hil.emulator.supervisor.Supervised` as a local worker (its own session, the emulated board's
+same :class:`~mali_hil.runtime.supervisor.Supervised` as a local worker (its own session, the emulated board's
 RAM watchdog when there is one, else the kernel's OOM killer as the enforcement), relays the job protocol between
 its stdin/stdout and the worker, and adds two kinds of lines of its own on stdout:
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
-    from mali_hil.emulator.ram import RamVerdict
-    from mali_hil.emulator.supervisor import ProcessEnd
+    from mali_hil.runtime.ram import RamVerdict
+    from mali_hil.runtime.supervisor import ProcessEnd
 
 MEMORY_OP, END_OP, KILL_OP = "memory", "end", "kill"
 
@@ -45,11 +45,11 @@ def supervisor_message(line: str) -> RamVerdict | ProcessEnd | None:
     op = message.get("op") if isinstance(message, dict) else None
     fields = {k: v for k, v in message.items() if k != "op"} if op in (MEMORY_OP, END_OP) else {}
     if op == MEMORY_OP:
-        from mali_hil.emulator.ram import RamVerdict
+        from mali_hil.runtime.ram import RamVerdict
 
         return RamVerdict.from_dict(fields)
     if op == END_OP:
-        from mali_hil.emulator.supervisor import ProcessEnd
+        from mali_hil.runtime.supervisor import ProcessEnd
 
         return ProcessEnd.from_dict(fields)
     return None
@@ -66,8 +66,8 @@ def _write(out: BinaryIO, lock: threading.Lock, message: dict[str, Any] | bytes)
 
 
 def supervise(argv: list[str], env: dict[str, str], ram_budget: int | None) -> int:
-    from mali_hil.emulator.ram import select_enforcer
-    from mali_hil.emulator.supervisor import Supervised
+    from mali_hil.runtime.ram import select_enforcer
+    from mali_hil.runtime.supervisor import Supervised
 
     out, lock = sys.stdout.buffer, threading.Lock()
     enforcer = select_enforcer(ram_budget) if ram_budget is not None else None
@@ -129,15 +129,15 @@ def supervise(argv: list[str], env: dict[str, str], ram_budget: int | None) -> i
 def health(workdir: Path, emulate: str | None, ram_budget: int | None) -> dict[str, Any]:
     """What the harness checks before it uses the board; every probe that fails says why."""
     from mali_hil import __version__
-    from mali_hil.emulator.memory import mem_available
-    from mali_hil.emulator.ram import select_enforcer
-    from mali_hil.emulator.supervisor import ISOLATED
+    from mali_hil.runtime.memory import mem_available
+    from mali_hil.runtime.ram import select_enforcer
+    from mali_hil.runtime.supervisor import ISOLATED
 
     facts: dict[str, Any] = {"python": list(sys.version_info[:3]), "mali_hil": __version__, "workdir": str(workdir)}
     facts["mem_available"] = mem_available()
     facts["disk_free"] = shutil.disk_usage(workdir).free
     facts["enforcement"] = select_enforcer(ram_budget).name.value if ram_budget is not None else "kernel"
-    probe = [sys.executable, *ISOLATED, "-m", "mali_hil.harness.transports.remote", "opencl"]
+    probe = [sys.executable, *ISOLATED, "-m", "mali_hil.runtime.remote", "opencl"]
     if emulate:
         probe += ["--emulate", emulate]
     done = subprocess.run(probe, capture_output=True, text=True, timeout=300, check=False)
@@ -152,7 +152,7 @@ def opencl(emulate: str | None) -> dict[str, Any]:
     """The first OpenCL device this board gives a process (through the emulated Mali's layer with ``emulate``)."""
     try:
         if emulate:
-            from mali_hil.emulator.board import EmulatedBoard
+            from mali_hil.emulator.emulated_board import EmulatedBoard
 
             EmulatedBoard.from_spec(emulate).activate()
         import pyopencl as cl
@@ -165,7 +165,7 @@ def opencl(emulate: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mali_hil.harness.transports.remote")
+    parser = argparse.ArgumentParser(prog="python -m mali_hil.runtime.remote")
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("supervise")
     run.add_argument("--workdir", type=Path, required=True)

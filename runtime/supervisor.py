@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mali_hil.emulator.board import STATS_FILE_ENV
-from mali_hil.emulator.errors import BackendError, MaliHilError
-from mali_hil.emulator.ram import RamEnforcer, RamVerdict, kill_job
+from mali_hil.errors import BackendError, MaliHilError
+from mali_hil.runtime.layer_stats import STATS_FILE_ENV
+from mali_hil.runtime.ram import RamEnforcer, RamVerdict, kill_job
 
 CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
 _VMSTAT = Path("/proc/vmstat")
@@ -89,7 +89,7 @@ class ProcessEnd:
     memory: RamVerdict | None  # what the RAM enforcer saw; None where no budget of ours applied
     max_rss_bytes: int  # the kernel's high-water RSS of the leader (and the children it reaped): cannot miss a spike
     elapsed: float  # seconds from spawn to the leader's exit
-    device: Any = None  # mali_hil.emulator.stats.LayerStats, when the OpenCL layer wrote its stats file
+    device: Any = None  # mali_hil.runtime.layer_stats.LayerStats, when the OpenCL layer wrote its stats file
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON, for a supervisor on another machine to say how its process ended."""
@@ -105,8 +105,8 @@ class ProcessEnd:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProcessEnd:
-        from mali_hil.emulator.ram import RamVerdict
-        from mali_hil.emulator.stats import LayerStats
+        from mali_hil.runtime.layer_stats import LayerStats
+        from mali_hil.runtime.ram import RamVerdict
 
         memory, device = data.get("memory"), data.get("device")
         return cls(
@@ -336,7 +336,7 @@ class Supervised:
         own OOM kill (a SIGKILL runs no exit handler, so only that kill writes it)."""
         if self._private is None:
             return None
-        from mali_hil.emulator.stats import read_last_stats
+        from mali_hil.runtime.layer_stats import read_last_stats
 
         last = read_last_stats(self._private / "layer-stats.json")
         if last is None:

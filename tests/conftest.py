@@ -1,4 +1,4 @@
-"""Our own test suite names misbehaving loaders by module path (``tests.harness.odd_loaders:NAME``). Workers run
+"""Our own test suite names misbehaving loaders by module path (``tests.harness.loaders.odd_loaders:NAME``). Workers run
 with ``python -P`` and do not search the current folder, so the checkout is named as a loader folder, as a user
 would name theirs (README: "Your own loader")."""
 

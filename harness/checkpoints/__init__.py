@@ -7,7 +7,7 @@ shapes and which tensors each exo node loads; ``fill.py`` makes reproducible val
 
 from __future__ import annotations
 
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     CheckpointError,
     CheckpointNotFoundError,
     FillError,

@@ -34,7 +34,7 @@ _DEPENDENCIES = ("numpy", "ml_dtypes", "safetensors")
 
 def cache_root() -> Path | None:
     """The checkpoint cache folder, created private; None when it exists but is not safely ours."""
-    from mali_hil.emulator.board import cache_dir
+    from mali_hil.paths import cache_dir
 
     root = cache_dir() / "suite-checkpoints"
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 
 class CheckpointError(MaliHilError, ValueError):

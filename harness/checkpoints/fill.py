@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from mali_hil.harness.checkpoints.errors import FillError
+from mali_hil.harness.checkpoints.faults import FillError
 from mali_hil.harness.checkpoints.format import TensorSpec, numpy_dtype
 
 #: Dtypes the fills can produce.

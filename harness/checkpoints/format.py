@@ -22,7 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     DuplicateKeyError,
     InvalidHeaderDeserializationError,
     InvalidHeaderError,

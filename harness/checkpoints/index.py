@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     CheckpointNotFoundError,
     IndexFormatError,
     IndexTensorMissingError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mali_hil.harness.checkpoints.errors import CheckpointWriteError, ModelError
+from mali_hil.harness.checkpoints.faults import CheckpointWriteError, ModelError
 from mali_hil.harness.checkpoints.fill import FILL_DTYPES, make_fill
 from mali_hil.harness.checkpoints.index import Checkpoint, validate_checkpoint
 from mali_hil.harness.checkpoints.models import ModelConfig, get_model

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from mali_hil.harness.checkpoints.errors import ModelError
+from mali_hil.harness.checkpoints.faults import ModelError
 from mali_hil.harness.checkpoints.format import DTYPE_BITS, TensorSpec
 
 EMBED = "model.embed_tokens.weight"

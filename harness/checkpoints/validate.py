@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     CheckpointNotFoundError,
     HeaderTooLargeError,
     HeaderTooSmallError,

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mali_hil.harness.checkpoints.errors import CheckpointWriteError
+from mali_hil.harness.checkpoints.faults import CheckpointWriteError
 from mali_hil.harness.checkpoints.format import (
     DTYPE_BITS,
     METADATA_KEY,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 # Command-group modules, in the order `mali-hil --help` lists them.
 _GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "doctor", "cluster", "threshold", "report", "farm")

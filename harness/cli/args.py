@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.profile import parse_size
+from mali_hil.errors import MaliHilError
+from mali_hil.sizes import parse_size
 
 
 def size(text: str) -> int:

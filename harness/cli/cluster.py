@@ -46,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mali_hil.errors import JobSpecError
     from mali_hil.harness.cluster import resolve_model, run_cluster
-    from mali_hil.harness.cluster.progress import ClusterProgress
-    from mali_hil.harness.errors import JobSpecError
+    from mali_hil.harness.cluster.bars import ClusterProgress
     from mali_hil.harness.reports.environment import write_document
 
     if args.nodes < 1:

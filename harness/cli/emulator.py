@@ -13,9 +13,10 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.profile import available_profiles, format_size, load_profile
+from mali_hil.emulator.profile import available_profiles, load_profile
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.cli.args import seconds, size
+from mali_hil.sizes import format_size
 
 if TYPE_CHECKING:
     from mali_hil.emulator.launcher import BoardRun
@@ -138,7 +139,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
     from mali_hil.emulator.info import describe, render
 
     described = describe(EmulatedBoard.from_spec(args.board))
@@ -147,7 +148,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
     from mali_hil.emulator.launcher import run_on_board
 
     cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
@@ -167,7 +168,7 @@ def _build_image(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from mali_hil.emulator.image import build_image
-    from mali_hil.emulator.profile import format_size
+    from mali_hil.sizes import format_size
 
     built = build_image(args.base, args.tag, log=None if args.json else print)
     if args.json:
@@ -184,7 +185,7 @@ def _build_image(args: argparse.Namespace) -> int:
 def verdict_line(run: BoardRun) -> str:
     """One line saying how a BoardRun ended, for people."""
     from mali_hil.emulator.launcher import RunStatus
-    from mali_hil.emulator.supervisor import OomEvidence
+    from mali_hil.runtime.supervisor import OomEvidence
 
     peak, limit = format_size(run.peak_unified_bytes), format_size(run.ram_limit)
     what = "budget" if run.enforcement != "container" else "container limit"

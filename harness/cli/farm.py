@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mali_hil.harness.farm.errors import FarmError
+    from mali_hil.harness.farm.failures import FarmError
     from mali_hil.harness.farm.lease import install_sigterm_cleanup
     from mali_hil.harness.farm.runner import FarmOptions, parse_pairs, run_farm
 

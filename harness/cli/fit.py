@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.cli.args import size
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
@@ -26,9 +26,9 @@ def _fit(args: argparse.Namespace) -> int:
     from safetensors.numpy import save_file
 
     from mali_hil.harness.devices import make_device
-    from mali_hil.harness.fit import predict_fit
-    from mali_hil.harness.jobs import LoadJob, parse_shard
     from mali_hil.harness.loaders import BUILTIN_NAMES, LoadOptions, get_loader
+    from mali_hil.harness.records.jobs import LoadJob, parse_shard
+    from mali_hil.harness.sizing.predict import predict_fit
 
     device = make_device(args.device)
     cap, budget = device.facts.cap_bytes, device.facts.ram_budget_bytes

@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from mali_hil.emulator.profile import format_size
 from mali_hil.harness.cli.args import seconds, size
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
+from mali_hil.sizes import format_size
 
 if TYPE_CHECKING:
-    from mali_hil.harness.results import LoadResult
+    from mali_hil.harness.records.results import LoadResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mali_hil.harness.devices import make_device
-    from mali_hil.harness.jobs import LoadJob, parse_shard
+    from mali_hil.harness.records.jobs import LoadJob, parse_shard
 
     job = LoadJob(
         checkpoint=str(Path(args.checkpoint).resolve()),

@@ -20,7 +20,7 @@ def _report(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from mali_hil.emulator.errors import MaliHilError
+    from mali_hil.errors import MaliHilError
     from mali_hil.harness.reports.inputs import read_inputs
 
     try:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 INTERRUPT_GRACE = 60.0  # seconds an interrupted suite gets to stop its workers and write its reports
 SUITE_PACKAGE = "mali_hil.properties"  # the property suite ships inside the package, so a wheel can run it
 # plugins loaded into the child pytest only: nobody else's pytest gets them
-PROGRESS_PLUGIN = "mali_hil.harness.progress"
-PARALLEL_PLUGIN = "mali_hil.harness.parallel"
+PROGRESS_PLUGIN = "mali_hil.harness.plugin.progress_line"
+PARALLEL_PLUGIN = "mali_hil.harness.plugin.parallel"
 # Each xdist worker starts its own device workers and compiles its own kernels: past a few, the boards they share
 # (and the memory they hold) cost more than another core gives.
 MAX_WORKERS = 4
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
-    from mali_hil.harness.results_file import check_writable
+    from mali_hil.harness.records.results_file import check_writable
 
     for what, output in (("--junitxml", args.junitxml), ("--results", args.results)):
         if output:
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.results:
         argv.append(f"--mali-hil-results={args.results}")
     argv += [a for a in args.pytest_args if a != "--"]
-    from mali_hil.emulator.supervisor import with_parent_death_signal
+    from mali_hil.runtime.supervisor import with_parent_death_signal
 
     # killed outright (SIGKILL, an OOM kill of this process), we cannot stop the child pytest: the kernel does
     child = subprocess.Popen(argv, preexec_fn=with_parent_death_signal(None))

@@ -28,10 +28,10 @@ def _threshold(args: argparse.Namespace) -> int:
     import sys
 
     from mali_hil.harness.checkpoints import validate_checkpoint
-    from mali_hil.harness.jobs import parse_shard
     from mali_hil.harness.loaders import BUILTIN_NAMES
+    from mali_hil.harness.records.jobs import parse_shard
     from mali_hil.harness.reports.environment import write_document
-    from mali_hil.harness.threshold import run_threshold
+    from mali_hil.harness.sizing.threshold_search import run_threshold
 
     checkpoint = validate_checkpoint(args.checkpoint)
     path = str((checkpoint.index or checkpoint.files[0]).resolve())
@@ -59,7 +59,7 @@ def _threshold(args: argparse.Namespace) -> int:
 
 
 def table(doc: dict[str, Any]) -> list[str]:
-    from mali_hil.emulator.profile import format_size
+    from mali_hil.sizes import format_size
 
     def sz(n: int | None) -> str:
         return "-" if n is None else format_size(n)

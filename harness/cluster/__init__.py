@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mali_hil.harness.cluster.bars import ClusterProgress
 from mali_hil.harness.cluster.cache import cached_checkpoint
 from mali_hil.harness.cluster.model_source import ModelSource, resolve_model
 from mali_hil.harness.cluster.partition import equal_nodes
 from mali_hil.harness.cluster.plan import plan_node, verdict
-from mali_hil.harness.cluster.progress import ClusterProgress
 from mali_hil.harness.cluster.run import NodeJob, default_parallel, node_record, run_nodes
-from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
-from mali_hil.harness.results import LoadResult
+from mali_hil.harness.records.jobs import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.records.results import LoadResult
 
 DOCUMENT_KIND = "mali-hil.cluster"
 

@@ -32,7 +32,7 @@ Progress = Callable[[int], None]  # called with the bytes just written
 
 
 def cache_root() -> Path:
-    from mali_hil.emulator.board import cache_dir
+    from mali_hil.paths import cache_dir
 
     return cache_dir() / "cluster-checkpoints"  # apart from the suite's own cache, which prunes its folder
 

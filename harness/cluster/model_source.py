@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mali_hil.harness.checkpoints import ModelConfig, get_model
-from mali_hil.harness.checkpoints.errors import ModelError
+from mali_hil.harness.checkpoints.faults import ModelError
 
 REQUIRED = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
 #: config.json ``torch_dtype`` -> the safetensors dtype a checkpoint of it stores.

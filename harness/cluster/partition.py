@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mali_hil.harness.errors import JobSpecError
+from mali_hil.errors import JobSpecError
 
 
 @dataclass(frozen=True)

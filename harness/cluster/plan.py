@@ -13,7 +13,7 @@ from typing import Any
 from mali_hil.harness.checkpoints import Checkpoint
 from mali_hil.harness.cluster.partition import NodeShard
 from mali_hil.harness.loaders.base import LoadOptions, TensorPlan, plan_load
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult, Status
 
 VERDICTS = {Status.OK: "fits", Status.DEVICE_OOM: "device-oom", Status.OOM_KILLED: "oom-killed"}
 _NEEDED = re.compile(r"needed (\d+) bytes")

@@ -14,12 +14,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from mali_hil.emulator.memory import mem_available
 from mali_hil.harness.cluster.plan import NodePlan, peak_tensor, verdict
 from mali_hil.harness.devices import make_device
 from mali_hil.harness.devices.device import Device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import LoadResult
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult
+from mali_hil.runtime.memory import mem_available
 
 HOST_RESERVE = 2 << 30  # RAM left to this process, the OS and the page cache the loaders read through
 

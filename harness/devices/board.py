@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.emulator.board import EmulatedBoard
-from mali_hil.emulator.ram import Enforcement
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.harness.devices.spec import DeviceSpec
+from mali_hil.runtime.ram import Enforcement
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.ram import Enforcement
-from mali_hil.emulator.supervisor import ISOLATED, OomEvidence, ProcessEnd, RunStatus
+from mali_hil.errors import MaliHilError, WorkerError
 from mali_hil.harness.devices.board import Board, DeviceFacts
-from mali_hil.harness.errors import WorkerError
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult, Status
 from mali_hil.harness.transports.base import Channel, Transport
 from mali_hil.harness.worker.protocol import EMULATE_ENV, WORKER_MODULE, WorkerClient, WorkerGone, WorkerTimeout
+from mali_hil.runtime.ram import Enforcement
+from mali_hil.runtime.supervisor import ISOLATED, OomEvidence, ProcessEnd, RunStatus
 
 # glibc's adaptive mmap threshold keeps large freed buffers in the heap, so one job's leftovers would sit in the
 # next job's RAM baseline and hide its growth. A fixed threshold is real memory behaviour, not a cap.

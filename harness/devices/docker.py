@@ -8,7 +8,7 @@ OOM killer, with none of the watchdog's sampling gap. The image is the one built
 
 from __future__ import annotations
 
-from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.harness.devices.board import Board
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.emulated import DEFAULT_PROFILE

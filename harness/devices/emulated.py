@@ -6,7 +6,7 @@ local transport keeps it within the board's RAM (a watchdog, or a delegated cgro
 
 from __future__ import annotations
 
-from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.harness.devices.board import Board
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import parse_qsl, quote, urlencode
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import DeviceSpecError, MaliHilError
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.spec import DeviceSpec
-from mali_hil.harness.errors import DeviceSpecError
 
 LEASES_ENV = "MALI_HIL_FARM_LEASES"
 _coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
@@ -62,7 +61,7 @@ def _record(lease: object) -> None:
 def parse_target(target: str) -> tuple[dict[str, str], float | None, dict[str, str]]:
     """``gpu=mali-g610,board=rock5b?wait=60&emulate=mali-g610`` -> (selector, wait, SSH options)."""
     from mali_hil.harness.farm.client import parse_selector
-    from mali_hil.harness.farm.errors import PlaceError
+    from mali_hil.harness.farm.failures import PlaceError
 
     selector_text, _, query = target.partition("?")
     try:

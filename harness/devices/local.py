@@ -6,10 +6,10 @@ worker killed here is ``oom-killed`` only on the kernel's evidence (its OOM-kill
 
 from __future__ import annotations
 
+from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.devices.board import Board
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.spec import DeviceSpec
-from mali_hil.harness.errors import DeviceSpecError
 from mali_hil.harness.transports.local import LocalTransport
 
 

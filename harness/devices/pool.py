@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.registry import make_device
 from mali_hil.harness.devices.spec import DeviceSpec

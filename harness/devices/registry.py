@@ -14,8 +14,8 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, TypeAlias
 
+from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.devices.spec import DeviceSpec
-from mali_hil.harness.errors import DeviceSpecError
 
 if TYPE_CHECKING:
     from mali_hil.harness.devices.device import Device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mali_hil.harness.errors import DeviceSpecError
+from mali_hil.errors import DeviceSpecError
 
 _KIND = re.compile(r"[a-z][a-z0-9-]*\Z")
 

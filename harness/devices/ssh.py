@@ -7,7 +7,7 @@ the board, its RAM budget watched there as it is on this machine.
 
 from __future__ import annotations
 
-from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.profile import load_profile
 from mali_hil.harness.devices.board import Board
 from mali_hil.harness.devices.device import Device

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mali_hil.harness.farm.errors import CoordinatorError, LabgridMissing, PlaceError
+from mali_hil.harness.farm.failures import CoordinatorError, LabgridMissing, PlaceError
 
 CALL_TIMEOUT = 60.0  # seconds for one request; the coordinator answers in well under one
 _PLACE = re.compile(r"Place '(?P<name>[^']+)':\Z")
@@ -125,7 +125,7 @@ class LabgridClient:
 
         ``reserve --wait --shell`` prints the token at once and returns when the coordinator allocated a place;
         a reservation still waiting at the limit is cancelled, so it never takes a board after we gave up."""
-        from mali_hil.harness.farm.errors import ReservationTimeout
+        from mali_hil.harness.farm.failures import ReservationTimeout
 
         filters = [f"{key}={value}" for key, value in selector.items()]
         proc = subprocess.Popen(self.argv("reserve", "--wait", "--shell", *filters), stdout=subprocess.PIPE,

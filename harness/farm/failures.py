@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 
 class FarmError(MaliHilError, RuntimeError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mali_hil.harness.farm.client import LabgridClient, Place
-from mali_hil.harness.farm.errors import CoordinatorError, PlaceError
+from mali_hil.harness.farm.failures import CoordinatorError, PlaceError
 from mali_hil.harness.farm.identity import RunIdentity
 
 DEFAULT_WAIT = 600.0  # seconds a run waits for a busy board before it gives up (a MISS, never a shared board)

@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from mali_hil.harness.devices.labgrid import LEASES_ENV
 from mali_hil.harness.farm import summary
 from mali_hil.harness.farm.client import LabgridClient
-from mali_hil.harness.farm.errors import CoordinatorError, FarmError, PlaceError
+from mali_hil.harness.farm.failures import CoordinatorError, FarmError, PlaceError
 from mali_hil.harness.farm.identity import RunIdentity
 from mali_hil.harness.farm.outcomes import OUTCOMES_ENV
 

@@ -53,7 +53,7 @@ def _flat(report: dict[str, Any]) -> dict[str, str]:
 
 
 def load_previous(path: Path) -> dict[str, Any] | None:
-    from mali_hil.harness.farm.errors import FarmError
+    from mali_hil.harness.farm.failures import FarmError
 
     if not path.exists():
         return None

@@ -8,7 +8,7 @@ import tinygrad; resolving a built-in does.
 from typing import TYPE_CHECKING
 
 from mali_hil._lazy import lazy_exports
-from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.records.jobs import DEFAULT_CHUNK_BYTES
 
 #: The built-in variants, in the order reports list them: name -> where its Loader record lives. Known without
 #: importing tinygrad or numpy; adding a variant is one module and one line here.

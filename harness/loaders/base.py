@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.checkpoints import DTYPE_BITS, Checkpoint, layer_of, validate_checkpoint
-from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.records.jobs import DEFAULT_CHUNK_BYTES
 
 #: Safetensors dtypes the loaders accept. Floats are converted to the target dtype; the rest pass through.
 FLOAT_SOURCES = ("BF16", "F16", "F32")

@@ -9,7 +9,7 @@ Fixtures for users' own tests:
 - ``mali_device``: a started device (session-scoped); tests that use it run once per ``--device``.
 - ``loader_name``: tests that use it run once per ``--loader`` (default: every built-in variant).
 - ``load(checkpoint, **job)``: runs one load job on ``mali_device`` with ``loader_name`` (or ``loader=``)
-  and returns its :class:`mali_hil.harness.results.LoadResult`; every result is recorded for the report.
+  and returns its :class:`mali_hil.harness.records.results.LoadResult`; every result is recorded for the report.
 - ``make_checkpoint(model="tiny", **options)``: writes (once per session and options) a checkpoint.
 """
 
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from mali_hil.harness.results import LoadResult
-    from mali_hil.harness.session import HarnessSession
+    from mali_hil.harness.plugin.session import HarnessSession
+    from mali_hil.harness.records.results import LoadResult
 
 MARKERS = (
     "mali_hil_property(name): the suite property a test checks (numerics, memory-bound, oom, fit, idempotence, "
@@ -41,7 +41,7 @@ def _seconds(text: str) -> float:
 
 
 def _session(config: pytest.Config) -> HarnessSession:
-    from mali_hil.harness.session import SESSION_KEY
+    from mali_hil.harness.plugin.session import SESSION_KEY
 
     return config.stash[SESSION_KEY]
 
@@ -126,8 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
         from mali_hil.harness.devices.labgrid import set_coordinator
 
         set_coordinator(coordinator)
+    from mali_hil.harness.plugin.session import SESSION_KEY, HarnessSession
     from mali_hil.harness.report import VariantTable
-    from mali_hil.harness.session import SESSION_KEY, HarnessSession
 
     session = HarnessSession.from_config(config)
     config.stash[SESSION_KEY] = session
@@ -135,7 +135,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from mali_hil.harness.session import SESSION_KEY
+    from mali_hil.harness.plugin.session import SESSION_KEY
 
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
@@ -186,7 +186,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def load(request: pytest.FixtureRequest, mali_device: Any) -> Callable[..., LoadResult]:
     """``load(checkpoint, loader=None, **job_fields) -> LoadResult``: one job on the current device."""
-    from mali_hil.harness.jobs import LoadJob
+    from mali_hil.harness.records.jobs import LoadJob
 
     session = _session(request.config)
     default_loader = request.getfixturevalue("loader_name") if "loader_name" in request.fixturenames else "chunked"

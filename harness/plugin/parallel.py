@@ -1,6 +1,6 @@
 """How ``mali-hil run`` spreads the suite over pytest-xdist workers: one loader's tests stay in one process.
 
-A pytest plugin that ``mali-hil run`` loads into its own pytest (``-p mali_hil.harness.parallel``, with ``-n``);
+A pytest plugin that ``mali-hil run`` loads into its own pytest (``-p mali_hil.harness.plugin.parallel``, with ``-n``);
 nobody else's pytest gets it, and without xdist it does nothing. Through xdist's own hook for this
 (``pytest_xdist_make_scheduler``) it uses xdist's scope scheduling with a loader as the scope: each xdist worker
 has its own device workers, whose tinygrad keeps the kernels it compiled, and the memory properties run a
@@ -29,7 +29,7 @@ def loader_of(nodeid: str, loaders: Sequence[str]) -> str | None:
 
 
 def session_loaders(config: pytest.Config) -> Sequence[str]:
-    from mali_hil.harness.session import SESSION_KEY
+    from mali_hil.harness.plugin.session import SESSION_KEY
 
     session = config.stash.get(SESSION_KEY, None)
     return session.loaders if session is not None else ()

@@ -1,18 +1,17 @@
 """The progress line of ``mali-hil run``: tests done / total, the loaders being tested now, elapsed time.
 
-A pytest plugin that ``mali-hil run`` loads into its own pytest with ``-p mali_hil.harness.progress`` (never an
-entry point, so nobody else's pytest gets it). It draws with rich, which redraws one transient line in place and
-leaves nothing behind when the run ends; tqdm would do as well for a bar, but rich's columns carry the loader
-names without string formatting of our own, and its Live display is erased cleanly before pytest's summary.
+A pytest plugin that ``mali-hil run`` loads into its own pytest with ``-p mali_hil.harness.plugin.progress_line``
+(never an entry point, so nobody else's pytest gets it). It draws with rich, which redraws one transient line in
+place and leaves nothing behind when the run ends; tqdm would do as well for a bar, but rich's columns carry the
+loader names without string formatting of our own, and its Live display is erased cleanly before pytest's summary.
 
-It works the same with and without pytest-xdist: on xdist's controller the workers' reports arrive through the
-same hooks (``pytest_runtest_logstart``/``logfinish``), and the total comes from the workers' collection.
+It works the same with and without pytest-xdist: on xdist's controller the workers' reports arrive through the same
+hooks (``pytest_runtest_logstart``/``logfinish``), and the total comes from the workers' collection.
 
-While it draws, pytest's own per-test letters are suppressed (they would be written into the line being
-redrawn); every outcome still counts in pytest's summary, and failures are reported there as usual. It draws
-only on a terminal: ``--mali-hil-progress=auto`` (the default) is quiet when stdout is not a TTY (CI logs, pipes),
-``on`` forces it (for tests), ``off`` turns it off.
-"""
+While it draws, pytest's own per-test letters are suppressed (they would be written into the line being redrawn);
+every outcome still counts in pytest's summary, and failures are reported there as usual. It draws only on a
+terminal: ``--mali-hil-progress=auto`` (the default) is quiet when stdout is not a TTY (CI logs, pipes), ``on``
+forces it (for tests), ``off`` turns it off."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from typing import IO, Any
 
 import pytest
 
-from mali_hil.harness.parallel import loader_of, session_loaders
+from mali_hil.harness.plugin.parallel import loader_of, session_loaders
 
 CHOICES = ("auto", "on", "off")
 

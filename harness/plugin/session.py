@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE, env_devices
 from mali_hil.harness.loaders import BUILTIN_NAMES
 
 if TYPE_CHECKING:
     from mali_hil.harness.devices import Device, DevicePool
-    from mali_hil.harness.results import LoadResult
-    from mali_hil.harness.results_file import ResultsFile
+    from mali_hil.harness.records.results import LoadResult
+    from mali_hil.harness.records.results_file import ResultsFile
 
 SESSION_KEY = pytest.StashKey["HarnessSession"]()
 DEFAULT_JOB_TIMEOUT = 600.0
@@ -59,7 +59,7 @@ class HarnessSession:
             explicit=bool(given_devices or given_loaders or results),
         )
         if results:
-            from mali_hil.harness.results_file import ResultsFile
+            from mali_hil.harness.records.results_file import ResultsFile
 
             try:
                 session._results = ResultsFile(results)
@@ -111,9 +111,9 @@ def _given(value: float | None, default: float) -> float:
 
 def _check_devices(specs: list[str]) -> None:
     """Refuse a malformed ``--device`` or an unknown kind at once, as a usage error (nothing is started here)."""
+    from mali_hil.errors import DeviceSpecError
     from mali_hil.harness.devices import DeviceSpec, device_kinds
     from mali_hil.harness.devices.registry import check_device
-    from mali_hil.harness.errors import DeviceSpecError
 
     for spec in specs:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mali_hil.harness.errors import JobSpecError
+from mali_hil.errors import JobSpecError
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # the chunk size of the chunked and mmap loaders, unless a job says otherwise
 

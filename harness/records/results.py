@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.emulator.ram import STALL_GAP, Enforcement
-from mali_hil.emulator.supervisor import OomEvidence
+from mali_hil.runtime.ram import STALL_GAP, Enforcement
+from mali_hil.runtime.supervisor import OomEvidence
 
 
 class Status(enum.Enum):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mali_hil.harness.errors import ResultsFileError
+from mali_hil.errors import ResultsFileError
 
 RUN_ID_ENV = "MALI_HIL_RUN_ID"
 

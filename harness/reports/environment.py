@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
-from mali_hil.harness.results import LoadResult
+from mali_hil.harness.records.results import LoadResult
 
 
 def _version(dist: str) -> str | None:

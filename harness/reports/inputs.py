@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.harness.results import LoadResult
+from mali_hil.errors import MaliHilError
+from mali_hil.harness.records.results import LoadResult
 
 CLUSTER, THRESHOLD = "mali-hil.cluster", "mali-hil.threshold"
 

@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from mali_hil.emulator.profile import format_size
 from mali_hil.harness.reports.inputs import ReportInputs
+from mali_hil.sizes import format_size
 
 #: What issue 13 expected, checked against the measurement (never written in): under exo's 2024 rule no variant
 #: fits every node of 3 GB boards; under the corrected rule a streaming variant does.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mali_hil.emulator.profile import format_size
+from mali_hil.sizes import format_size
 
 
 @dataclass(frozen=True)

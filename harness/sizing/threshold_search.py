@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.fit import predict_fit
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult, Status
+from mali_hil.harness.sizing.predict import predict_fit
 
 STEP = 16 << 20
 DOCUMENT_KIND = "mali-hil.threshold"
@@ -217,9 +217,9 @@ def run_threshold(
     on_probe: Callable[[str, Probe], None] | None = None,
 ) -> dict[str, Any]:
     """Search every loader's threshold on ``checkpoint``; the results document."""
-    from mali_hil.emulator.board import host_ram_bytes
     from mali_hil.harness.loaders import LoadOptions, bound_inputs, get_loader
     from mali_hil.harness.reports.environment import environment
+    from mali_hil.runtime.memory import host_ram_bytes
 
     board = ResizableBoard(device)
     options = LoadOptions(shard=shard, chunk_bytes=chunk_bytes, keep=keep)

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mali_hil.emulator.ram import Enforcement, RamVerdict
-from mali_hil.emulator.supervisor import ProcessEnd
+from mali_hil.runtime.ram import Enforcement, RamVerdict
+from mali_hil.runtime.supervisor import ProcessEnd
 
 
 class Channel(abc.ABC):
@@ -102,7 +102,7 @@ class RelayedChannel(PipeChannel):
 
     def _take(self, line: str) -> None:
         """For the reader thread: one line of the supervisor's stream."""
-        from mali_hil.harness.transports.remote import supervisor_message
+        from mali_hil.runtime.remote import supervisor_message
 
         message = supervisor_message(line)
         if isinstance(message, RamVerdict):

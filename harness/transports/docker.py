@@ -31,10 +31,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mali_hil.emulator.ram import Enforcement, RamVerdict
-from mali_hil.emulator.supervisor import OomEvidence, ProcessEnd, RunStatus
 from mali_hil.harness.transports.base import Channel, RelayedChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import KILL_OP
+from mali_hil.runtime.ram import Enforcement, RamVerdict
+from mali_hil.runtime.remote import KILL_OP
+from mali_hil.runtime.supervisor import OomEvidence, ProcessEnd, RunStatus
 
 IMAGE_ENV = "MALI_HIL_DOCKER_IMAGE"
 IMAGE_PYTHON = "/opt/mali-hil/bin/python"

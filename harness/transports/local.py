@@ -16,10 +16,10 @@ from functools import cache
 from pathlib import Path
 from typing import IO
 
-from mali_hil.emulator.ram import Enforcement, RamVerdict, select_enforcer
-from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd, Supervised
 from mali_hil.harness.transports.base import Channel, PipeChannel, StderrFile, Transport
 from mali_hil.harness.worker.protocol import BACKEND_ENV
+from mali_hil.runtime.ram import Enforcement, RamVerdict, select_enforcer
+from mali_hil.runtime.supervisor import ISOLATED, ProcessEnd, Supervised
 
 
 class LocalChannel(PipeChannel):
@@ -74,7 +74,7 @@ class LocalChannel(PipeChannel):
 def backend_description() -> str:
     """This machine's OpenCL backend (PoCL's own platform version), asked once per process in a process without
     the layer (which answers as the Mali); workers on this machine get it instead of asking again."""
-    from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV
+    from mali_hil.emulator.emulated_board import CONFIG_ENV, LAYERS_ENV
 
     code = "from mali_hil.emulator.backend import backend_info as b; print(b().platform_version.split('  ')[0])"
     env = {k: v for k, v in os.environ.items() if k not in (LAYERS_ENV, CONFIG_ENV)}

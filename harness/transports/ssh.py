@@ -25,15 +25,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.emulator.ram import Enforcement, RamVerdict
-from mali_hil.emulator.supervisor import ISOLATED, ProcessEnd
+from mali_hil.errors import MaliHilError
 from mali_hil.harness.transports.base import Channel, RelayedChannel, StderrFile, Transport
-from mali_hil.harness.transports.remote import KILL_OP
 from mali_hil.harness.transports.ssh_target import SshTarget
-from mali_hil.harness.transports.wheel import build_running_wheel
+from mali_hil.runtime.ram import Enforcement, RamVerdict
+from mali_hil.runtime.remote import KILL_OP
+from mali_hil.runtime.supervisor import ISOLATED, ProcessEnd
+from mali_hil.wheel import build_running_wheel
 
-REMOTE_MODULE = "mali_hil.harness.transports.remote"
+REMOTE_MODULE = "mali_hil.runtime.remote"
 MIN_PYTHON = (3, 11)
 MIN_FREE_DISK = 512 << 20  # bytes the board's work folder must have free before it is used
 MIN_FREE_RAM = 128 << 20  # bytes of MemAvailable below which a board is too loaded to measure anything

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from mali_hil.harness.errors import DeviceSpecError
+from mali_hil.errors import DeviceSpecError
 
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*)\Z")  # a name, an alias or an IPv4 address
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+\Z")

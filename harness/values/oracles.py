@@ -2,7 +2,8 @@
 
 The values come from the safetensors reference library (not our reader) and the conversion from ml_dtypes
 (not tinygrad): bf16 -> float32 is exact, float32 -> float16 rounds once to nearest-even, so the pair is the
-independent oracle for bf16 -> fp16 (REFERENCE section 5). Digests use mali_hil.harness.digest, which only hashes.
+independent oracle for bf16 -> fp16 (REFERENCE section 5). Digests use mali_hil.harness.values.digest, which only
+hashes.
 
 Digests are streamed: each tensor is read through the reference reader's slices, ``BLOCK_BYTES`` of source at a
 time, converted and hashed block by block (the conversion is per element, so blocks change nothing). The oracle
@@ -20,8 +21,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from mali_hil.harness.digest import Digest
-from mali_hil.harness.results import TensorDigest
+from mali_hil.harness.records.results import TensorDigest
+from mali_hil.harness.values.digest import Digest
 
 _TARGETS = {"float16": np.float16, "float32": np.float32}
 #: source bytes read, converted and hashed at once: with its float32 step and the hash's copies, ~6x this in RAM

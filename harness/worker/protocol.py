@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mali_hil.harness.errors import WorkerError
+from mali_hil.errors import WorkerError
 from mali_hil.harness.transports.base import Channel
 
 PROTOCOL = 2

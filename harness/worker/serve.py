@@ -20,12 +20,12 @@ import traceback
 from typing import IO, Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.emulator.errors import MaliHilError
-from mali_hil.harness.digest import Digest
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.meter import MemoryMeter
-from mali_hil.harness.results import LoadResult, Status, TensorDigest
+from mali_hil.errors import MaliHilError
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult, Status, TensorDigest
+from mali_hil.harness.values.digest import Digest
 from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
+from mali_hil.runtime.meter import MemoryMeter
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
@@ -40,7 +40,7 @@ def _layer_stats() -> Any | None:
     emulated board the layer was checked at the worker's start, so counters that cannot be read now are raised
     (the job is then an ``infra-error``), never dropped: a job without its device figures would pass as one on a
     device nobody measures."""
-    from mali_hil.emulator.stats import read_layer_stats
+    from mali_hil.runtime.layer_stats import read_layer_stats
 
     try:
         return read_layer_stats()
@@ -56,7 +56,7 @@ def _put_on_board() -> tuple[str, Any]:
     spec = os.environ.get(EMULATE_ENV)
     if not spec:
         return os.environ.get(BACKEND_ENV, ""), None
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
 
     if not os.environ.get(BACKEND_ENV):  # ask before the layer is in: then it answers as the Mali
         from mali_hil.harness.transports.local import backend_description
@@ -71,8 +71,8 @@ def _check_on_board(board: Any, facts: dict[str, str]) -> None:
     """The device this process got must be the emulated Mali it asked for: a layer that did not load (a broken
     or empty .so), or that refused its config, leaves plain PoCL with no cap and no Mali identity, and every
     verdict would then be wrong while looking fine. Raises BackendError saying which."""
-    from mali_hil.emulator.errors import BackendError
-    from mali_hil.emulator.stats import read_layer_stats
+    from mali_hil.errors import BackendError
+    from mali_hil.runtime.layer_stats import read_layer_stats
 
     try:
         stats = read_layer_stats()
@@ -170,7 +170,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     started = time.monotonic()
     before = _layer_stats()
     if before is not None:  # a layer counts this device: this job's peak and event counters start here
-        from mali_hil.emulator.stats import reset_layer_stats
+        from mali_hil.runtime.layer_stats import reset_layer_stats
 
         reset_layer_stats()
     try:

@@ -2,6 +2,8 @@
 
 Each error names the bad value and the fix, so a user never has to read a traceback from deep inside.
 Misuse errors also inherit the matching builtin (as hypothesis does), so ``except ValueError`` still works.
+The emulator's, the board runtime's and the harness's own errors are here; the checkpoint validator's one class
+per rule (``harness/checkpoints/faults.py``) and the farm's (``harness/farm/failures.py``) stay with their code.
 """
 
 from __future__ import annotations
@@ -29,3 +31,19 @@ class LayerBuildError(BackendError):
 
 class LayerCacheError(BackendError):
     """The layer cache folder is not private to this user: anyone able to write there could plant code."""
+
+
+class JobSpecError(MaliHilError, ValueError):
+    """A job's parameters (shard range, sizes, dtype) are invalid."""
+
+
+class DeviceSpecError(MaliHilError, ValueError):
+    """A --device value names no known device kind or is malformed."""
+
+
+class WorkerError(MaliHilError, RuntimeError):
+    """The device-side worker could not be started or spoke out of protocol."""
+
+
+class ResultsFileError(MaliHilError, OSError):
+    """A results or report file cannot be written (a missing or read-only folder, a full disk); names the path."""

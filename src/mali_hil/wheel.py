@@ -15,11 +15,11 @@ from importlib import import_module
 from importlib.metadata import distribution
 from pathlib import Path
 
-from mali_hil.emulator.errors import MaliHilError
+from mali_hil.errors import MaliHilError
 
 DISTRIBUTION = "mali-hil"
 #: the import packages the distribution maps (see pyproject's package-dir); subpackages come with their folders
-TOP_PACKAGES = ("mali_hil", "mali_hil.emulator", "mali_hil.harness", "mali_hil.properties")
+TOP_PACKAGES = ("mali_hil", "mali_hil.runtime", "mali_hil.emulator", "mali_hil.harness", "mali_hil.properties")
 _SUFFIXES = (".py", ".toml", ".c")
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # same content, same bytes: the hash names the content, not the build time
 

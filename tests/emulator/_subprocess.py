@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mali_hil.emulator.board import CONFIG_ENV, LAYERS_ENV, STATS_FILE_ENV, EmulatedBoard
+from mali_hil.emulator.emulated_board import CONFIG_ENV, LAYERS_ENV, EmulatedBoard
+from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 
 MARK = "MALI_HIL_RESULT "
 PRELUDE = f"""
@@ -27,7 +28,7 @@ def emit(value):
 # Snippet helpers for pyopencl scenarios: one context and queue on the (only) device.
 PYOPENCL = """
 import pyopencl as cl
-from mali_hil.emulator.stats import read_layer_stats, reset_layer_stats
+from mali_hil.runtime.layer_stats import read_layer_stats, reset_layer_stats
 ctx = cl.Context([cl.get_platforms()[0].get_devices()[0]])
 queue = cl.CommandQueue(ctx)
 MiB = 1 << 20

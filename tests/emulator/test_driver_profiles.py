@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.errors import ProfileError
 from mali_hil.emulator.profile import PROFILE_DIR, available_profiles, load_profile
+from mali_hil.errors import ProfileError
 from tests.emulator._subprocess import run_ok
 
 GIB = 1 << 30

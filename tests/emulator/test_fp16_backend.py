@@ -15,7 +15,7 @@ import pytest
 from mali_hil.emulator import backend_build
 from mali_hil.emulator.backend import POCL_ENV, backend_icd, system_icd
 from mali_hil.emulator.backend_build import ICD_NAME, POCL_VERSION, build_key, built_backend
-from mali_hil.emulator.errors import BackendError
+from mali_hil.errors import BackendError
 from tests.emulator._subprocess import run_ok
 
 NOT_BUILT = (
@@ -61,7 +61,7 @@ def test_a_built_backend_is_preferred_and_system_can_be_forced(tmp_path: Path, m
 
 HALF = """
 import numpy as np, pyopencl as cl
-from mali_hil.emulator.stats import read_layer_stats
+from mali_hil.runtime.layer_stats import read_layer_stats
 dev = cl.get_platforms()[0].get_devices()[0]
 ctx = cl.Context([dev])
 queue = cl.CommandQueue(ctx)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.board import CONFIG_ENV, write_layer_config
-from mali_hil.emulator.errors import BackendError, BudgetError
+from mali_hil.emulator.emulated_board import CONFIG_ENV, write_layer_config
 from mali_hil.emulator.profile import CL_ERRORS, OomTrigger, Profile, available_profiles, load_profile
-from mali_hil.emulator.stats import LayerStats, read_stats_file
+from mali_hil.errors import BackendError, BudgetError
+from mali_hil.runtime.layer_stats import LayerStats, read_stats_file
 from tests.emulator._subprocess import PYOPENCL, run_ok, run_on_board, run_snippet
 
 MiB = 1 << 20
@@ -64,7 +64,7 @@ TINYGRAD_FILL = """
 import gc
 import numpy as np
 from tinygrad import Tensor
-from mali_hil.emulator.stats import read_layer_stats
+from mali_hil.runtime.layer_stats import read_layer_stats
 MiB = 1 << 20
 def upload(n):
     return Tensor(np.zeros(n * MiB, np.uint8), device="CL").realize()
@@ -367,7 +367,7 @@ CONCURRENT = """
 import ctypes, random, sys, threading
 sys.setswitchinterval(1e-5)  # interleave the threads often (ctypes calls run without the GIL anyway)
 from tinygrad.runtime.autogen import opencl as cl
-from mali_hil.emulator.stats import read_layer_stats
+from mali_hil.runtime.layer_stats import read_layer_stats
 MiB = 1 << 20
 platform, device, status = cl.cl_platform_id(), cl.cl_device_id(), ctypes.c_int32()
 assert cl.clGetPlatformIDs(1, ctypes.byref(platform), None) == 0
@@ -428,8 +428,8 @@ def test_one_cap_across_pyopencl_and_tinygrad_loaders() -> None:
 def test_reading_counters_without_the_layer_says_how_to_get_it() -> None:
     run = run_snippet(
         """
-        from mali_hil.emulator.errors import BackendError
-        from mali_hil.emulator.stats import read_layer_stats
+        from mali_hil.errors import BackendError
+        from mali_hil.runtime.layer_stats import read_layer_stats
         try:
             read_layer_stats()
             emit("read")

@@ -13,8 +13,8 @@ import pytest
 
 from mali_hil.emulator import build
 from mali_hil.emulator.build import build_layer, layer_path
-from mali_hil.emulator.errors import LayerBuildError
 from mali_hil.emulator.profile import Profile, available_profiles, load_profile
+from mali_hil.errors import LayerBuildError
 from tests.emulator._subprocess import run_ok, run_snippet
 
 CL_INVALID_VALUE = -30
@@ -30,7 +30,7 @@ def expected_extensions(profile: Profile, backend) -> list[str]:
 
 PYOPENCL_IDENTITY = """
 import pyopencl as cl
-from mali_hil.emulator.stats import read_layer_stats
+from mali_hil.runtime.layer_stats import read_layer_stats
 platform = cl.get_platforms()[0]
 dev = platform.get_devices()[0]
 emit({
@@ -201,7 +201,7 @@ def _missing_key(text: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("mutation", [_unknown_key, _bad_number, _missing_key])
 def test_bad_config_is_refused_with_the_place(tmp_path: Path, mutation) -> None:
-    from mali_hil.emulator.board import layer_config_text
+    from mali_hil.emulator.emulated_board import layer_config_text
 
     text, words = mutation(layer_config_text(load_profile("mali-g52")))
     conf = tmp_path / "bad.conf"
@@ -221,7 +221,7 @@ emit([dev.name, dev.extensions.split()])
 
 
 def test_bf16_in_a_hand_written_config_is_never_advertised(tmp_path: Path, backend) -> None:
-    from mali_hil.emulator.board import layer_config_text
+    from mali_hil.emulator.emulated_board import layer_config_text
 
     profile = load_profile("mali-g52")
     bf16 = " cl_khr_bf16 cl_arm_BFloat16_dot cl_ext_bfloat16_conversions"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.errors import MaliHilError, ProfileError
 from mali_hil.emulator.profile import (
     PROFILE_DIR,
     OomFailure,
@@ -16,6 +15,7 @@ from mali_hil.emulator.profile import (
     parse_profile_file,
     parse_size,
 )
+from mali_hil.errors import MaliHilError, ProfileError
 
 GIB = 1 << 30
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.launcher import BoardRun, RunStatus, run_on_board
 from mali_hil.emulator.profile import available_profiles
-from mali_hil.emulator.supervisor import OomEvidence
+from mali_hil.runtime.supervisor import OomEvidence
 
 MiB = 1 << 20
 # Put before every job script (_run): the process's anonymous RAM, as the RAM figures count it.
@@ -64,7 +64,7 @@ QUEUED_WRITE = textwrap.dedent("""
 DEVICE_THEN_HOST = textwrap.dedent("""
     import json, sys, time
     import numpy as np, pyopencl as cl
-    from mali_hil.emulator.stats import read_layer_stats
+    from mali_hil.runtime.layer_stats import read_layer_stats
     device, host, piece = int(sys.argv[1]), int(sys.argv[2]), 32 << 20
     ctx = cl.Context(cl.get_platforms()[0].get_devices())
     held = [cl.Buffer(ctx, cl.mem_flags.READ_WRITE, piece) for _ in range(device // piece)]
@@ -124,7 +124,7 @@ ROUNDS_RELEASED = textwrap.dedent("""
 LOADS_BACK_TO_BACK = textwrap.dedent("""
     import gc, json, sys, threading, time
     from tinygrad import Device
-    from mali_hil.emulator.stats import read_layer_stats, reset_layer_stats
+    from mali_hil.runtime.layer_stats import read_layer_stats, reset_layer_stats
     from mali_hil.harness.loaders import LoadOptions, get_loader
     checkpoint, rounds, loader = sys.argv[1], int(sys.argv[2]), get_loader("mmap")
     figures = []

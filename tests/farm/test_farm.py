@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.cli import main
 from mali_hil.harness.devices import DeviceSpec
 from mali_hil.harness.devices.labgrid import make as make_labgrid
-from mali_hil.harness.errors import DeviceSpecError
 from mali_hil.harness.farm.client import LabgridClient
-from mali_hil.harness.farm.errors import CoordinatorError, ReservationTimeout
+from mali_hil.harness.farm.failures import CoordinatorError, ReservationTimeout
 from mali_hil.harness.farm.janitor import sweep
 from mali_hil.harness.farm.lease import Lease
 from mali_hil.harness.farm.summary import diff

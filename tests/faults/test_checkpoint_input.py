@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as reference_load
 
 from mali_hil.harness.checkpoints import make_checkpoint, validate_checkpoint
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     CheckpointNotFoundError,
     HeaderTooLargeError,
     InvalidHeaderDeserializationError,
@@ -29,8 +29,8 @@ from mali_hil.harness.checkpoints.errors import (
 )
 from mali_hil.harness.checkpoints.validate import JOB_HEADER_LIMIT, validate
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 
 SECRET = b"hunter2!" + b"s3cr3t-data" * 4
 

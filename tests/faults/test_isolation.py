@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 
 PLANTED = """
 import os

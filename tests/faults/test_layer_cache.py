@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator import build
-from mali_hil.emulator.board import EmulatedBoard, cache_dir, layer_config_text, write_layer_config
-from mali_hil.emulator.errors import LayerCacheError
+from mali_hil.emulator.emulated_board import EmulatedBoard, layer_config_text, write_layer_config
+from mali_hil.errors import LayerCacheError
+from mali_hil.paths import cache_dir
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_counters_are_read_from_the_loaded_layer_after_its_file_was_replaced(cac
     script = tmp_path / "job.py"
     script.write_text(
         "import os, shutil, pyopencl as cl\n"
-        "from mali_hil.emulator.stats import _loaded_layer_path, read_layer_stats\n"
+        "from mali_hil.runtime.layer_stats import _loaded_layer_path, read_layer_stats\n"
         "ctx = cl.Context(cl.get_platforms()[0].get_devices())\n"
         "held = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 3 << 20)\n"
         "path = _loaded_layer_path()\n"

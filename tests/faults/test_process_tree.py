@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from tests.faults.fault_loaders import PIDFILE_ENV
 
 LOADERS = "tests.faults.fault_loaders"
@@ -64,7 +64,7 @@ def test_a_worker_dies_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: no stdin EOF helps a worker stuck in a job when its harness is SIGKILLed."""
     harness = textwrap.dedent("""
         import sys, time
-        from mali_hil.emulator.supervisor import Supervised
+        from mali_hil.runtime.supervisor import Supervised
         process = Supervised([sys.executable, "-c", "import time; time.sleep(300)"], env={}, layer_stats=False)
         print(process.pid, flush=True)
         time.sleep(300)
@@ -85,11 +85,11 @@ def test_a_worker_dies_with_a_harness_killed_by_sigkill(tmp_path: Path) -> None:
 def test_the_suite_dies_with_a_mali_hil_run_killed_by_sigkill() -> None:
     """`mali-hil run` starts its suite as a child pytest; SIGKILLed (say by the OOM killer), it cannot stop it, so
     the kernel must (before: the child pytest and its workers ran on with ppid 1)."""
-    from mali_hil.emulator.memory import tree_pids
+    from mali_hil.runtime.memory import tree_pids
 
     root = Path(__file__).resolve().parents[2]
     run = subprocess.Popen([sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader",
-                            "tests.harness.odd_loaders:hangs", "--", "-k", "test_same_job_twice"],
+                            "tests.harness.loaders.odd_loaders:hangs", "--", "-k", "test_same_job_twice"],
                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     children: list[int] = []
     try:

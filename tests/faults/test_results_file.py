@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.harness.errors import ResultsFileError
-from mali_hil.harness.results_file import ResultsFile
+from mali_hil.errors import ResultsFileError
+from mali_hil.harness.records.results_file import ResultsFile
 
 pytest_plugins = ["pytester"]
 RECORD = {"test": "t::x", "status": "ok", "payload": "y" * 700}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from mali_hil.harness.worker.serve import MESSAGE_LIMIT
 
 pytest_plugins = ["pytester"]
@@ -25,7 +25,8 @@ pytest_plugins = ["pytester"]
 
 def test_an_overcommit_on_an_enqueue_error_profile_is_in_the_record(tiny: Path) -> None:
     with make_device("emulated-mali:mali-t860:1GiB") as device:
-        result = device.run(LoadJob(checkpoint=str(tiny), loader="tests.harness.odd_loaders:hoards_device_memory"))
+        loader = "tests.harness.loaders.odd_loaders:hoards_device_memory"
+        result = device.run(LoadJob(checkpoint=str(tiny), loader=loader))
     assert result.status is Status.OK, result.error_message  # as on the board: untouched buffers never fail
     assert result.device_cap_bytes is not None and result.device_cap_bytes < 1 << 30
     assert (result.device_overcommitted_bytes or 0) >= 7 << 30  # 256 x 32 MiB asked, under 1 GiB there

@@ -21,7 +21,7 @@ from typing import Any
 
 from mali_hil.harness.checkpoints import ModelConfig, node_keys
 from mali_hil.harness.loaders.base import JudgedBounds
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult, Status
 
 from .conftest import check_oracle, failed
 

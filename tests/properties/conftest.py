@@ -23,9 +23,9 @@ from safetensors.numpy import save_file
 
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.harness.devices import Device, DevicePool, DeviceUnavailable
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.oracles import expected_digests, expected_tensors
-from mali_hil.harness.results import LoadResult, Status, TensorDigest
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult, Status, TensorDigest
+from mali_hil.harness.values.oracles import expected_digests, expected_tensors
 
 from .hypothesis_profiles import suite_profile
 
@@ -121,7 +121,7 @@ _ORACLE_COMPLETE: set[tuple[str, ...]] = set()  # contents whose every tensor is
 def oracle_digests(checkpoint: str | Path, keys: Iterable[str] | None = None) -> dict[str, TensorDigest]:
     """``expected_digests``, remembered for the session by the content of the checkpoint's files (never by name or
     time: a test may write other values into the same path within one clock tick)."""
-    from mali_hil.harness.oracles import _files
+    from mali_hil.harness.values.oracles import _files
 
     content = tuple(_file_hash(path) for path in _files(Path(checkpoint)))
     known = _ORACLE_DIGESTS.setdefault(content, {})
@@ -221,7 +221,7 @@ def boards() -> Iterator[DevicePool]:
 
 @pytest.fixture
 def on_board(request: pytest.FixtureRequest, boards: DevicePool, empty_checkpoint: Path) -> BoardRunner:
-    from mali_hil.harness.session import SESSION_KEY
+    from mali_hil.harness.plugin.session import SESSION_KEY
 
     return BoardRunner(boards, request.config.stash[SESSION_KEY], request.node.nodeid, empty_checkpoint)
 

@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from mali_hil.harness.jobs import DEFAULT_CHUNK_BYTES
+from mali_hil.harness.records.jobs import DEFAULT_CHUNK_BYTES
 
 #: (rows, 1000) elements of 2 bytes: two default chunks, the second a partial one of 1,053 rows; 16 MiB windows
 #: (8,388,608 bf16 elements) end mid-row

@@ -27,7 +27,7 @@ from safetensors.numpy import save
 from mali_hil.harness.checkpoints import errors
 from mali_hil.harness.checkpoints.format import DTYPE_BITS
 from mali_hil.harness.loaders.base import FLOAT_SOURCES, PASSTHROUGH_SOURCES
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult, Status
 
 from .conftest import check_oracle, failed, idle_device_bytes
 

@@ -1,5 +1,6 @@
 """Property 4, fit prediction: from a board's profile and a checkpoint, each variant's declared bounds predict
-whether it loads (``mali_hil.harness.fit.predict_fit``: device bound <= cap and baseline + RAM bound <= budget), and
+whether it loads (``mali_hil.harness.sizing.predict.predict_fit``: device bound <= cap and baseline + RAM bound <=
+budget), and
 the load agrees: ``ok`` when predicted to fit, ``device-oom`` or ``oom-killed`` when not.
 
 How the numbers are made comparable:
@@ -24,9 +25,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mali_hil.harness.fit import predict_fit
 from mali_hil.harness.loaders import LoadOptions, get_loader
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.results import Status
+from mali_hil.harness.sizing.predict import predict_fit
 
 from .checks import MIB
 from .conftest import failed

@@ -1,7 +1,7 @@
 """Property 1, numerics: every variant's tensors equal the oracle's conversion of the checkpoint.
 
 Checkpoints are written with the safetensors reference library and the expected values computed with ml_dtypes
-(mali_hil.harness.oracles), so no mali-hil code stands on both sides of a comparison. bf16 -> fp16 includes ties,
+(mali_hil.harness.values.oracles), so no mali-hil code stands on both sides of a comparison. bf16 -> fp16 includes ties,
 subnormals, overflow to inf, -0, and NaN (compared by class and sign, never by payload). Every float source
 (BF16, F16, F32) goes through one rule (conftest ``check_values``): exact, except that a device which emulates
 half may flush fp16 subnormals to a zero of their sign, which makes the test xfail, never pass. F16 sources are
@@ -24,9 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from mali_hil.harness.oracles import convert, expected_tensors
-from mali_hil.harness.results import LoadResult
-from mali_hil.harness.session import SESSION_KEY
+from mali_hil.harness.plugin.session import SESSION_KEY
+from mali_hil.harness.records.results import LoadResult
+from mali_hil.harness.values.oracles import convert, expected_tensors
 
 from .checks import OOM_STATUSES
 from .conftest import check_oracle, check_values, compare, failed, fp16_subnormal

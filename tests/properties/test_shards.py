@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mali_hil.harness.checkpoints import get_model, split_layers
-from mali_hil.harness.oracles import expected_digests
+from mali_hil.harness.values.oracles import expected_digests
 
 from .checks import check_node
 from .conftest import failed

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from mali_hil.harness.checkpoints import get_model
 from mali_hil.harness.loaders import LoadOptions, get_loader
 from mali_hil.harness.loaders.base import JudgedBounds
-from mali_hil.harness.results import LoadResult
+from mali_hil.harness.records.results import LoadResult
 
 from .checks import MIB, check_judged, check_memory_bound, check_node, check_same_job_twice, run_twice
 from .conftest import check_oracle, idle_device_bytes

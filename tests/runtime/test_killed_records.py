@@ -10,9 +10,9 @@ import signal
 import sys
 import textwrap
 
-from mali_hil.emulator.board import EmulatedBoard
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.launcher import RunStatus, run_on_board
-from mali_hil.emulator.supervisor import OomEvidence
+from mali_hil.runtime.supervisor import OomEvidence
 
 MiB = 1 << 20
 PY = sys.executable

@@ -1,4 +1,4 @@
-"""mali_hil.emulator.memory on real processes: anon, file-backed and shared pages land in the right bucket."""
+"""mali_hil.runtime.memory on real processes: anon, file-backed and shared pages land in the right bucket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.memory import (
+from mali_hil.runtime.memory import (
     MemoryPeaks,
     ProcessMemory,
     peak_rss,

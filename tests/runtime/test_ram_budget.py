@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator.backend import backend_icd
-from mali_hil.emulator.board import EmulatedBoard
-from mali_hil.emulator.errors import BudgetError
+from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.launcher import BoardRun, RunStatus, run_with_budget
 from mali_hil.emulator.profile import OomTrigger
-from mali_hil.emulator.ram import (
+from mali_hil.errors import BudgetError
+from mali_hil.runtime.ram import (
     CGROUP_ENV,
     CgroupEnforcer,
     WatchdogEnforcer,

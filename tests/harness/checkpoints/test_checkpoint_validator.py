@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from mali_hil.harness.checkpoints import CheckpointError, validate, validate_checkpoint
-from mali_hil.harness.checkpoints.errors import (
+from mali_hil.harness.checkpoints.faults import (
     FORMAT_ERRORS,
     CheckpointNotFoundError,
     DuplicateKeyError,

@@ -39,11 +39,11 @@ from mali_hil.harness.checkpoints import (
     write_safetensors,
     write_sharded,
 )
-from mali_hil.harness.checkpoints.errors import CheckpointWriteError, FillError
+from mali_hil.harness.checkpoints.faults import CheckpointWriteError, FillError
 from mali_hil.harness.checkpoints.fill import ConstantFill, NormalFill, SpecialFill
 from mali_hil.harness.checkpoints.models import EMBED, LM_HEAD, NORM
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _bits(array: np.ndarray) -> bytes:

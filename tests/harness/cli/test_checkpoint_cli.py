@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from mali_hil.harness.checkpoints import get_model, make_fill, materialize
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def mali_hil(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

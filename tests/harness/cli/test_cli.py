@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mali_hil.harness.checkpoints import get_model, make_checkpoint, node_keys
-from mali_hil.harness.oracles import expected_digests
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult, Status
+from mali_hil.harness.values.oracles import expected_digests
 from tests.interrupt import interruptible
 
 pytest_plugins = ["pytester"]
@@ -87,8 +87,8 @@ def test_a_board_size_beyond_any_machine_is_one_line(tmp_path: Path) -> None:
 
 
 def test_jobs_refuse_impossible_timeouts_and_chunks() -> None:
-    from mali_hil.harness.errors import JobSpecError
-    from mali_hil.harness.jobs import LoadJob
+    from mali_hil.errors import JobSpecError
+    from mali_hil.harness.records.jobs import LoadJob
 
     for fields in ({"timeout_s": 0}, {"timeout_s": float("nan")}, {"timeout_s": float("inf")}, {"chunk_bytes": 0}):
         with pytest.raises(JobSpecError):
@@ -109,11 +109,11 @@ def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) ->
     import signal
     import time
 
-    from mali_hil.emulator.memory import tree_pids
+    from mali_hil.runtime.memory import tree_pids
 
     junit = tmp_path / "junit.xml"
-    root = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader", "tests.harness.odd_loaders:hangs",
+    root = Path(__file__).resolve().parents[3]
+    argv = [sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader", "tests.harness.loaders.odd_loaders:hangs",
             "--junitxml", str(junit), "--", "-k", "test_same_job_twice"]  # fmt: skip
     with interruptible(argv, cwd=root, start_new_session=True, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT) as run:  # fmt: skip

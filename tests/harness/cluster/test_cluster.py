@@ -16,7 +16,7 @@ from mali_hil.harness.cluster.cache import cached_checkpoint
 from mali_hil.harness.cluster.model_source import config_from_dict, resolve_model
 from mali_hil.harness.cluster.partition import equal_nodes, ring_partition
 from mali_hil.harness.loaders import LoadOptions, select_keys
-from mali_hil.harness.threshold import STEP, smallest_fitting
+from mali_hil.harness.sizing.threshold_search import STEP, smallest_fitting
 
 # Llama-3-8B's published config.json, the fields that shape the checkpoint
 LLAMA_3_8B = {

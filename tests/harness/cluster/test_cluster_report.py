@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult, Status
 from tests.browser import Browser, chromium_available
 
 BOARD = "emulated-mali:mali-g610:224MiB"

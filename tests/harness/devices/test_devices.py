@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.emulator.ram import Enforcement
-from mali_hil.emulator.supervisor import OomEvidence
+from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Board, Device, DeviceSpec, make_device
-from mali_hil.harness.errors import DeviceSpecError
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.oracles import expected_digests
-from mali_hil.harness.results import LoadResult, Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import LoadResult, Status
 from mali_hil.harness.transports.local import LocalTransport
+from mali_hil.harness.values.oracles import expected_digests
+from mali_hil.runtime.ram import Enforcement
+from mali_hil.runtime.supervisor import OomEvidence
 
-ODD = "tests.harness.odd_loaders"
+ODD = "tests.harness.loaders.odd_loaders"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b"": a built layer that is empty
 
 
@@ -204,8 +204,8 @@ def test_a_worker_without_its_layer_is_an_infra_error(tiny: Path, tmp_path: Path
 
 
 def test_a_profile_value_cannot_inject_a_layer_config_line(tmp_path: Path) -> None:
-    from mali_hil.emulator.errors import ProfileError
     from mali_hil.emulator.profile import PROFILE_DIR
+    from mali_hil.errors import ProfileError
 
     text = (PROFILE_DIR / "mali-g52.toml").read_text()
     assert '"Mali-G52"' in text
@@ -236,7 +236,7 @@ def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None
     """Another installed driver listed first (here a second copy of PoCL's ICD, given by the caller's
     OCL_ICD_VENDORS) would be tinygrad's device in a worker that is not pinned: the job must see one platform."""
     from mali_hil.emulator.backend import backend_icd
-    from mali_hil.emulator.board import EmulatedBoard
+    from mali_hil.emulator.emulated_board import EmulatedBoard
     from mali_hil.emulator.launcher import run_on_board
 
     vendors = tmp_path / "vendors"

@@ -1,10 +1,10 @@
-"""Helpers for tests/harness/test_loaders.py: an external loader, and the runner that loads in a fresh process.
+"""Helpers for tests/harness/loaders/test_loaders.py: an external loader, and the runner that loads in a fresh process.
 
 The runner is a subprocess on purpose: it must put itself on the emulated Mali (``EmulatedBoard.activate``)
 before its first OpenCL call, and one process per variant keeps tinygrad's caches and PoCL's memory of one
 variant out of another's measurements.
 
-    python -m tests.harness.loaders_support SPEC.json     (SPEC: {"loader", "board", "out", "jobs": [...]})
+    python -m tests.harness.loaders.loaders_support SPEC.json     (SPEC: {"loader", "board", "out", "jobs": [...]})
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _anon_bytes() -> int:
 
 class _AnonPeak:
     """Peak anonymous RSS, sampled every 2 ms: on PoCL device buffers are anonymous host memory too, so this is
-    the unified figure a Mali board's RAM pays (own sampler: mali_hil.harness.meter's API is still moving)."""
+    the unified figure a Mali board's RAM pays (own sampler: mali_hil.runtime.meter's API is still moving)."""
 
     def __init__(self) -> None:
         self.peak = _anon_bytes()
@@ -130,10 +130,10 @@ def main(spec_path: str) -> int:
     report: dict[str, Any] = {"loader": spec["loader"], "jobs": {}}
     stats = None
     if spec.get("board"):
-        from mali_hil.emulator.board import EmulatedBoard
+        from mali_hil.emulator.emulated_board import EmulatedBoard
 
         EmulatedBoard.from_spec(spec["board"]).activate()
-        import mali_hil.emulator.stats as stats
+        import mali_hil.runtime.layer_stats as stats
     from tinygrad import Device
 
     from mali_hil.harness.loaders import get_loader

@@ -1,6 +1,6 @@
 """The loader variants on real tinygrad and real PoCL, behind the emulated Mali's layer when it can be built.
 
-Each variant runs once, in its own subprocess (tests/harness/loaders_support.py), over every checkpoint of
+Each variant runs once, in its own subprocess (tests/harness/loaders/loaders_support.py), over every checkpoint of
 the session; the tests then judge the saved results against an independent oracle: the safetensors library
 reads the files and ml_dtypes/numpy convert (bf16 -> float32 -> float16). NaNs compare by "is NaN" and sign,
 never payload; every other value (-0 included) by bits. F16 sources must come back bit for bit.
@@ -28,9 +28,9 @@ from mali_hil.harness.loaders import Loader, LoaderError, LoadOptions, TensorPla
 from mali_hil.harness.loaders import registry as loader_registry
 from mali_hil.harness.loaders.base import ITEMSIZE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILTINS = ("naive", "fix_bf16-device", "fix_bf16-host", "chunked", "mmap")
-EXTERNAL = "tests.harness.loaders_support:external_load"
+EXTERNAL = "tests.harness.loaders.loaders_support:external_load"
 VARIANTS = (*BUILTINS, EXTERNAL)
 BOARD = "mali-g610:3GiB" if importlib.util.find_spec("mali_hil.emulator.build") else None
 SMALL_CHUNK = 4096  # forces many chunks (and a tail) on the 256x256 tensors
@@ -114,7 +114,7 @@ def runs(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> di
         out = tmp_path_factory.mktemp("run")
         spec = out / "spec.json"
         spec.write_text(json.dumps({"loader": variant, "board": BOARD, "out": str(out), "jobs": _jobs(ckpts)}))
-        cmd = [sys.executable, "-m", "tests.harness.loaders_support", str(spec)]
+        cmd = [sys.executable, "-m", "tests.harness.loaders.loaders_support", str(spec)]
         procs[variant] = (
             out,
             subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
@@ -236,7 +236,7 @@ def test_shard_loads_exactly_the_nodes_keys(runs: dict, variant: str, job: str, 
 
 @pytest.mark.parametrize("variant", BUILTINS)
 def test_device_peak_stays_within_declared_bound(runs: dict, variant: str) -> None:
-    pytest.importorskip("mali_hil.emulator.stats")
+    pytest.importorskip("mali_hil.runtime.layer_stats")
     result = _result(runs, variant, "bounds")
     if result["device_peak_bytes"] is None:
         pytest.skip("no layer in front of the device: mali_hil.emulator.build is missing")
@@ -244,7 +244,7 @@ def test_device_peak_stays_within_declared_bound(runs: dict, variant: str) -> No
 
 
 def test_chunked_stays_within_its_bounds_where_the_2024_loaders_do_not(runs: dict) -> None:
-    pytest.importorskip("mali_hil.emulator.stats")
+    pytest.importorskip("mali_hil.runtime.layer_stats")
     chunked, naive = _result(runs, "chunked", "bounds"), _result(runs, "naive", "bounds")
     exo_device = _result(runs, "fix_bf16-device", "bounds")
     if chunked["device_peak_bytes"] is None:
@@ -304,7 +304,7 @@ def test_registry_resolves_builtins_external_callables_objects_and_entry_points(
     assert set(BUILTINS) <= set(loader_registry.available())
     wrapped = get_loader(EXTERNAL)
     assert wrapped.name == EXTERNAL and wrapped.device_bound is None and wrapped.description.startswith("A user's")
-    assert get_loader("tests.harness.loaders_support:EXTERNAL").name == "external-object"
+    assert get_loader("tests.harness.loaders.loaders_support:EXTERNAL").name == "external-object"
     point = EntryPoint(name="ext-ep", value=EXTERNAL, group=loader_registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(loader_registry, "entry_points", lambda group: [point] if group == point.group else [])
     assert get_loader("ext-ep").load is wrapped.load and "ext-ep" in loader_registry.available()
@@ -319,7 +319,7 @@ def test_registry_errors_name_the_problem() -> None:
     with pytest.raises(LoaderError, match="cannot import"):
         get_loader("no_such_module_xyz:load")
     with pytest.raises(LoaderError, match="no attribute"):
-        get_loader("tests.harness.loaders_support:missing")
+        get_loader("tests.harness.loaders.loaders_support:missing")
 
 
 def test_an_undeclared_bound_is_judged_by_the_default(tmp_path: Path) -> None:

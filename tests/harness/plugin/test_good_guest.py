@@ -17,7 +17,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # not hypothesis: its own pytest plugin imports it at every session's terminal summary
 HEAVY = ("tinygrad", "ml_dtypes", "numpy", "pyopencl", "safetensors")
 SOURCE_DIRS = ("src", "harness", "emulator", "tests", "benchmarks")
@@ -62,7 +62,7 @@ def test_pytest_startup_imports_nothing_heavy(tmp_path: Path, args: tuple[str, .
     if "--collect-only" in args:
         # the plugin module itself goes through pytest's assertion rewriter, which -X importtime does not log;
         # what its pytest_configure imports shows that it was loaded and configured
-        assert "mali_hil.harness.session" in imported, "the plugin was not configured: the check proves nothing"
+        assert "mali_hil.harness.plugin.session" in imported, "the plugin was not configured: the check proves nothing"
         assert "mali_hil.harness.devices.device" not in imported, "the device machinery was imported at startup"
     heavy = sorted(name for name in imported if name.split(".")[0] in HEAVY)
     assert not heavy, f"`pytest {' '.join(args)}` imported {heavy[:10]}"
@@ -120,7 +120,7 @@ def test_the_wheel_holds_the_package_under_one_name(wheel_venv: Path, tmp_path: 
     code = textwrap.dedent(
         """
         import importlib.util, json, sys
-        import mali_hil.harness.plugin, mali_hil.properties
+        import mali_hil.harness.plugin.hooks, mali_hil.properties
         from mali_hil.emulator.profile import available_profiles
         from mali_hil.emulator.build import SOURCE
         print(json.dumps({"generic": [n for n in ("harness", "emulator") if importlib.util.find_spec(n)],

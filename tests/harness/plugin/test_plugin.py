@@ -10,7 +10,7 @@ pytest_plugins = ["pytester"]
 
 USER_TESTS = """
 import pytest
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.results import Status
 
 @pytest.mark.mali_hil_property("numerics")
 def test_tiny_loads(load, loader_name, make_checkpoint):
@@ -95,8 +95,8 @@ def test_the_table_says_which_loaders_were_judged_by_the_default_bound() -> None
     from types import SimpleNamespace
 
     from mali_hil.harness.loaders.base import DEFAULT_BOUND
+    from mali_hil.harness.plugin.session import HarnessSession
     from mali_hil.harness.report import VariantTable
-    from mali_hil.harness.session import HarnessSession
 
     def report(loader: str, prop: str, bounds: str) -> SimpleNamespace:
         props = [("mali_hil.property", prop), ("mali_hil.loader", loader), ("mali_hil.bounds", bounds)]

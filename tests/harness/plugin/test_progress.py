@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.harness.parallel import loader_of
+from mali_hil.harness.plugin.parallel import loader_of
 
 pytest_plugins = ["pytester"]
 
@@ -44,7 +44,7 @@ def test_the_loader_is_read_from_the_test_id(nodeid: str, loader: str | None) ->
 def test_quiet_when_not_a_terminal(pytester: pytest.Pytester) -> None:
     """Off a terminal (CI logs, pipes) nothing of the line is written and pytest's own letters stay."""
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest_subprocess("-p", "mali_hil.harness.progress", "--loader=chunked", "-q")
+    result = pytester.runpytest_subprocess("-p", "mali_hil.harness.plugin.progress_line", "--loader=chunked", "-q")
     assert result.ret == 0
     out = result.stdout.str()
     assert "mali-hil" not in out and "\x1b[" not in out, out
@@ -55,7 +55,7 @@ def test_forced_line_shows_done_of_total_and_the_loader(pytester: pytest.Pyteste
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_subprocess(
         "-p",
-        "mali_hil.harness.progress",
+        "mali_hil.harness.plugin.progress_line",
         "--mali-hil-progress=on",
         "--loader=chunked",
         "--loader=naive",

@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 
 from mali_hil.emulator.image import BuiltImage, build_image, docker_client
-from mali_hil.emulator.ram import Enforcement
-from mali_hil.emulator.supervisor import OomEvidence
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import make_device
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.oracles import expected_digests
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.docker import CHECKPOINTS, OWNER_LABEL, DockerTransport, owner_label
+from mali_hil.harness.values.oracles import expected_digests
+from mali_hil.runtime.ram import Enforcement
+from mali_hil.runtime.supervisor import OomEvidence
 from tests.dockerd import Engine
-from tests.harness.test_ssh import _suite_verdicts
+from tests.harness.transports.test_ssh import _suite_verdicts
 from tests.interrupt import interruptible
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BOARD = "mali-g52:512MiB"
 
 
@@ -108,7 +108,7 @@ def test_a_killed_harness_leaves_no_container_behind(image: BuiltImage, tiny: Pa
     script = (
         "import sys, time\n"
         "from mali_hil.harness.devices import make_device\n"
-        "from mali_hil.harness.jobs import LoadJob\n"
+        "from mali_hil.harness.records.jobs import LoadJob\n"
         f"device = make_device('docker:{BOARD}')\n"
         f"device.run(LoadJob(checkpoint={str(tiny)!r}))\n"
         "print('ready', flush=True)\n"
@@ -168,7 +168,7 @@ def test_ctrl_c_mid_job_removes_the_container(image: BuiltImage, tmp_path: Path)
     make_checkpoint("llama-3.2-1b", llama, scale=0.3, fill="constant")
     script = (
         "from mali_hil.harness.devices import make_device\n"
-        "from mali_hil.harness.jobs import LoadJob\n"
+        "from mali_hil.harness.records.jobs import LoadJob\n"
         "device = make_device('docker:mali-g52:2GiB')\n"
         "device.start()\n"
         "print('started', flush=True)\n"

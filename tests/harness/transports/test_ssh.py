@@ -16,25 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.errors import ProfileError
-from mali_hil.emulator.supervisor import OomEvidence
+from mali_hil.errors import DeviceSpecError, ProfileError
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import Device, DevicePool, DeviceSpec, DeviceUnavailable, make_device
 from mali_hil.harness.devices.ssh import make as make_ssh
-from mali_hil.harness.errors import DeviceSpecError
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.oracles import expected_digests
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.ssh import HostKeyError, SshError, SshTransport
 from mali_hil.harness.transports.ssh_target import SshTarget
-from tests.harness import odd_loaders
+from mali_hil.harness.values.oracles import expected_digests
+from mali_hil.runtime.supervisor import OomEvidence
+from tests.harness.loaders import odd_loaders
 from tests.interrupt import interruptible
 from tests.sshd import LoopbackBoard, sshd_available
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
-ROOT = Path(__file__).resolve().parents[2]
-ODD = "tests.harness.odd_loaders"
+ROOT = Path(__file__).resolve().parents[3]
+ODD = "tests.harness.loaders.odd_loaders"
 EMULATE = "mali-g52:512MiB"
 
 
@@ -178,8 +177,8 @@ def test_ctrl_c_leaves_the_board_clean(board: LoopbackBoard, tiny: Path, tmp_pat
             f"""
             import sys
             sys.path.insert(0, {str(ROOT)!r})
-            from mali_hil.harness.jobs import LoadJob
-            from tests.harness.test_ssh import ssh_device
+            from mali_hil.harness.records.jobs import LoadJob
+            from tests.harness.transports.test_ssh import ssh_device
             with ssh_device({board.url(emulate=EMULATE)!r}) as device:
                 print("started", flush=True)
                 device.run(LoadJob(checkpoint={str(tiny)!r}, loader="{ODD}:hangs"))

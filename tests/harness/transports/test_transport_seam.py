@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mali_hil.emulator.board import EmulatedBoard
-from mali_hil.emulator.ram import Enforcement
+from mali_hil.emulator.emulated_board import EmulatedBoard
+from mali_hil.errors import DeviceSpecError, WorkerError
 from mali_hil.harness.checkpoints import make_checkpoint
 from mali_hil.harness.devices import (
     Board,
@@ -33,12 +33,12 @@ from mali_hil.harness.devices import (
     register_device,
     unregister_device,
 )
-from mali_hil.harness.errors import DeviceSpecError, WorkerError
-from mali_hil.harness.jobs import LoadJob
-from mali_hil.harness.oracles import expected_digests
-from mali_hil.harness.results import Status
+from mali_hil.harness.records.jobs import LoadJob
+from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.local import LocalTransport
+from mali_hil.harness.values.oracles import expected_digests
 from mali_hil.harness.worker.protocol import WorkerClient
+from mali_hil.runtime.ram import Enforcement
 
 pytest_plugins = ["pytester"]
 
@@ -108,7 +108,7 @@ def test_the_plugin_runs_a_users_kind(pytester: pytest.Pytester) -> None:
         textwrap.dedent(
             f"""
             import sys
-            sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+            sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
             from pathlib import Path
             from mali_hil.harness.devices import register_device
             from tests.harness.test_transport_seam import make_toy
@@ -120,7 +120,7 @@ def test_the_plugin_runs_a_users_kind(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_user="""
         from pathlib import Path
-        from mali_hil.harness.results import Status
+        from mali_hil.harness.records.results import Status
 
         def test_loads_on_the_toy(load, make_checkpoint):
             result = load(make_checkpoint("tiny"))

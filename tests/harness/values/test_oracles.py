@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from mali_hil.harness import oracles
-from mali_hil.harness.digest import digest_array
+from mali_hil.harness.values.digest import digest_array
 
 
 @pytest.fixture
