@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 
-from mali_hil.emulator import ram
+from mali_hil.runtime import ram
 
 
 def watch_cost(seconds: float, budget: int, rescan: float) -> tuple[float, int]:

@@ -18,7 +18,8 @@ The leader is never reaped before :meth:`Supervised.end`: exits are observed wit
 the leader is an unreaped zombie its pid cannot be reused, so every kill (watchdog, timeout, clean-up) hits the
 process's own group and nothing else.
 
-An OOM kill needs evidence, never a guess from the exit code alone. A SIGKILL counts as one when:
+An OOM kill needs evidence, never a guess from the exit code alone; the supervisor gathers it and
+:func:`mali_hil.runtime.verdict.decide` judges it. A SIGKILL counts as one when:
 - the RAM enforcer killed it (our watchdog) or saw the kernel kill in its cgroup or container;
 - the OpenCL layer refused device memory and wrote its stats file just before killing its own process (the
   profiles whose driver fails with ``oom-kill``);
@@ -47,6 +48,7 @@ from typing import IO, Any
 from mali_hil.errors import BackendError, MaliHilError
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 from mali_hil.runtime.ram import RamEnforcer, RamVerdict, kill_job
+from mali_hil.runtime.verdict import Evidence, OomEvidence, Status, Verdict, decide, describe_oom
 
 CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
 _VMSTAT = Path("/proc/vmstat")
@@ -66,17 +68,14 @@ class RunStatus(enum.StrEnum):
     TIMEOUT = "timeout"  # still running at its deadline, so the supervisor killed it
     LOST = "lost"  # the transport lost it (a dropped connection): how it ended is unknown, it was not seen to fail
 
+    @classmethod
+    def of(cls, verdict: Verdict) -> RunStatus:
+        """A process's view of the one verdict: an error of the job is a process that failed."""
+        return _RUN_STATUS.get(verdict.status, cls.FAILED)
 
-class OomEvidence(enum.StrEnum):
-    """What showed that a killed process was killed for memory."""
 
-    ENFORCER = "enforcer"  # the RAM enforcer killed it (watchdog) or saw the kernel do so (cgroup, container)
-    LAYER = "layer"  # the OpenCL layer refused device memory and killed its process, as the profile's driver does
-    KERNEL = "kernel"  # SIGKILL while the kernel's own OOM-kill counter went up
-    CONTAINER = "container-cgroup"  # the container engine saw its memory cgroup's OOM killer act (Docker: OOMKilled)
-    # the worker's own meter (every 2 ms, in-process) saw unified memory past the budget between two of the
-    # watchdog's samples: the board's kernel would have killed the job there, so the harness ends it after the fact
-    METER = "meter"
+_RUN_STATUS = {Status.OK: RunStatus.OK, Status.OOM_KILLED: RunStatus.OOM_KILLED, Status.TIMEOUT: RunStatus.TIMEOUT,
+               Status.INFRA_ERROR: RunStatus.LOST}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -120,23 +119,27 @@ class ProcessEnd:
         )
 
     @classmethod
+    def judged(cls, evidence: Evidence, max_rss_bytes: int, elapsed: float) -> ProcessEnd:
+        """The end that the one verdict gives ``evidence`` (its RAM verdict and layer counters kept as figures)."""
+        verdict = decide(evidence)
+        return cls(RunStatus.of(verdict), evidence.returncode if evidence.returncode is not None else -1,
+                   verdict.oom_evidence, evidence.enforcer, max_rss_bytes, elapsed, evidence.layer)  # fmt: skip
+
+    @classmethod
     def lost(cls, returncode: int, memory: RamVerdict | None, elapsed: float) -> ProcessEnd:
         """The end of a process whose transport went away before it said how the process ended."""
-        return cls(RunStatus.LOST, returncode, None, memory, 0, elapsed)
+        return cls.judged(Evidence(returncode=returncode, lost=True, enforcer=memory), 0, elapsed)
+
+    def evidence_of(self, **more: Any) -> Evidence:
+        """This end as evidence for a judge further out (the harness's device, the container engine's word added):
+        the verdict already reached is passed on as its word."""
+        return Evidence(**{"returncode": self.returncode, "timed_out": self.status is RunStatus.TIMEOUT,
+                           "lost": self.status is RunStatus.LOST, "enforcer": self.memory, "word": self.evidence,
+                           "layer": self.device, **more})  # fmt: skip
 
     def describe_oom(self) -> str:
         """Why this end counts as an OOM kill, for people (empty when it does not)."""
-        if self.evidence is OomEvidence.ENFORCER and self.memory is not None:
-            return f"SIGKILLed by the RAM budget's enforcer ({self.memory.enforcement})"
-        if self.evidence is OomEvidence.LAYER:
-            return "SIGKILLed by the device's OOM behaviour (profile failure: oom-kill)"
-        if self.evidence is OomEvidence.CONTAINER:
-            return "SIGKILLed by the kernel's OOM killer in the container's memory cgroup (the engine: OOMKilled)"
-        if self.evidence is OomEvidence.KERNEL:
-            return "SIGKILLed by the kernel's OOM killer (its oom_kill counter went up meanwhile)"
-        if self.evidence is OomEvidence.METER:
-            return "past the RAM budget between two of the watchdog's samples, seen by the worker's own meter"
-        return ""
+        return describe_oom(self.evidence, self.memory)
 
 
 def with_parent_death_signal(hook: Callable[[], None] | None) -> Callable[[], None] | None:
@@ -306,29 +309,14 @@ class Supervised:
                 self.proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen knows it is reaped
         device = self._read_layer_stats()
         self._cleanup_private()
-        returncode = self.proc.returncode
-        status_, evidence = self._classify(returncode, verdict, device)
-        ended = ProcessEnd(status_, returncode, evidence, verdict, usage.ru_maxrss * 1024, elapsed, device)
+        after = kernel_oom_kills()
+        rose = after - self._oom_kills_before if after is not None and self._oom_kills_before is not None else 0
+        evidence = Evidence(returncode=self.proc.returncode, timed_out=self._timed_out, enforcer=verdict, layer=device,
+                            layer_killed=self._layer_wrote_exit_file, kernel_oom_kills=max(0, rose))  # fmt: skip
+        ended = ProcessEnd.judged(evidence, usage.ru_maxrss * 1024, elapsed)
         with self._lock:
             self._ended = ended
         return ended
-
-    def _classify(
-        self, returncode: int, verdict: RamVerdict | None, device: Any
-    ) -> tuple[RunStatus, OomEvidence | None]:
-        if verdict is not None and verdict.killed:
-            return RunStatus.OOM_KILLED, OomEvidence.ENFORCER
-        if self._timed_out:
-            return RunStatus.TIMEOUT, None
-        if returncode == -signal.SIGKILL:
-            # The layer raises SIGKILL on itself for an "oom-kill" profile, after counting the refused allocation
-            # and writing its stats file (a SIGKILL runs no exit handlers, so the file cannot come from an exit).
-            if device is not None and self._layer_wrote_exit_file and device.failed_allocations > 0:
-                return RunStatus.OOM_KILLED, OomEvidence.LAYER
-            after = kernel_oom_kills()
-            if after is not None and self._oom_kills_before is not None and after > self._oom_kills_before:
-                return RunStatus.OOM_KILLED, OomEvidence.KERNEL
-        return (RunStatus.OK if returncode == 0 else RunStatus.FAILED), None
 
     def _read_layer_stats(self) -> Any:
         """The layer's last counters: from its exit file, or, for a process killed from outside (watchdog, kernel,

@@ -185,7 +185,7 @@ def _build_image(args: argparse.Namespace) -> int:
 def verdict_line(run: BoardRun) -> str:
     """One line saying how a BoardRun ended, for people."""
     from mali_hil.emulator.launcher import RunStatus
-    from mali_hil.runtime.supervisor import OomEvidence
+    from mali_hil.runtime.verdict import OomEvidence
 
     peak, limit = format_size(run.peak_unified_bytes), format_size(run.ram_limit)
     what = "budget" if run.enforcement != "container" else "container limit"

@@ -3,7 +3,8 @@
 A kind (emulated-mali, local, later ssh and docker) only decides the :class:`Board` (data) and the
 :class:`~mali_hil.harness.transports.base.Transport` (behaviour); the lifecycle lives here: a lazy start, one job
 at a time with a timeout, every way a job can end turned into a result record, and a new worker after a death.
-How a dead worker ended (an OOM kill or not) is the supervisor's verdict on the worker's side, never a guess here.
+How a dead worker ended (an OOM kill or not) is the supervisor's verdict on the worker's side, never a guess here;
+every status comes from :func:`mali_hil.runtime.verdict.decide`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.errors import MaliHilError, WorkerError
 from mali_hil.harness.devices.board import Board, DeviceFacts
 from mali_hil.harness.records.jobs import LoadJob
-from mali_hil.harness.records.results import LoadResult, Status
+from mali_hil.harness.records.results import LoadResult
 from mali_hil.harness.transports.base import Channel, Transport
 from mali_hil.harness.worker.protocol import EMULATE_ENV, WORKER_MODULE, WorkerClient, WorkerGone, WorkerTimeout
 from mali_hil.runtime.ram import Enforcement
-from mali_hil.runtime.supervisor import ISOLATED, OomEvidence, ProcessEnd, RunStatus
+from mali_hil.runtime.supervisor import ISOLATED, ProcessEnd, RunStatus
+from mali_hil.runtime.verdict import Claim, Evidence, OomEvidence, Status, Verdict, decide, layer_fields, ram_fields
 
 # glibc's adaptive mmap threshold keeps large freed buffers in the heap, so one job's leftovers would sit in the
 # next job's RAM baseline and hide its growth. A fixed threshold is real memory behaviour, not a cap.
@@ -157,9 +159,9 @@ class Device:
             self.lost += 1
             last = attempt == self.retries
             if last:
-                return self._failed(job, Status.INFRA_ERROR, "TransportLost",
-                                    f"{self.spec} lost the worker (the connection dropped) {attempt + 1} time(s) "
-                                    f"during this job; it was run {attempt + 1} time(s), never completed")  # fmt: skip
+                return self._infra(job, "TransportLost", f"{self.spec} lost the worker (the connection dropped) "
+                                   f"{attempt + 1} time(s) during this job; it was run {attempt + 1} time(s), never "
+                                   "completed")  # fmt: skip
         raise AssertionError("unreachable")
 
     def _run_once(self, job: LoadJob) -> LoadResult | None:
@@ -169,7 +171,7 @@ class Device:
             placed = replace(job, checkpoint=self.transport.place(Path(job.checkpoint)))
         except MaliHilError as exc:
             self.stop()
-            return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, f"could not start the worker: {exc}")
+            return self._infra(job, type(exc).__name__, f"could not start the worker: {exc}")
         assert self._client is not None and self._channel is not None
         channel = self._channel
         self._busy = True
@@ -179,8 +181,11 @@ class Device:
             self._channel, self._client, self._busy = None, None, False
             channel.kill()
             end = channel.end()
-            message = f"no result within {job.timeout_s:g} s; worker killed"
-            return self._failed(job, Status.TIMEOUT, "Timeout", message, end)
+            verdict = decide(end.evidence_of(timed_out=True))
+            message = (
+                f"no result within {job.timeout_s:g} s; worker killed" if verdict.status is Status.TIMEOUT else None
+            )
+            return self._failed(job, verdict, end, message)
         except WorkerGone:
             self._channel, self._client, self._busy = None, None, False
             end = channel.end(DEATH_GRACE)
@@ -189,14 +194,14 @@ class Device:
             return self._after_death(job, end, channel.stderr_tail(1500))
         except WorkerError as exc:
             self.stop()
-            return self._failed(job, Status.INFRA_ERROR, type(exc).__name__, str(exc))
+            return self._infra(job, type(exc).__name__, str(exc))
         self._busy = False
         data["device"] = self.spec
-        data.update(self._ram_figures(channel))
+        data.update(ram_fields(channel.memory()))
         try:
             result = LoadResult.from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:
-            return self._failed(job, Status.INFRA_ERROR, "WorkerError", f"the worker's result is malformed: {exc}")
+            return self._infra(job, "WorkerError", f"the worker's result is malformed: {exc}")
         return self._missed_by_watchdog(result) or result
 
     def _missed_by_watchdog(self, result: LoadResult) -> LoadResult | None:
@@ -204,60 +209,42 @@ class Device:
         that the watchdog's sampling missed (a spike between two samples, or a watchdog not scheduled in time,
         as on two busy cores). Without this, the verdict would depend on the watchdog's timing. The worker is
         ended too, as the kernel would have: the next job starts from a fresh one, as after any OOM kill."""
-        budget, peak = result.ram_budget_bytes, result.peak_unified_bytes
-        if result.enforcement is not Enforcement.WATCHDOG or budget is None or peak is None or peak <= budget:
+        verdict = decide(Evidence(meter_peak_bytes=result.peak_unified_bytes, budget_bytes=result.ram_budget_bytes,
+                                  enforcement=result.enforcement, enforcement_gap_s=result.enforcement_gap_s,
+                                  claimed=result.status))  # fmt: skip
+        if verdict.oom_evidence is not OomEvidence.METER:
             return None
         channel = self._channel
         self._channel, self._client = None, None
         if channel is not None:
             channel.kill()
             channel.end(DEATH_GRACE)
-        gap = result.enforcement_gap_s or 0.0
-        message = (f"past the RAM budget between two of the watchdog's samples (longest gap {gap:.3f} s), seen by "
-                   f"the worker's own meter: unified memory peaked at {peak} bytes against a budget of {budget}; "
-                   f"the load itself ended {result.status.value}")  # fmt: skip
-        return replace(result, status=Status.OOM_KILLED, error_type="OOMKilled", error_message=message,
-                       oom_evidence=OomEvidence.METER, bytes_loaded=0, tensors=0, digests={}, values={})  # fmt: skip
-
-    def _ram_figures(self, channel: Channel) -> dict[str, Any]:
-        memory = channel.memory()
-        if memory is None:
-            return {"enforcement": Enforcement.KERNEL}
-        return {"ram_budget_bytes": memory.limit_bytes, "enforcement": memory.enforcement,
-                "enforcement_gap_s": memory.max_gap}  # fmt: skip
+        return replace(result, status=verdict.status, error_type=verdict.error_type, error_message=verdict.message,
+                       oom_evidence=verdict.oom_evidence, bytes_loaded=0, tensors=0, digests={}, values={})  # fmt: skip
 
     def _after_death(self, job: LoadJob, end: ProcessEnd, stderr: str) -> LoadResult:
-        if end.status is RunStatus.OOM_KILLED:
-            message = end.describe_oom()
-            if end.memory is not None:
-                message += f": unified memory peaked at {end.memory.peak_unified_bytes} bytes against a budget of " \
-                           f"{end.memory.limit_bytes}"  # fmt: skip
-            return self._failed(job, Status.OOM_KILLED, "OOMKilled", message, end)
-        message = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
-        return self._failed(job, Status.ERROR, "WorkerDied", message, end)
+        verdict = decide(end.evidence_of(ended_in_job=True))
+        died = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
+        return self._failed(job, verdict, end, died if verdict.status is Status.ERROR else None)
 
-    def _failed(self, job: LoadJob, status: Status, error_type: str, message: str,
-                end: ProcessEnd | None = None) -> LoadResult:  # fmt: skip
+    def _infra(self, job: LoadJob, error_type: str, message: str) -> LoadResult:
+        """The harness could not run the job (no worker, a lost connection, a malformed result)."""
+        return self._failed(job, decide(Evidence(infra=Claim(error_type, message))))
+
+    def _failed(self, job: LoadJob, verdict: Verdict, end: ProcessEnd | None = None,
+                message: str | None = None) -> LoadResult:  # fmt: skip
+        """The record of a job that ended without the worker's result: the verdict, the figures its process left
+        (the RAM enforcer's peaks, the layer's last counters, however it ended), ``message`` for the verdict's."""
         figures: dict[str, Any] = {"enforcement": self.transport.enforcement(self.board.ram_budget),
                                    "ram_budget_bytes": self.board.ram_budget}  # fmt: skip
-        memory = end.memory if end is not None else None
-        if memory is not None:
-            figures.update(peak_anon_bytes=memory.peak_anon_bytes, peak_file_bytes=memory.peak_file_bytes,
-                           peak_unified_bytes=memory.peak_unified_bytes, ram_budget_bytes=memory.limit_bytes,
-                           enforcement=memory.enforcement, enforcement_gap_s=memory.max_gap)  # fmt: skip
-        if end is not None and status is Status.OOM_KILLED:
-            figures["oom_evidence"] = end.evidence
-        device = end.device if end is not None else None
-        if device is not None:  # the layer's last counters, however the process ended (killed ones too)
-            figures.update(
-                device_peak_bytes=device.peak_bytes,
-                device_live_after=device.live_bytes,
-                device_cap_bytes=device.cap_bytes,
-                device_failed_allocations=device.failed_allocations,
-            )
-        return LoadResult(status, loader=job.loader, device=self.spec, checkpoint=job.checkpoint, shard=job.shard,
-                          error_type=error_type, error_message=message, lru_cache=job.lru,
-                          fp16=self.facts.fp16, backend=self.facts.backend or "", **figures)  # fmt: skip
+        if end is not None:
+            if end.memory is not None:
+                figures.update(ram_fields(end.memory, peaks=True))
+            figures.update(layer_fields(end.device))
+        return LoadResult(verdict.status, loader=job.loader, device=self.spec, checkpoint=job.checkpoint,
+                          shard=job.shard, error_type=verdict.error_type, error_message=message or verdict.message,
+                          oom_evidence=verdict.oom_evidence, lru_cache=job.lru, fp16=self.facts.fp16,
+                          backend=self.facts.backend or "", **figures)  # fmt: skip
 
 
 def _ended(end: ProcessEnd) -> str:

@@ -7,22 +7,14 @@ could not run the job (a dead worker, a missing backend) and says nothing about 
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.runtime.ram import STALL_GAP, Enforcement
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence, Status
 
-
-class Status(enum.Enum):
-    OK = "ok"
-    DEVICE_OOM = "device-oom"  # the device refused memory with an OpenCL error (cap or max alloc)
-    OOM_KILLED = "oom-killed"  # the board's RAM ran out and the process was SIGKILLed, as the OOM killer would
-    ERROR = "error"  # the loader raised something else (its type and message are kept)
-    TIMEOUT = "timeout"  # the job passed its time limit and was killed
-    INFRA_ERROR = "infra-error"  # the harness could not run the job at all
+__all__ = ["LoadResult", "OomEvidence", "Status", "TensorDigest"]  # Status: decided by mali_hil.runtime.verdict
 
 
 @dataclass(frozen=True)

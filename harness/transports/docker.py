@@ -34,7 +34,8 @@ from typing import IO, Any
 from mali_hil.harness.transports.base import Channel, RelayedChannel, StderrFile, Transport
 from mali_hil.runtime.ram import Enforcement, RamVerdict
 from mali_hil.runtime.remote import KILL_OP
-from mali_hil.runtime.supervisor import OomEvidence, ProcessEnd, RunStatus
+from mali_hil.runtime.supervisor import ProcessEnd
+from mali_hil.runtime.verdict import Evidence, OomEvidence
 
 IMAGE_ENV = "MALI_HIL_DOCKER_IMAGE"
 IMAGE_PYTHON = "/opt/mali-hil/bin/python"
@@ -266,20 +267,18 @@ class DockerChannel(RelayedChannel):
         with contextlib.suppress(OSError):
             self._socket.close()
         end = self._end
-        if state.get("OOMKilled"):
-            memory = end.memory if end is not None else self._memory
-            returncode = end.returncode if end is not None else -9
-            elapsed = end.elapsed if end is not None else time.monotonic() - self._started
-            rss = end.max_rss_bytes if end is not None else 0
-            return ProcessEnd(RunStatus.OOM_KILLED, returncode, OomEvidence.CONTAINER, memory, rss, elapsed,
-                              end.device if end is not None else None)  # fmt: skip
+        word = OomEvidence.CONTAINER if state.get("OOMKilled") else None  # the engine's word beats the supervisor's
         if end is not None:
-            return end
+            if word is None:
+                return end
+            return ProcessEnd.judged(end.evidence_of(word=word), end.max_rss_bytes, end.elapsed)
+        elapsed = time.monotonic() - self._started
         code = state.get("ExitCode")
-        if isinstance(code, int) and state.get("Status") == "exited":
+        if word is not None or (isinstance(code, int) and state.get("Status") == "exited"):
+            code = code if isinstance(code, int) else 137
             returncode = -(code - 128) if code > 128 else code  # the engine says 137 where subprocess says -9
-            return ProcessEnd(RunStatus.FAILED, returncode, None, self._memory, 0, time.monotonic() - self._started)
-        return ProcessEnd.lost(-1, self._memory, time.monotonic() - self._started)  # the engine went away
+            return ProcessEnd.judged(Evidence(returncode=returncode, enforcer=self._memory, word=word), 0, elapsed)
+        return ProcessEnd.lost(-1, self._memory, elapsed)  # the engine went away
 
     def _final_state(self) -> dict[str, Any]:
         try:

@@ -22,17 +22,15 @@ from typing import IO, Any
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.errors import MaliHilError
 from mali_hil.harness.records.jobs import LoadJob
-from mali_hil.harness.records.results import LoadResult, Status, TensorDigest
+from mali_hil.harness.records.results import LoadResult, TensorDigest
 from mali_hil.harness.values.digest import Digest
 from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
 from mali_hil.runtime.meter import MemoryMeter
+from mali_hil.runtime.verdict import Claim, Evidence, Status, capped, decide, layer_fields, meter_fields
 
 DEVICE = "CL"
 _DIGEST_CHUNK = 16 << 20
 _VALUES_LIMIT = 4 << 20  # values travel as base64 JSON: fine for test tensors, not for weights
-MESSAGE_LIMIT = 64 << 10  # characters of an exception message kept in a result record
-# OpenCL errors that mean "out of device memory" when raised at enqueue (profiles with enqueue-error)
-_OOM_CODES = ("CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY", "CL_MEM_OBJECT_ALLOCATION_FAILURE")
 
 
 def _layer_stats() -> Any | None:
@@ -121,34 +119,6 @@ def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
     return TensorDigest(np_dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
 
 
-def _classify(exc: BaseException, stats: Any | None) -> Status:
-    if isinstance(exc, MemoryError):
-        return Status.DEVICE_OOM
-    text = str(exc)
-    refused = stats is not None and (stats.failed_allocations or stats.overcommitted_bytes)
-    if isinstance(exc, RuntimeError) and refused and any(code in text for code in _OOM_CODES):
-        return Status.DEVICE_OOM
-    return Status.ERROR
-
-
-def capped(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters (head and tail kept): a loader's exception message travels in every
-    result record, report and JUnit file, and one of 200 MiB would swamp them all."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]} [... {len(text) - 2 * half} characters cut ...] {text[-half:]}"
-
-
-def _oom_message(exc: BaseException, stats: Any | None) -> str:
-    if stats is None:
-        return capped(str(exc))
-    needed = stats.last_refused_bytes
-    available = max(0, stats.cap_bytes - stats.live_bytes)
-    cap = stats.cap_bytes
-    return f"{capped(str(exc))} (needed {needed} bytes, available {available} of the {cap}-byte device memory)"
-
-
 def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     """Run one job in this process and describe it; never raises for anything the loader does."""
     from tinygrad import Device
@@ -182,8 +152,9 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
             shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype, keep=job.keep
         )
     except MaliHilError as exc:
-        refused = LoadResult(Status.ERROR, error_type=type(exc).__name__, error_message=capped(str(exc)), **base)
-        return _with_device_figures(refused, before, _layer_stats())
+        verdict = decide(Evidence(claim=Claim.of(exc)))  # refused before the loader ran: its checkpoint's fault
+        return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
+                          **layer_fields(_layer_stats(), before))  # fmt: skip
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
     loaded: Any = None
@@ -200,21 +171,14 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     memory = meter.stop()
     elapsed = time.monotonic() - started
     stats = _layer_stats()
-    figures: dict[str, Any] = {
-        "elapsed_s": elapsed,
-        "peak_anon_bytes": memory.peaks.anon_bytes,
-        "peak_file_bytes": memory.peaks.file_bytes,
-        "peak_unified_bytes": memory.peaks.unified_bytes,
-        "ram_baseline_bytes": memory.baseline.unified,
-    }
-    figures.update(_device_figures(before, stats))
+    figures: dict[str, Any] = {"elapsed_s": elapsed, **meter_fields(memory), **layer_fields(stats, before)}
     if failure is not None:
-        status = _classify(failure, stats)
-        message = _oom_message(failure, stats) if status is Status.DEVICE_OOM else capped(str(failure))
-        if status is Status.ERROR:
+        verdict = decide(Evidence(claim=Claim.of(failure), layer=stats))
+        if verdict.status is Status.ERROR:
             print(capped(trace), file=sys.stderr)
         _cleanup(tensors)
-        return LoadResult(status, error_type=type(failure).__name__, error_message=message, **base, **figures)
+        return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
+                          **figures)  # fmt: skip
     digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
@@ -258,19 +222,6 @@ def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob) -> dict[str, Any]:
         raise LoaderContractError(f"{len(wrong)} floating tensors are not {job.target_dtype} as the job asked "
                                   f"({', '.join(wrong[:3])})")  # fmt: skip
     return loaded
-
-
-def _device_figures(before: Any | None, after: Any | None) -> dict[str, Any]:
-    if before is None or after is None:
-        return {}
-    return {"device_live_before": before.live_bytes, "device_peak_bytes": after.peak_bytes,
-            "device_live_after": after.live_bytes, "device_cap_bytes": after.cap_bytes,
-            "device_failed_allocations": after.failed_allocations,
-            "device_overcommitted_bytes": after.overcommitted_bytes}  # fmt: skip
-
-
-def _with_device_figures(result: LoadResult, before: Any | None, after: Any | None) -> LoadResult:
-    return LoadResult.from_dict({**result.to_dict(), **_device_figures(before, after)})
 
 
 def _read_back(tensors: dict[str, Any], job: LoadJob) -> tuple[dict[str, TensorDigest], dict[str, str]]:
@@ -350,14 +301,18 @@ def _serve_job(data: Any, facts: dict[str, str]) -> dict[str, Any]:
     try:
         job = LoadJob.from_dict(data)
     except (TypeError, ValueError, AttributeError) as exc:
-        return LoadResult(Status.INFRA_ERROR, "", facts["device_name"], "", error_type=type(exc).__name__,
-                          error_message=f"malformed job {str(data)[:200]!r}: {exc}").to_dict()  # fmt: skip
+        return _infra("", facts, "", type(exc).__name__, f"malformed job {str(data)[:200]!r}: {exc}")
     try:
         return run_job(job, facts).to_dict()
     except Exception as exc:  # a bug of the harness itself, not of the loader: say so, keep serving
         traceback.print_exc(file=sys.stderr)
-        return LoadResult(Status.INFRA_ERROR, job.loader, facts["device_name"], job.checkpoint,
-                          error_type=type(exc).__name__, error_message=f"worker failed: {exc}").to_dict()  # fmt: skip
+        return _infra(job.loader, facts, job.checkpoint, type(exc).__name__, f"worker failed: {exc}")
+
+
+def _infra(loader: str, facts: dict[str, str], checkpoint: str, error_type: str, message: str) -> dict[str, Any]:
+    verdict = decide(Evidence(infra=Claim(error_type, message)))
+    return LoadResult(verdict.status, loader, facts["device_name"], checkpoint, error_type=verdict.error_type,
+                      error_message=verdict.message).to_dict()  # fmt: skip
 
 
 def _extend_loader_path() -> None:

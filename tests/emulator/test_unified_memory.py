@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.launcher import BoardRun, RunStatus, run_on_board
 from mali_hil.emulator.profile import available_profiles
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 
 MiB = 1 << 20
 # Put before every job script (_run): the process's anonymous RAM, as the RAM figures count it.

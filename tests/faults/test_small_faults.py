@@ -18,7 +18,7 @@ import pytest
 from mali_hil.harness.devices import make_device
 from mali_hil.harness.records.jobs import LoadJob
 from mali_hil.harness.records.results import Status
-from mali_hil.harness.worker.serve import MESSAGE_LIMIT
+from mali_hil.runtime.verdict import MESSAGE_LIMIT
 
 pytest_plugins = ["pytester"]
 

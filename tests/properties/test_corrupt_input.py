@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from mali_hil.harness.checkpoints import errors
+from mali_hil.harness.checkpoints import faults
 from mali_hil.harness.checkpoints.format import DTYPE_BITS
 from mali_hil.harness.loaders.base import FLOAT_SOURCES, PASSTHROUGH_SOURCES
 from mali_hil.harness.records.results import LoadResult, Status
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.mali_hil_property("corrupt-input")
 JOB_TIMEOUT_S = 60.0
 QUICK_S = 10.0  # a refusal reads a header of a few hundred bytes: seconds mean the worker read or waited on more
 CHECKPOINT_ERRORS = frozenset(
-    name for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, errors.CheckpointError)
+    name for name, cls in vars(faults).items() if isinstance(cls, type) and issubclass(cls, faults.CheckpointError)
 )
 LOADABLE = frozenset(FLOAT_SOURCES + PASSTHROUGH_SOURCES)
 

@@ -25,7 +25,7 @@ from mali_hil.emulator.profile import OomTrigger, load_profile
 from mali_hil.harness.checkpoints import TensorSpec, make_fill, validate_checkpoint, write_safetensors
 from mali_hil.harness.loaders import LoadOptions, bound_inputs
 from mali_hil.harness.records.results import LoadResult, Status
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 
 from .checks import MIB, check_oom, check_recovered, oom_figures
 

@@ -12,7 +12,7 @@ import textwrap
 
 from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.launcher import RunStatus, run_on_board
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 
 MiB = 1 << 20
 PY = sys.executable

@@ -21,7 +21,7 @@ from mali_hil.harness.records.results import LoadResult, Status
 from mali_hil.harness.transports.local import LocalTransport
 from mali_hil.harness.values.oracles import expected_digests
 from mali_hil.runtime.ram import Enforcement
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 
 ODD = "tests.harness.loaders.odd_loaders"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b"": a built layer that is empty
@@ -111,7 +111,7 @@ def test_a_spike_the_watchdog_missed_is_still_oom_killed(monkeypatch: pytest.Mon
     """The verdict must not depend on when the watchdog thread ran: blinded (one sample, then a 60 s sleep, as a
     thread starved on two busy cores is), a job that held 320 MiB on a 256 MiB board for 50 ms is still
     oom-killed, on the worker's own meter's evidence, and its worker is replaced as after any OOM kill."""
-    from mali_hil.emulator import ram
+    from mali_hil.runtime import ram
 
     monkeypatch.setattr(ram._Sampler, "next_interval", lambda self, unified, growth: 60.0)
     with make_device("emulated-mali:mali-g52:256MiB") as device:

@@ -23,7 +23,7 @@ from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.docker import CHECKPOINTS, OWNER_LABEL, DockerTransport, owner_label
 from mali_hil.harness.values.oracles import expected_digests
 from mali_hil.runtime.ram import Enforcement
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 from tests.dockerd import Engine
 from tests.harness.transports.test_ssh import _suite_verdicts
 from tests.interrupt import interruptible

@@ -25,7 +25,7 @@ from mali_hil.harness.records.results import Status
 from mali_hil.harness.transports.ssh import HostKeyError, SshError, SshTransport
 from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.values.oracles import expected_digests
-from mali_hil.runtime.supervisor import OomEvidence
+from mali_hil.runtime.verdict import OomEvidence
 from tests.harness.loaders import odd_loaders
 from tests.interrupt import interruptible
 from tests.sshd import LoopbackBoard, sshd_available

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mali_hil.harness import oracles
+from mali_hil.harness.values import oracles
 from mali_hil.harness.values.digest import digest_array
 
 
