@@ -127,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         set_coordinator(coordinator)
     from mali_hil.harness.plugin.session import SESSION_KEY, HarnessSession
-    from mali_hil.harness.report import VariantTable
+    from mali_hil.harness.plugin.variant_table import VariantTable
 
     session = HarnessSession.from_config(config)
     config.stash[SESSION_KEY] = session

@@ -96,7 +96,7 @@ def test_the_table_says_which_loaders_were_judged_by_the_default_bound() -> None
 
     from mali_hil.harness.loaders.base import DEFAULT_BOUND
     from mali_hil.harness.plugin.session import HarnessSession
-    from mali_hil.harness.report import VariantTable
+    from mali_hil.harness.plugin.variant_table import VariantTable
 
     def report(loader: str, prop: str, bounds: str) -> SimpleNamespace:
         props = [("mali_hil.property", prop), ("mali_hil.loader", loader), ("mali_hil.bounds", bounds)]
