@@ -11,6 +11,9 @@ run leaves either nothing or a whole checkpoint. The folder must be ours and not
 layer build): a checkpoint planted there would change verdicts, so a folder that fails the check is not used and
 checkpoints are made in the caller's temporary folder instead (the same bytes; only the reuse is lost). Entries
 unused for ``MAX_AGE_DAYS`` are removed when a new one is stored.
+
+The same store keeps ``mali-hil cluster``'s model-shaped checkpoints, in a folder of their own (``root``), keyed by
+their content alone and never pruned (16 GB is not remade lightly).
 """
 
 from __future__ import annotations
@@ -83,17 +86,28 @@ def cache_key(kind: str, params: Mapping[str, Any], sources: Iterable[Path] = ()
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def cached_checkpoint(key: str, name: str, make: Callable[[Path], Path], fallback: Path) -> Path:
+def lookup(key: str, root: Path | None = None) -> Path | None:
+    """The stored checkpoint for ``key`` (marked used), or None; ``root``: another store than the suite's."""
+    root = cache_root() if root is None else root
+    found = None if root is None else _entry_path(root / key)
+    if found is not None:
+        os.utime(root / key)  # used: keeps it from being pruned
+    return found
+
+
+def cached_checkpoint(key: str, name: str, make: Callable[[Path], Path], fallback: Path, root: Path | None = None,
+                      max_age_days: float | None = MAX_AGE_DAYS) -> Path:  # fmt: skip
     """The checkpoint ``name`` for ``key``: reused if stored, else made by ``make(path)`` (which returns the path
     to use: the file, or a sharded checkpoint's index) and stored. Without a usable cache it is made under
-    ``fallback``."""
-    root = cache_root()
+    ``fallback``. ``root``: another store than the suite's (made if missing); ``max_age_days`` None: never pruned."""
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    root = cache_root() if root is None else root
     if root is None:
         return make(fallback / name)
     entry = root / key
-    found = _entry_path(entry)
+    found = lookup(key, root)
     if found is not None:
-        os.utime(entry)  # used: keeps it from being pruned
         return found
     building = Path(tempfile.mkdtemp(prefix=".making-", dir=root))
     try:
@@ -106,7 +120,8 @@ def cached_checkpoint(key: str, name: str, make: Callable[[Path], Path], fallbac
             building.rename(entry)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    _prune(root, keep=entry)
+    if max_age_days is not None:
+        _prune(root, keep=entry, max_age_days=max_age_days)
     found = _entry_path(entry)
     if found is None:  # pragma: no cover - a rename that neither happened nor failed
         return make(fallback / name)
@@ -123,8 +138,8 @@ def _entry_path(entry: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def _prune(root: Path, keep: Path) -> None:
-    cutoff = time.time() - MAX_AGE_DAYS * 86400
+def _prune(root: Path, keep: Path, max_age_days: float) -> None:
+    cutoff = time.time() - max_age_days * 86400
     for entry in root.iterdir():
         try:
             stale = entry != keep and entry.lstat().st_mtime < cutoff

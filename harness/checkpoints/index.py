@@ -9,6 +9,7 @@ writers do not always agree on it) and is not checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mali_hil.harness.checkpoints.faults import (
+    CheckpointError,
     CheckpointNotFoundError,
     IndexFormatError,
     IndexTensorMissingError,
@@ -103,6 +105,19 @@ def read_index(path: str | Path, max_size: int = MAX_HEADER_SIZE) -> dict[str, s
                 path, f"weight_map maps {name!r} to {shard!r}, not a file name inside the index's folder", tensor=name
             )
     return weight_map
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files a checkpoint is made of, to send it elsewhere: itself, and for an index the shards it names that
+    exist beside it. Nothing is refused here: a bad index or a missing shard is the validator's to refuse, on the
+    side that loads it."""
+    if not path.is_file():
+        return []
+    names: list[str] = []
+    if path.name.endswith(".json"):
+        with contextlib.suppress(CheckpointError, OSError):
+            names = sorted(set(read_index(path).values()))
+    return [path, *(path.parent / name for name in names if (path.parent / name).is_file())]
 
 
 def index_document(weight_map: Mapping[str, str], total_size: int) -> bytes:

@@ -10,12 +10,12 @@ start, at exit, on Ctrl-C and on SIGTERM; what a SIGKILL leaves, ``mali-hil farm
 
 from __future__ import annotations
 
-from dataclasses import replace
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl
 
 from mali_hil.errors import DeviceSpecError, MaliHilError
 from mali_hil.harness.devices.device import Device
 from mali_hil.harness.devices.spec import DeviceSpec
+from mali_hil.harness.transports.ssh_target import SshTarget
 
 LEASES_ENV = "MALI_HIL_FARM_LEASES"
 _coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
@@ -88,9 +88,8 @@ def check(spec: DeviceSpec) -> None:
     from mali_hil.harness.devices import ssh
 
     _, _, options = parse_target(spec.target)
-    stand_in = "ssh://127.0.0.1" + (f"?{urlencode(options, safe='/:')}" if options else "")
     try:  # the SSH device's options, on a stand-in address: nothing connects until a device starts
-        ssh.make(DeviceSpec.parse(stand_in)).close()
+        ssh.on_target(spec, SshTarget.of("127.0.0.1", None, None, options, spec.text)).close()
     except MaliHilError as exc:
         raise DeviceSpecError(f"device {spec.text}: {exc}") from None
 
@@ -103,13 +102,9 @@ def make(spec: DeviceSpec) -> Device:
     lease = Lease(selector, _coordinator, DEFAULT_WAIT if wait is None else wait)
     service = lease.acquire()
     try:
-        who = f"{quote(service.username)}@" if service.username else ""
-        host = f"[{service.address}]" if ":" in service.address else service.address
-        url = f"ssh://{who}{host}{f':{service.port}' if service.port else ''}"
-        if options:
-            url += "?" + urlencode(options, safe="/:")
-        inner = ssh.make(DeviceSpec.parse(url))
-        device = LabgridDevice(replace(inner.board, spec=spec), inner.transport, retries=inner.retries)
+        target = SshTarget.of(service.address, service.username or None, service.port or None, options, spec.text)
+        inner = ssh.on_target(spec, target)
+        device = LabgridDevice(inner.board, inner.transport, retries=inner.retries)
         device.lease = lease
         return device
     except BaseException as exc:

@@ -17,7 +17,11 @@ from mali_hil.harness.transports.ssh_target import SshTarget
 
 
 def make(spec: DeviceSpec) -> Device:
-    target = SshTarget.parse(spec.target)
+    return on_target(spec, SshTarget.parse(spec.target))
+
+
+def on_target(spec: DeviceSpec, target: SshTarget) -> Device:
+    """The device for a board at ``target`` (from an ``ssh://`` URL, or a labgrid place's service), named ``spec``."""
     emulated = None
     if target.emulate is not None:
         profile = load_profile(target.emulate)  # an unknown profile fails here; the board's RAM is checked there

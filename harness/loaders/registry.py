@@ -16,8 +16,6 @@ from typing import Any
 from mali_hil.harness.loaders import BUILTIN_LOADERS, BUILTIN_NAMES, ENTRY_POINT_GROUP
 from mali_hil.harness.loaders.base import Loader, LoaderError
 
-LOADER_PATH_ENV = "MALI_HIL_LOADER_PATH"  # the worker's extra loader folders (mali_hil.harness.worker.protocol)
-
 __all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "as_loader", "available", "get_loader", "register"]
 
 _registry: dict[str, Loader] = {}
@@ -124,6 +122,8 @@ def _import_attr(spec: str) -> Any:
     except ImportError as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError):  # workers run with python -P: the current folder is not searched
+            from mali_hil.harness.worker.protocol import LOADER_PATH_ENV
+
             hint = f"; install it, or name its folder in {LOADER_PATH_ENV} (workers skip the current folder)"
         raise LoaderError(f"loader {spec!r}: cannot import module {module_name!r} ({exc}){hint}") from exc
     except Exception as exc:  # the user's module failed while importing (a SyntaxError, its own code): its fault

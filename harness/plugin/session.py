@@ -22,7 +22,7 @@ from mali_hil.harness.devices.registry import DEFAULT_DEVICE, env_devices
 from mali_hil.harness.loaders import BUILTIN_NAMES
 
 if TYPE_CHECKING:
-    from mali_hil.harness.devices import Device, DevicePool
+    from mali_hil.harness.devices import Device, DevicePool, DeviceSpec
     from mali_hil.harness.records.results import LoadResult
     from mali_hil.harness.records.results_file import ResultsFile
 
@@ -38,6 +38,7 @@ class HarnessSession:
     results_path: Path | None = None
     profile: str | None = None  # the suite's hypothesis profile (dev, ci, nightly; None: by the CI variable)
     explicit: bool = False  # a mali-hil option or ini value was given: say so in the report header
+    specs: dict[str, DeviceSpec] = field(default_factory=dict)  # each given --device, parsed once at the edge
     records: list[tuple[str, LoadResult]] = field(default_factory=list)
     write_error: MaliHilError | None = None  # the first record that could not be written: the run stops
     _pool: DevicePool | None = None
@@ -48,8 +49,7 @@ class HarnessSession:
         given_devices = config.getoption("mali_hil_devices") or env_devices() or config.getini("mali_hil_devices")
         given_loaders = config.getoption("mali_hil_loaders") or config.getini("mali_hil_loaders")
         results = config.getoption("mali_hil_results")
-        if given_devices:
-            _check_devices(given_devices)
+        specs = _check_devices(given_devices) if given_devices else {}
         session = cls(
             devices=list(dict.fromkeys(given_devices or [DEFAULT_DEVICE])),
             loaders=list(dict.fromkeys(given_loaders or BUILTIN_NAMES)),
@@ -57,6 +57,7 @@ class HarnessSession:
             results_path=Path(results) if results else None,
             profile=config.getoption("mali_hil_profile"),
             explicit=bool(given_devices or given_loaders or results),
+            specs=specs,
         )
         if results:
             from mali_hil.harness.records.results_file import ResultsFile
@@ -82,7 +83,7 @@ class HarnessSession:
         from mali_hil.harness.devices import DeviceUnavailable
 
         try:
-            return self.pool.acquire(spec)
+            return self.pool.acquire(self.specs.get(spec, spec))
         except DeviceUnavailable as exc:
             if item is not None:
                 item.user_properties.append(("mali_hil.outcome", "MISS"))
@@ -109,20 +110,17 @@ def _given(value: float | None, default: float) -> float:
     return default if value is None else value  # 0 is refused by the option's type, never silently replaced
 
 
-def _check_devices(specs: list[str]) -> None:
-    """Refuse a malformed ``--device`` or an unknown kind at once, as a usage error (nothing is started here)."""
-    from mali_hil.errors import DeviceSpecError
-    from mali_hil.harness.devices import DeviceSpec, device_kinds
+def _check_devices(given: list[str]) -> dict[str, DeviceSpec]:
+    """Each ``--device`` parsed once, as the pool later makes it; a malformed value, an unknown kind or a target
+    its kind refuses (``local:junk``, an unknown profile) is a usage error at once. Nothing starts here."""
+    from mali_hil.harness.devices import DeviceSpec
     from mali_hil.harness.devices.registry import check_device
 
-    for spec in specs:
+    specs = {}
+    for text in given:
         try:
-            kind = DeviceSpec.parse(spec).kind
-        except DeviceSpecError as exc:
-            raise pytest.UsageError(f"--device: {exc}") from None
-        if kind not in device_kinds():
-            raise pytest.UsageError(f"--device: unknown device {spec!r}: known kinds are {', '.join(device_kinds())}")
-        try:  # the kind checks its target (local:junk, an unknown profile); nothing starts, no board is leased
-            check_device(spec)
+            specs[text] = DeviceSpec.parse(text)
+            check_device(specs[text])
         except MaliHilError as exc:
             raise pytest.UsageError(f"--device: {exc}") from None
+    return specs

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from mali_hil.harness.records.results import LoadResult
 
 WORKER_RECORDS = "mali_hil.records"  # workeroutput key: a worker's records, as JSON
-PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
 
 
 class VariantTable:
@@ -82,27 +81,14 @@ class VariantTable:
         for line in self.table():
             terminalreporter.write_line(line)
 
-    # --- the table -----------------------------------------------------------------------------------------
+    # --- the table: built by the report's own rules (mali_hil.harness.reports.tables) -------------------------
     def table(self) -> list[str]:
-        props = [p for p in PROPERTIES if any(k[1] == p for k in self.outcomes)]
-        limits = ["device peak / cap (ok jobs)", "RAM peak / budget (ok jobs)", "jobs ok / oom / other"]
-        judged = ["bounds"] if self.bounds else []
-        header = ["loader", *judged, *props, *limits]
-        rows = [header]
-        for loader in self.loaders:
-            cells = [loader] + [self.bounds.get(loader, "-") for _ in judged]
-            cells += [_verdict(self.outcomes.get((loader, p), [])) for p in props]
-            mine = [r for _, r in self.records if r.loader == loader]
-            finished = [r for r in mine if r.ok]  # a killed job's peak is the limit it crossed, not a fit
-            cells += [
-                _highest(finished, "device_peak_bytes", "device_cap_bytes"),
-                _highest(finished, "peak_unified_bytes", "ram_budget_bytes"),
-                _statuses(mine),
-            ]
-            rows.append(cells)
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-        lines.insert(1, "-+-".join("-" * w for w in widths))
+        from mali_hil.harness.reports.tables import text_lines, variant_table
+
+        built = variant_table([r for _, r in self.records], self.outcomes, self.loaders, self.bounds)
+        if built is None:
+            return []
+        lines = text_lines(built)
         if any(kind.startswith("default") for kind in self.bounds.values()):
             from mali_hil.harness.loaders.base import DEFAULT_BOUND
 
@@ -111,33 +97,3 @@ class VariantTable:
                 " declares none; declare Loader.device_bound/ram_bound to be judged by your own"
             )
         return lines
-
-
-def _verdict(outcomes: list[str]) -> str:
-    if not outcomes:
-        return "-"
-    if "failed" in outcomes:
-        return "FAIL"
-    if "xfail" in outcomes:
-        return "xfail"
-    return "pass" if "passed" in outcomes else "skip"
-
-
-def _highest(results: list[LoadResult], used: str, limit: str) -> str:
-    """The result closest to its limit, as "used / limit" (fields of LoadResult, in bytes)."""
-    from mali_hil.sizes import format_size
-
-    pairs = [(getattr(r, used), getattr(r, limit)) for r in results]
-    pairs = [(u, lim) for u, lim in pairs if u is not None and lim]
-    if not pairs:
-        return "n/a"
-    u, lim = max(pairs, key=lambda pair: pair[0] / pair[1])
-    return f"{format_size(u)} / {format_size(lim)}"
-
-
-def _statuses(results: list[LoadResult]) -> str:
-    from mali_hil.harness.records.results import Status
-
-    ok = sum(r.status is Status.OK for r in results)
-    oom = sum(r.status in (Status.DEVICE_OOM, Status.OOM_KILLED) for r in results)
-    return f"{ok} / {oom} / {len(results) - ok - oom}"

@@ -46,12 +46,9 @@ class Section:
 
 def sections(inputs: ReportInputs, with_charts: bool = True) -> list[Section]:
     out = []
-    variants = tables.variant_table(inputs)
+    variants = tables.run_table(inputs)
     if variants is not None:
         out.append(Section("Loader variants", [variants], charts.peaks_per_variant(inputs) if with_charts else []))
-    props = tables.property_table(inputs)
-    if props is not None:
-        out.append(Section("Properties", [props]))
     for i, doc in enumerate(inputs.clusters):
         out.append(Section("Cluster", tables.cluster_tables(doc), charts.cluster_nodes(doc, i) if with_charts else []))
     for i, doc in enumerate(inputs.thresholds):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mali_hil.harness.records.results import LoadResult, Status
 from mali_hil.harness.reports.inputs import ReportInputs
 from mali_hil.sizes import format_size
 
@@ -30,60 +32,89 @@ def ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def variant_table(inputs: ReportInputs) -> Table | None:
-    if not inputs.records:
+#: the suite's properties in the order every table shows them (others after them, in the order first seen)
+PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
+PEAK_HEADERS = ("device peak / cap (ok jobs)", "RAM peak / budget (ok jobs)", "jobs ok / oom / other")
+
+
+def property_verdict(outcomes: Iterable[str]) -> str:
+    """The one pass rule for a loader's tests of one property: ``pass`` when some passed and none failed or
+    errored (skips aside), ``xfail`` when the rest were expected failures, ``skip`` when all were skipped, else
+    the counts (``1 failed/3 passed``)."""
+    seen = Counter(outcomes)
+    if not seen:
+        return "-"
+    if set(seen) <= {"passed", "skipped"}:
+        return "pass" if seen["passed"] else "skip"
+    if set(seen) <= {"passed", "skipped", "xfail"}:
+        return "xfail"
+    return "/".join(f"{n} {o}" for o, n in seen.items())
+
+
+def highest(results: Iterable[LoadResult], used: str, limit: str) -> str:
+    """The ok job closest to its limit, as "used / limit" (fields of LoadResult, in bytes): a killed job's peak
+    is the limit it crossed, not a fit."""
+    pairs = [(getattr(r, used), getattr(r, limit)) for r in results if r.status is Status.OK]
+    pairs = [(u, lim) for u, lim in pairs if u is not None and lim]
+    if not pairs:
+        return "n/a"
+    u, lim = max(pairs, key=lambda pair: pair[0] / pair[1])
+    return f"{format_size(u)} / {format_size(lim)}"
+
+
+def status_counts(results: Sequence[LoadResult]) -> str:
+    ok = sum(r.status is Status.OK for r in results)
+    oom = sum(r.status in (Status.DEVICE_OOM, Status.OOM_KILLED) for r in results)
+    return f"{ok} / {oom} / {len(results) - ok - oom}"
+
+
+def variant_table(
+    records: Sequence[LoadResult],
+    outcomes: Mapping[tuple[str, str], Sequence[str]],
+    loaders: Sequence[str] = (),
+    bounds: Mapping[str, str] | None = None,
+) -> Table | None:
+    """The per-variant table of a run, for the terminal and the report alike: one row per loader (per device and
+    loader when the records come from several devices), which bounds its memory was judged by, each property's
+    verdict (``outcomes``: (loader, property) -> the outcomes of its tests), the highest device and RAM peaks of
+    its ok jobs against their limits, and its jobs by status. ``loaders``: rows to show even without records."""
+    if not records and not outcomes:
         return None
-    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for _, r in inputs.records:
-        groups[(r.device, r.loader)].append(r)
+    named = [prop for _, prop in outcomes]
+    props = [p for p in PROPERTIES if p in named] + [p for p in dict.fromkeys(named) if p not in PROPERTIES]
+    order = list(dict.fromkeys([*loaders, *(r.loader for r in records), *(loader for loader, _ in outcomes)]))
+    devices = list(dict.fromkeys(r.device for r in records))
+    by_device, judged = len(devices) > 1, bool(bounds)
+    headers = ["device"] * by_device + ["loader"] + ["bounds"] * judged + [*props, *PEAK_HEADERS]
     rows = []
-    for (device, loader), results in groups.items():
-        statuses = Counter(r.status.value for r in results)
-        worst_dev = max(results, key=lambda r: r.device_peak_bytes or 0)
-        worst_ram = max(results, key=lambda r: r.peak_unified_bytes or 0)
-        rows.append(
-            [
-                device,
-                loader,
-                str(len(results)),
-                ", ".join(f"{n} {s}" for s, n in statuses.items()),
-                f"{size(worst_dev.device_peak_bytes)} of {size(worst_dev.device_cap_bytes)}",
-                f"{size(worst_ram.peak_unified_bytes)} of {size(worst_ram.ram_budget_bytes)}",
-            ]
-        )
-    return Table(
-        "Peak memory per variant (mali-hil run)",
-        ["device", "loader", "jobs", "statuses", "highest device peak", "highest RAM peak"],
-        rows,
-    )
+    for device in devices if by_device else [None]:
+        for loader in order:
+            mine = [r for r in records if r.loader == loader and device in (None, r.device)]
+            if by_device and not mine:
+                continue
+            cells = [device] * by_device + [loader] + [(bounds or {}).get(loader, "-")] * judged
+            cells += [property_verdict(outcomes.get((loader, p), ())) for p in props]
+            cells += [highest(mine, "device_peak_bytes", "device_cap_bytes"),
+                      highest(mine, "peak_unified_bytes", "ram_budget_bytes"), status_counts(mine)]  # fmt: skip
+            rows.append([str(cell) for cell in cells])
+    return Table("Loader variants (mali-hil run)", headers, rows)
 
 
-def property_table(inputs: ReportInputs) -> Table | None:
-    if not inputs.properties:
-        return None
-    outcomes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    props: list[str] = []
+def text_lines(table: Table) -> list[str]:
+    """A table as aligned plain-text lines, for a terminal."""
+    rows = [table.headers, *table.rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(table.headers))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return lines + table.notes
+
+
+def run_table(inputs: ReportInputs) -> Table | None:
+    """The report's per-variant table: the run's records and the JUnit XML's property outcomes."""
+    outcomes: dict[tuple[str, str], list[str]] = defaultdict(list)
     for case in inputs.properties:
-        outcomes[(case.loader, case.prop)][case.outcome] += 1
-        if case.prop not in props:
-            props.append(case.prop)
-    loaders = list(dict.fromkeys(case.loader for case in inputs.properties))
-    rows = []
-    for loader in loaders:
-        row = [loader]
-        for prop in props:
-            seen = outcomes.get((loader, prop))
-            row.append(
-                "-"
-                if not seen
-                else (
-                    "pass"
-                    if set(seen) <= {"passed", "skipped"} and seen["passed"]
-                    else "/".join(f"{n} {o}" for o, n in seen.items())
-                )
-            )
-        rows.append(row)
-    return Table("Property results (JUnit XML of mali-hil run)", ["loader", *props], rows)
+        outcomes[(case.loader, case.prop)].append(case.outcome)
+    return variant_table([r for _, r in inputs.records], outcomes)
 
 
 def ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mali_hil.emulator.profile import load_profile
 from mali_hil.errors import MaliHilError
 from mali_hil.harness.devices import make_device
 from mali_hil.harness.records.jobs import LoadJob
@@ -80,14 +81,15 @@ class ResizableBoard:
         self.profile = device.board.emulate.profile
         self.kind = device.board.spec.kind
         self.ram = self.profile.board_ram
+        self._base = load_profile(self.profile.key)  # resized from the profile's own file, as at(ram) is
 
     def at(self, ram: int) -> str:
         return f"{self.kind}:{self.profile.key}:{ram}"
 
     def limits(self, ram: int) -> tuple[int, int]:
-        """(device memory cap, RAM budget) of the board resized to ``ram``."""
-        board = make_device(self.at(ram)).board
-        return board.cap_bytes or 0, board.ram_budget or ram
+        """(device memory cap, RAM budget) of the board resized to ``ram``: the profile's rule, as the device made
+        for ``at(ram)`` has them (its budget is the whole board), without making one per probe."""
+        return self._base.with_ram(ram).global_mem, ram
 
 
 def predicted_ram(

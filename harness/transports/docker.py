@@ -141,9 +141,9 @@ class DockerTransport(Transport):
     def place(self, path: Path) -> str:
         """Hard-link (or copy, across file systems) the checkpoint's files into the folder every container sees
         read-only, under a name made of their paths, sizes and modification times."""
-        from mali_hil.harness.transports.ssh import _checkpoint_files
+        from mali_hil.harness.checkpoints.index import checkpoint_files
 
-        files = _checkpoint_files(Path(path))
+        files = checkpoint_files(Path(path))
         if not files:
             return f"{CHECKPOINTS}/absent/{Path(path).name}"
         key = hashlib.sha256()

@@ -261,9 +261,11 @@ class SshTransport(Transport):
         """Send the checkpoint (a file, or an index with its shards) to ``WORKDIR/checkpoints/<content hash>/``
         unless the board has it already; a path that is no file here is no file there either (the worker's
         validator says so, as it would locally)."""
+        from mali_hil.harness.checkpoints.index import checkpoint_files
+
         self.connect()
         assert self.workdir is not None
-        files = _checkpoint_files(Path(path))
+        files = checkpoint_files(Path(path))
         if not files:
             return f"{self.workdir}/checkpoints/absent/{Path(path).name}"
         with self._lock:
@@ -327,24 +329,6 @@ def _sha256(path: Path) -> str:
         while chunk := data.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _checkpoint_files(path: Path) -> list[Path]:
-    """The files a checkpoint is made of: itself, and for an index the shards it names (beside it)."""
-    if not path.is_file():
-        return []
-    files = [path]
-    if path.name.endswith(".json"):
-        try:
-            weight_map = json.loads(path.read_text(encoding="utf-8")).get("weight_map", {})
-            names = sorted({str(name) for name in weight_map.values()}) if isinstance(weight_map, dict) else []
-        except (OSError, ValueError, AttributeError):
-            names = []
-        for name in names:
-            shard = path.parent / name
-            if "/" not in name and shard.is_file():  # a shard outside the folder is the validator's to refuse
-                files.append(shard)
-    return files
 
 
 class SshChannel(RelayedChannel):

@@ -7,6 +7,7 @@ every other value reaches the board only shell-quoted. A bare host may be an ali
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -61,12 +62,6 @@ class SshTarget:
             port = parts.port
         except ValueError:
             raise bad("the port must be a number from 1 to 65535") from None
-        host = parts.hostname or ""
-        if not (_HOST.match(host) or (":" in host and _IPV6.match(host))):
-            raise bad(f"{host!r} is not a host name, address or ssh config alias")
-        user = parts.username
-        if user is not None and not _USER.match(user):
-            raise bad(f"{user!r} is not a user name")
         if parts.password is not None:
             raise bad("passwords do not belong in a device URL: use keys (ssh-agent, IdentityFile)")
         try:
@@ -75,14 +70,30 @@ class SshTarget:
             raise bad("the options after '?' must be name=value pairs joined by '&'") from None
         options: dict[str, str] = {}
         for name, value in pairs:
+            if name in options:
+                raise bad(f"option {name!r} is given twice")
+            options[name] = value
+        return cls.of(parts.hostname or "", parts.username, port, options, url)
+
+    @classmethod
+    def of(cls, host: str, user: str | None, port: int | None, options: Mapping[str, str], where: str) -> SshTarget:
+        """A board at ``host`` (``where`` names it in errors): the URL's parts, or a labgrid place's service."""
+
+        def bad(why: str) -> DeviceSpecError:
+            return DeviceSpecError(f"device {where!r}: {why}")
+
+        if not (_HOST.match(host) or (":" in host and _IPV6.match(host))):
+            raise bad(f"{host!r} is not a host name, address or ssh config alias")
+        if user is not None and not _USER.match(user):
+            raise bad(f"{user!r} is not a user name")
+        if port is not None and not 0 < port < 65536:
+            raise bad("the port must be a number from 1 to 65535")
+        for name, value in options.items():
             if name not in OPTIONS:
                 known = ", ".join(f"{k} ({v})" for k, v in OPTIONS.items())
                 raise bad(f"unknown option {name!r}; known options: {known}")
-            if name in options:
-                raise bad(f"option {name!r} is given twice")
             if not value or any(ch in value for ch in "\n\r\0"):
                 raise bad(f"option {name!r} needs a value on one line")
-            options[name] = value
         workdir = options.get("workdir")
         if workdir is not None and not workdir.startswith("/"):
             raise bad(f"workdir {workdir!r} must be an absolute path on the board")
@@ -101,7 +112,8 @@ class SshTarget:
         )
 
 
-def _number(options: dict[str, str], name: str, kind: type, low: float, high: float, default: float, bad: Any) -> Any:
+def _number(options: Mapping[str, str], name: str, kind: type, low: float, high: float, default: float,
+            bad: Any) -> Any:  # fmt: skip
     text = options.get(name)
     if text is None:
         return default

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mali_hil.harness.checkpoints import CheckpointError, get_model, make_checkpoint
-from tests.harness.cli.test_checkpoint_cli import mali_hil
+from tests.harness.cli.command import mali_hil
 
 
 def test_scale_above_one_is_refused_with_the_fraction_to_write(tmp_path: Path) -> None:

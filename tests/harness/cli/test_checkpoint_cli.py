@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
 from mali_hil.harness.checkpoints import get_model, make_fill, materialize
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def mali_hil(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(
-        [sys.executable, "-m", "mali_hil.harness.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+from tests.harness.cli.command import mali_hil
 
 
 def test_make_then_check_a_single_file(tmp_path: Path) -> None:

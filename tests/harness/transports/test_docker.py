@@ -25,7 +25,7 @@ from mali_hil.harness.values.oracles import expected_digests
 from mali_hil.runtime.ram import Enforcement
 from mali_hil.runtime.verdict import OomEvidence
 from tests.dockerd import Engine
-from tests.harness.transports.test_ssh import _suite_verdicts
+from tests.harness.transports.suite_verdicts import suite_verdicts
 from tests.interrupt import interruptible
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -156,8 +156,8 @@ def test_no_image_for_this_build_is_a_clear_error(engine: Engine, monkeypatch: p
 def test_the_property_suite_gives_the_same_verdicts_in_a_container(image: BuiltImage, tmp_path: Path) -> None:
     """numerics, shards, idempotence and corrupt input for two variants, derandomized: the same verdicts in a
     container whose memory limit is the board's RAM as on this machine's emulated Mali of the same board."""
-    in_docker = _suite_verdicts("docker:mali-g52:2GiB", tmp_path / "docker.xml", tmp_path)
-    here = _suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
+    in_docker = suite_verdicts("docker:mali-g52:2GiB", tmp_path / "docker.xml", tmp_path)
+    here = suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
     assert in_docker == here
     assert sum(outcome == "passed" for outcome in here.values()) >= 25, json.dumps(here, indent=1)
 

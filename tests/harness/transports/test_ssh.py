@@ -27,6 +27,7 @@ from mali_hil.harness.transports.ssh_target import SshTarget
 from mali_hil.harness.values.oracles import expected_digests
 from mali_hil.runtime.verdict import OomEvidence
 from tests.harness.loaders import odd_loaders
+from tests.harness.transports.suite_verdicts import suite_verdicts
 from tests.interrupt import interruptible
 from tests.sshd import LoopbackBoard, sshd_available
 
@@ -261,28 +262,10 @@ def test_the_pool_remembers_an_unreachable_board(tmp_path: Path) -> None:
     pool.close()
 
 
-def _suite_verdicts(device: str, junit: Path, cwd: Path) -> dict[str, str]:
-    """Run part of the property suite on ``device``; test name (device left out) -> outcome."""
-    from mali_hil.harness.cli.run import suite_path
-
-    argv = [sys.executable, "-m", "pytest", str(suite_path()), f"--device={device}", "--loader=chunked",
-            "--loader=naive", "--mali-hil-profile=ci", "-k", "numerics or shards or idempotence or corrupt",
-            f"--junitxml={junit}", "-q", "-p", "no:cacheprovider"]  # fmt: skip
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=1200)
-    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-2000:]
-    import xml.etree.ElementTree as ET
-
-    verdicts = {}
-    for case in ET.parse(junit).iter("testcase"):
-        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
-        verdicts[case.get("name", "").replace(device, "DEVICE")] = outcome
-    return verdicts
-
-
 def test_the_property_suite_gives_the_same_verdicts_over_ssh(board: LoopbackBoard, tmp_path: Path) -> None:
     """numerics, shards, idempotence and corrupt-input for two variants: the same examples (derandomized), the
     same verdicts on the board over SSH as on this machine's emulated Mali of the same profile and size."""
-    over_ssh = _suite_verdicts(board.url(emulate="mali-g52:2GiB"), tmp_path / "ssh.xml", tmp_path)
-    here = _suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
+    over_ssh = suite_verdicts(board.url(emulate="mali-g52:2GiB"), tmp_path / "ssh.xml", tmp_path)
+    here = suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
     assert over_ssh == here
     assert sum(outcome == "passed" for outcome in here.values()) >= 25, here

@@ -111,7 +111,7 @@ def test_the_plugin_runs_a_users_kind(pytester: pytest.Pytester) -> None:
             sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
             from pathlib import Path
             from mali_hil.harness.devices import register_device
-            from tests.harness.test_transport_seam import make_toy
+            from tests.harness.transports.test_transport_seam import make_toy
 
             register_device("toy", lambda spec: make_toy(spec, Path("toy-disk").resolve()))
             """
