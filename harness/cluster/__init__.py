@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mali_hil.harness.cluster.bars import ClusterProgress
-from mali_hil.harness.cluster.cache import cached_checkpoint
+from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.model_source import ModelSource, resolve_model
 from mali_hil.harness.cluster.partition import equal_nodes
 from mali_hil.harness.cluster.plan import plan_node, verdict
