@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mali_hil.harness.cluster.bars import ClusterProgress
-from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.model_source import ModelSource, resolve_model
+from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.partition import equal_nodes
 from mali_hil.harness.cluster.plan import plan_node, verdict
 from mali_hil.harness.cluster.run import NodeJob, default_parallel, node_record, run_nodes

@@ -73,24 +73,27 @@ def variant_table(
     outcomes: Mapping[tuple[str, str], Sequence[str]],
     loaders: Sequence[str] = (),
     bounds: Mapping[str, str] | None = None,
+    by_device: bool = False,
 ) -> Table | None:
-    """The per-variant table of a run, for the terminal and the report alike: one row per loader (per device and
-    loader when the records come from several devices), which bounds its memory was judged by, each property's
-    verdict (``outcomes``: (loader, property) -> the outcomes of its tests), the highest device and RAM peaks of
-    its ok jobs against their limits, and its jobs by status. ``loaders``: rows to show even without records."""
+    """The per-variant table of a run, for the terminal and the report alike: one row per loader (``by_device``:
+    per device and loader), which bounds its memory was judged by, each property's verdict (``outcomes``:
+    (loader, property) -> the outcomes of its tests), the highest device and RAM peaks of its ok jobs against their
+    limits, and its jobs by status. ``loaders``: rows to show even without records."""
     if not records and not outcomes:
         return None
     named = [prop for _, prop in outcomes]
     props = [p for p in PROPERTIES if p in named] + [p for p in dict.fromkeys(named) if p not in PROPERTIES]
     order = list(dict.fromkeys([*loaders, *(r.loader for r in records), *(loader for loader, _ in outcomes)]))
-    devices = list(dict.fromkeys(r.device for r in records))
-    by_device, judged = len(devices) > 1, bool(bounds)
+    # by device: one row per device a loader ran on; a loader with no records at all (properties only) on "-"
+    devices: list[str | None] = [*dict.fromkeys(r.device for r in records)] if by_device else [None]
+    unrecorded = {loader for loader in order if not any(r.loader == loader for r in records)} if by_device else set()
+    judged = bool(bounds)
     headers = ["device"] * by_device + ["loader"] + ["bounds"] * judged + [*props, *PEAK_HEADERS]
     rows = []
-    for device in devices if by_device else [None]:
+    for device in devices + ["-"] * bool(unrecorded):
         for loader in order:
             mine = [r for r in records if r.loader == loader and device in (None, r.device)]
-            if by_device and not mine:
+            if by_device and not mine and not (device == "-" and loader in unrecorded):
                 continue
             cells = [device] * by_device + [loader] + [(bounds or {}).get(loader, "-")] * judged
             cells += [property_verdict(outcomes.get((loader, p), ())) for p in props]
@@ -110,11 +113,12 @@ def text_lines(table: Table) -> list[str]:
 
 
 def run_table(inputs: ReportInputs) -> Table | None:
-    """The report's per-variant table: the run's records and the JUnit XML's property outcomes."""
+    """The report's per-variant table: the run's records (per device, as results files may hold several) and the
+    JUnit XML's property outcomes."""
     outcomes: dict[tuple[str, str], list[str]] = defaultdict(list)
     for case in inputs.properties:
         outcomes[(case.loader, case.prop)].append(case.outcome)
-    return variant_table([r for _, r in inputs.records], outcomes)
+    return variant_table([r for _, r in inputs.records], outcomes, by_device=True)
 
 
 def ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from mali_hil.harness.checkpoints import MODELS, ModelError, get_model, make_checkpoint
 from mali_hil.harness.checkpoints.models import EMBED, LM_HEAD, NORM
-from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.model_source import config_from_dict, resolve_model
+from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.partition import equal_nodes, ring_partition
 from mali_hil.harness.loaders import LoadOptions, select_keys
 from mali_hil.harness.sizing.threshold_search import STEP, smallest_fitting
