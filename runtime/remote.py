@@ -181,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "supervise":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not command:  # the image's entry point has no default: the harness names the worker it supervises
+            parser.error("supervise: name the command to supervise after --, e.g. -- python3 -P -m MODULE")
         tmp = args.workdir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         tempfile.tempdir = str(tmp)  # the supervisor's private folders live here, and go with it
         env = dict(pair.split("=", 1) for pair in args.env)
-        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         return supervise(command, env, args.ram_budget)
     if args.action == "health":
         print(json.dumps(health(args.workdir, args.emulate, args.ram_budget)))
