@@ -109,7 +109,9 @@ def decide(evidence: Evidence) -> Verdict:
     e = evidence
     if e.infra is not None:  # says nothing about the loader: the job did not run, or its end is not known
         return Verdict(Status.INFRA_ERROR, None, e.infra.error_type, e.infra.message)
-    if e.lost:  # not seen to end: nothing else it carries can be trusted to be final
+    if e.lost:  # not seen to end: nothing else it carries can be trusted to be final, but a deadline that passed
+        if e.timed_out:  # before the transport was lost did pass
+            return _timeout()
         return Verdict(Status.INFRA_ERROR, None, "TransportLost", "the transport lost the process before it ended")
     killed = e.returncode == -signal.SIGKILL
     # an outside judge that acted is stronger than the deadline: a job killed for memory before it ran out of time
@@ -119,7 +121,7 @@ def decide(evidence: Evidence) -> Verdict:
     if (e.enforcer is not None and e.enforcer.killed) or e.word is OomEvidence.ENFORCER:
         return _oom(OomEvidence.ENFORCER, e)
     if e.timed_out:
-        return Verdict(Status.TIMEOUT, None, "Timeout", "killed at its deadline")
+        return _timeout()
     if e.word is not None:
         return _oom(e.word, e)
     # the layer raises SIGKILL on itself for an "oom-kill" profile, after counting the refused allocation and
@@ -136,6 +138,10 @@ def decide(evidence: Evidence) -> Verdict:
     if e.claim is not None:
         return _judge_claim(e.claim, e.layer)
     return Verdict(e.claimed or Status.OK)
+
+
+def _timeout() -> Verdict:
+    return Verdict(Status.TIMEOUT, None, "Timeout", "killed at its deadline")
 
 
 def _judge_claim(claim: Claim, layer: LayerStats | None) -> Verdict:

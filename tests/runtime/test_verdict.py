@@ -106,6 +106,8 @@ def test_a_nearer_judges_word_is_passed_on(word: OomEvidence) -> None:
 def test_a_lost_process_and_the_harnesss_own_failures_are_infra_errors() -> None:
     lost = decide(Evidence(returncode=KILLED, lost=True, enforcer=ram(True)))
     assert (lost.status, lost.oom_evidence) == (Status.INFRA_ERROR, None)
+    # the harness saw the deadline pass before the transport lost the process: that much is known
+    assert decide(Evidence(returncode=-1, lost=True, timed_out=True)).status is Status.TIMEOUT
     infra = decide(Evidence(infra=Claim("WorkerError", "no worker"), claim=Claim("MemoryError", "", memory_error=True)))
     assert (infra.status, infra.error_type, infra.message) == (Status.INFRA_ERROR, "WorkerError", "no worker")
 
