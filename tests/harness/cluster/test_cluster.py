@@ -1,5 +1,5 @@
-"""exo's partitioning, the keep rules, Hugging Face configs, the checkpoint cache and the threshold search's
-arithmetic: the parts of cluster and threshold that need no board."""
+"""exo's partitioning, the keep rules, Hugging Face configs and the checkpoint cache: the parts of cluster that
+need no board."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from mali_hil.harness.cluster.model_source import config_from_dict, resolve_mode
 from mali_hil.harness.cluster.model_store import cached_checkpoint
 from mali_hil.harness.cluster.partition import equal_nodes, ring_partition
 from mali_hil.harness.loaders import LoadOptions, select_keys
-from mali_hil.harness.sizing.threshold_search import STEP, smallest_fitting
 
 # Llama-3-8B's published config.json, the fields that shape the checkpoint
 LLAMA_3_8B = {
@@ -98,22 +97,3 @@ def test_the_cache_finds_a_checkpoint_by_content(tmp_path: Path) -> None:
     other, cached = cached_checkpoint(MODELS["tiny"], fill="normal", root=tmp_path)  # another fill: other bytes
     assert not cached and other.index != first.index
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
-
-
-@given(
-    need=st.integers(0, 600 * STEP),
-    floor=st.integers(0, 60).map(lambda k: k * STEP),
-    ceiling=st.integers(1, 500).map(lambda k: k * STEP),
-    start=st.integers(0, 600 * STEP),
-)
-def test_threshold_search_finds_the_smallest_fitting_ram(need: int, floor: int, ceiling: int, start: int) -> None:
-    probed: list[int] = []
-
-    def fits(ram: int) -> bool:
-        assert floor < ram <= ceiling and ram % STEP == 0 and ram not in probed
-        probed.append(ram)
-        return ram >= need
-
-    expected = next((k * STEP for k in range(floor // STEP + 1, ceiling // STEP + 1) if k * STEP >= need), None)
-    assert smallest_fitting(fits, start=start, floor=floor, ceiling=ceiling) == expected
-    assert len(probed) <= 2 * (ceiling // STEP).bit_length() + 2  # logarithmic, never a linear walk
