@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from mali_hil.harness.session import HarnessSession
 
 WORKER_RECORDS = "mali_hil.records"  # workeroutput key: a worker's records, as JSON
-PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
+PROPERTIES = ("numerics", "dtypes", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input",
+              "large-offsets", "leaks")
 
 
 class VariantTable:

@@ -67,6 +67,15 @@ def emulated_half(result: LoadResult) -> bool:
     return result.fp16 is Fp16Fidelity.EMULATED and get_loader(result.loader).device_half
 
 
+def oracle_target(result: LoadResult) -> str:
+    """What the oracle converts floats to for ``result``'s loader: float16 (every job's target here), or nothing
+    for a loader that keeps floats as stored (tinygrad's own route)."""
+    from mali_hil.harness.loaders import get_loader
+    from mali_hil.harness.oracles import STORED
+
+    return STORED if get_loader(result.loader).keeps_float_dtype else "float16"
+
+
 def check_values(name: str, got: np.ndarray, want: np.ndarray, result: LoadResult, may_flush: bool = True) -> int:
     """Assert ``got`` is ``want`` value for value; return how many fp16 edge values came back as emulated half
     makes them, which passes only when ``may_flush`` and ``emulated_half(result)``. Bugs this names: truncating
@@ -96,7 +105,8 @@ def check_oracle(result: LoadResult, checkpoint: str | Path, keys: Iterable[str]
     never for the names in ``exact`` (F16 sources: copied, never converted). Returns how many fp16 subnormals were
     flushed, across tensors."""
     assert result.status is Status.OK, failed(result)
-    want = oracle_digests(checkpoint, keys)
+    target = oracle_target(result)
+    want = oracle_digests(checkpoint, keys, target)
     extra, missing = sorted(set(result.digests) - set(want)), sorted(set(want) - set(result.digests))
     assert not extra and not missing, f"{result.loader} loaded {extra} too and missed {missing}"
     differing = [name for name, digest in want.items() if result.digests[name] != digest]
@@ -107,7 +117,7 @@ def check_oracle(result: LoadResult, checkpoint: str | Path, keys: Iterable[str]
         )
         assert name in result.values, f"{result.loader}: {name} differs from the oracle: {got} != {digest}"
     exact, flushed = set(exact), 0
-    for name, values in expected_tensors(checkpoint, differing).items():
+    for name, values in expected_tensors(checkpoint, differing, target).items():
         flushed += check_values(name, result.array(name), values, result, may_flush=name not in exact)
     return flushed
 
@@ -118,20 +128,21 @@ _ORACLE_DIGESTS: dict[tuple[str, ...], dict[str, TensorDigest]] = {}
 _ORACLE_COMPLETE: set[tuple[str, ...]] = set()  # contents whose every tensor is in _ORACLE_DIGESTS
 
 
-def oracle_digests(checkpoint: str | Path, keys: Iterable[str] | None = None) -> dict[str, TensorDigest]:
+def oracle_digests(checkpoint: str | Path, keys: Iterable[str] | None = None,
+                   target: str = "float16") -> dict[str, TensorDigest]:  # fmt: skip
     """``expected_digests``, remembered for the session by the content of the checkpoint's files (never by name or
-    time: a test may write other values into the same path within one clock tick)."""
+    time: a test may write other values into the same path within one clock tick) and the floats' ``target``."""
     from mali_hil.harness.oracles import _files
 
-    content = tuple(_file_hash(path) for path in _files(Path(checkpoint)))
+    content = (target, *(_file_hash(path) for path in _files(Path(checkpoint))))
     known = _ORACLE_DIGESTS.setdefault(content, {})
     wanted = None if keys is None else list(dict.fromkeys(keys))
     if content not in _ORACLE_COMPLETE:
         if wanted is None:
-            known.update(expected_digests(checkpoint))
+            known.update(expected_digests(checkpoint, target_dtype=target))
             _ORACLE_COMPLETE.add(content)
         elif missing := [name for name in wanted if name not in known]:
-            known.update(expected_digests(checkpoint, missing))
+            known.update(expected_digests(checkpoint, missing, target))
     if wanted is None:
         return dict(known)
     return {name: known[name] for name in wanted if name in known}
