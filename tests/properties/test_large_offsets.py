@@ -1,0 +1,49 @@
+"""Property, large offsets: tensors past 2^31 and 2^32 bytes of their file load as stored (see past_4gib: a sparse
+file of 4.3 GB that takes a few KiB of disk, whose holes are layer 0's and never read).
+
+Catches a file offset held in 32 bits (signed: negative past 2 GiB; unsigned: wrapped past 4 GiB, reading a hole's
+zeros), which every checkpoint the other properties make (a few MB) passes. Judged against the reference reader's
+digests of the tensors the node loads, read directly (conftest's cache would hash the whole 4.3 GB file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mali_hil.harness.loaders import LoadOptions, get_loader
+from mali_hil.harness.oracles import expected_digests
+
+from . import past_4gib
+from .conftest import failed, oracle_target
+
+pytestmark = pytest.mark.mali_hil_property("large-offsets")
+
+SHARD = (1, 1)
+IN_PLACE_KINDS = ("emulated-mali", "local")  # devices that read the checkpoint where it is (no copy to a board)
+
+
+@pytest.fixture(scope="session")
+def past_4gib_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return past_4gib.write(tmp_path_factory.mktemp("past-4gib") / "past-4gib.safetensors")
+
+
+def test_tensors_past_4gib_load_as_stored(load, loader_name: str, mali_device, past_4gib_checkpoint: Path) -> None:
+    """The node of layer 1 loads the tensors after each hole, by name, dtype, shape and bytes."""
+    if mali_device.facts.kind not in IN_PLACE_KINDS:
+        pytest.skip(f"{mali_device.spec} would copy the 4.3 GB file to the board (holes and all)")
+    bounds = get_loader(loader_name).bounds_or_default(past_4gib_checkpoint, LoadOptions(shard=SHARD))
+    budget = mali_device.facts.ram_budget_bytes
+    if budget is not None and bounds.ram > budget:
+        pytest.skip(f"{loader_name}: {bounds.source('RAM')} is {bounds.ram} bytes here (it reads whole"
+                    f" files), more than the board's {budget}; memory-bound and oom judge that")  # fmt: skip
+    result = load(past_4gib_checkpoint, shard=SHARD)
+    assert result.ok, failed(result)
+    target = oracle_target(result)
+    want = expected_digests(past_4gib_checkpoint, past_4gib.loaded_keys(), target)
+    wrong = sorted(name for name in set(want) | set(result.digests) if result.digests.get(name) != want.get(name))
+    assert not wrong, (
+        f"{result.loader}: {len(wrong)} tensors past 2^31/2^32 bytes differ from the reference reader's"
+        f" ({', '.join(wrong[:4])}); e.g. {wrong[0]}: got {result.digests.get(wrong[0])}, want {want.get(wrong[0])}"
+    )
