@@ -270,3 +270,22 @@ def past_every_chunk_job(on_board: BoardRunner, mali_device: Device, loader_name
     if key not in _past_every_chunk_jobs:
         _past_every_chunk_jobs[key] = run_twice(on_board, mali_device.spec, past_every_chunk, loader_name, digests=True)
     return _past_every_chunk_jobs[key]
+
+
+# --- checkpoints of the dtypes, large-offsets and leaks properties (their wrong loaders' tests use them too) ------
+
+
+@pytest.fixture(scope="session")
+def every_kind_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mali_hil.properties.every_kind: every dtype a loader keeps or converts, 0-d and empty ones, in layers."""
+    from . import every_kind
+
+    return every_kind.write(tmp_path_factory.mktemp("every-kind") / "every-kind.safetensors")
+
+
+@pytest.fixture(scope="session")
+def past_4gib_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mali_hil.properties.past_4gib: a sparse 4.3 GB file (a few KiB on disk) with tensors past 2^31 and 2^32."""
+    from . import past_4gib
+
+    return past_4gib.write(tmp_path_factory.mktemp("past-4gib") / "past-4gib.safetensors")

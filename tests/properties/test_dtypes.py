@@ -23,11 +23,6 @@ from .conftest import check_oracle, failed
 pytestmark = pytest.mark.mali_hil_property("dtypes")
 
 
-@pytest.fixture(scope="session")
-def every_kind_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return every_kind.write(tmp_path_factory.mktemp("every-kind") / "every-kind.safetensors")
-
-
 def test_every_kind_of_tensor(load, loader_name: str, every_kind_checkpoint: Path) -> None:
     """The whole file: catches an integer narrowed (I64 position ids as int32), a 0-d scalar reshaped to (1,),
     an empty tensor dropped, a BOOL mask converted like a float, a sign or high bit lost in any integer width."""

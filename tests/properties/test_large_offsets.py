@@ -14,6 +14,7 @@ import pytest
 
 from mali_hil.harness.loaders import LoadOptions, get_loader
 from mali_hil.harness.oracles import expected_digests
+from mali_hil.harness.results import LoadResult
 
 from . import past_4gib
 from .conftest import failed, oracle_target
@@ -22,11 +23,6 @@ pytestmark = pytest.mark.mali_hil_property("large-offsets")
 
 SHARD = (1, 1)
 IN_PLACE_KINDS = ("emulated-mali", "local")  # devices that read the checkpoint where it is (no copy to a board)
-
-
-@pytest.fixture(scope="session")
-def past_4gib_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return past_4gib.write(tmp_path_factory.mktemp("past-4gib") / "past-4gib.safetensors")
 
 
 def test_tensors_past_4gib_load_as_stored(load, loader_name: str, mali_device, past_4gib_checkpoint: Path) -> None:
@@ -38,10 +34,13 @@ def test_tensors_past_4gib_load_as_stored(load, loader_name: str, mali_device, p
     if budget is not None and bounds.ram > budget:
         pytest.skip(f"{loader_name}: {bounds.source('RAM')} is {bounds.ram} bytes here (it reads whole"
                     f" files), more than the board's {budget}; memory-bound and oom judge that")  # fmt: skip
-    result = load(past_4gib_checkpoint, shard=SHARD)
+    check_past_4gib(load(past_4gib_checkpoint, shard=SHARD), past_4gib_checkpoint)
+
+
+def check_past_4gib(result: LoadResult, checkpoint: Path) -> None:
+    """The node's job loaded exactly the tensors after the holes, with the reference reader's digests."""
     assert result.ok, failed(result)
-    target = oracle_target(result)
-    want = expected_digests(past_4gib_checkpoint, past_4gib.loaded_keys(), target)
+    want = expected_digests(checkpoint, past_4gib.loaded_keys(), oracle_target(result))
     wrong = sorted(name for name in set(want) | set(result.digests) if result.digests.get(name) != want.get(name))
     assert not wrong, (
         f"{result.loader}: {len(wrong)} tensors past 2^31/2^32 bytes differ from the reference reader's"
