@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -44,7 +45,7 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of its sign). Floats compare by bits, NaN by class and sign; ``got`` and ``want`` have one dtype and shape."""
     assert (got.dtype, got.shape) == (want.dtype, want.shape), f"{got.dtype}{got.shape} != {want.dtype}{want.shape}"
     got, want = np.ascontiguousarray(got).reshape(-1), np.ascontiguousarray(want).reshape(-1)
-    if got.dtype.kind != "f":
+    if got.dtype.kind != "f" and got.dtype != ml_dtypes.bfloat16:  # bf16 comes back as stored from tinygrad-nn
         return got != want, np.zeros(got.shape, bool)
     uint = f"u{got.itemsize}"
     got_bits, want_bits = got.view(uint), want.view(uint)
