@@ -14,7 +14,6 @@ import pytest
 from mali_hil.harness.results import LoadResult
 
 from . import every_kind
-from .conftest import failed
 
 pytestmark = pytest.mark.mali_hil_property("leaks")
 
@@ -28,15 +27,12 @@ def check_no_leak(result: LoadResult) -> None:
     )
 
 
-def test_a_job_leaves_nothing_open(load, loader_name: str, tmp_path_factory: pytest.TempPathFactory,
-                                   make_checkpoint) -> None:  # fmt: skip
+def test_a_job_leaves_nothing_open(load, loader_name: str, make_checkpoint, every_kind_checkpoint: Path) -> None:
     """Two files of many tensors of every kind (a sharded model, then the every-kind file), each loaded whole:
-    catches a descriptor, a map or a copy thread per tensor, per file or per job."""
-    path = every_kind.write(tmp_path_factory.mktemp("leaks") / "every-kind.safetensors")
-    for checkpoint in (make_checkpoint("tiny", shards=2), path):
-        result = load(checkpoint)
-        assert result.ok, failed(result)
-        check_no_leak(result)
+    catches a descriptor, a map or a copy thread per tensor, per file or per job. Judged whatever the job's status
+    (a job that failed must not leak either; why it failed is the other properties' business)."""
+    for checkpoint in (make_checkpoint("tiny", shards=2), every_kind_checkpoint):
+        check_no_leak(load(checkpoint))
 
 
 def test_a_refused_job_leaves_nothing_open(load, loader_name: str, tmp_path: Path) -> None:
