@@ -10,7 +10,9 @@ What is counted, and why only that:
 - descriptors open on one of the job's checkpoint files (``/proc/self/fd``): what a loader opens to read; other
   descriptors are the worker's own, opened once (tinygrad's kernel cache database, the compiler), never a job's;
 - mappings of those files (``/proc/self/maps``): tinygrad's DISK device and numpy memmaps map them;
-- threads of the process (``/proc/self/task``): a copy pool never shut down, whoever started it (Python or C).
+- Python threads (``threading.enumerate``): a copy pool never shut down. Native threads are not counted: the
+  OpenCL driver starts its own when it first needs them, sometimes after the job that made it need them (a job
+  that loaded nothing was seen "leaking" one of PoCL's), so their count says nothing about the loader.
 The device (``mali_hil.harness.devices``) retires a worker whose job leaked, so the next job starts in a fresh
 one and a leak never spreads to it: the leaked descriptors are not closed here, as the loader may still use them
 (a descriptor number closed under it could be reused for another file and read silently).
@@ -19,6 +21,7 @@ one and a leak never spreads to it: the leaked descriptors are not closed here, 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,4 +78,4 @@ def _mappings(files: frozenset[str]) -> int:
 
 
 def _threads() -> frozenset[int]:
-    return frozenset(int(name) for name in os.listdir(_PROC / "task"))
+    return frozenset(thread.ident for thread in threading.enumerate() if thread.ident is not None)
