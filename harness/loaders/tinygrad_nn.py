@@ -15,11 +15,13 @@ as exo's model class would be; and it ends, as every variant does, by synchroniz
 tensors are still alive. Without that, tinygrad 0.14 leaves each file open: the DISK buffer is freed while the
 device's copy still holds a view of its map, so ``mmap.close()`` raises BufferError, which tinygrad swallows, and
 the map (with the descriptor Python's mmap keeps) stays until that file is loaded again. Seen by the leaks
-property (1 descriptor and 1 mapping per file after a job), in a warm worker one per distinct file ever loaded.
+property (1 descriptor and 1 mapping per file after a job), in a warm worker one per distinct file ever loaded;
+after a load that ran out of device memory too, so it synchronizes on that path as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from tinygrad import Device, Tensor
@@ -36,8 +38,13 @@ def load(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Tensor
     for path in dict.fromkeys(plan.path for plan in plans):
         state.update((name, tensor) for name, tensor in safe_load(path).items() if name in wanted)
     model = model_shell(plans, device)
-    load_state_dict(model, state, verbose=False)  # tinygrad's defaults otherwise: strict, realize, no consume
-    Device[device].synchronize()  # before ``state`` (the DISK tensors) goes: see the module docstring
+    try:
+        load_state_dict(model, state, verbose=False)  # tinygrad's defaults otherwise: strict, realize, no consume
+    except BaseException:
+        with contextlib.suppress(Exception):  # the load's own error (a device-oom) is the one to report
+            Device[device].synchronize()
+        raise
+    Device[device].synchronize()  # before ``state`` (the DISK tensors) goes, failed or not: see the module docstring
     loaded = get_state_dict(model)
     return {plan.name: loaded[plan.name] for plan in plans}
 

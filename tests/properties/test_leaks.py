@@ -14,6 +14,7 @@ import pytest
 from mali_hil.harness.results import LoadResult
 
 from . import every_kind
+from .test_oom import CHUNK_BYTES, EVERY_VARIANT_BOARD, over_cap  # noqa: F401 - over_cap is a fixture
 
 pytestmark = pytest.mark.mali_hil_property("leaks")
 
@@ -39,3 +40,14 @@ def test_a_refused_job_leaves_nothing_open(load, loader_name: str, tmp_path: Pat
     """A job the loader refuses part-way (an F64 tensor) after opening its files must close them too."""
     result = load(every_kind.write_refused(tmp_path / "f64.safetensors", "F64"))
     check_no_leak(result)
+
+
+def test_a_job_that_runs_out_leaves_nothing_open(on_board, loader_name: str, request: pytest.FixtureRequest) -> None:
+    """The oom property's over-cap checkpoint on its alloc-error board: a load that fails part-way (device-oom, or
+    killed, which ends the worker and anything it held) must not leave the file's map behind. tinygrad's own
+    route did (1 descriptor, 1 mapping) until tinygrad-nn synchronized on its failure path too."""
+    checkpoint = request.getfixturevalue("over_cap")  # test_oom's fixture, imported above
+    result = on_board(EVERY_VARIANT_BOARD, checkpoint, loader_name, chunk_bytes=CHUNK_BYTES, digests=False)
+    check_no_leak(result)
+    if not result.ok:
+        on_board.settle(EVERY_VARIANT_BOARD)
