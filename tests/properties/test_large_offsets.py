@@ -40,6 +40,11 @@ def test_tensors_past_4gib_load_as_stored(load, loader_name: str, mali_device, p
 def check_past_4gib(result: LoadResult, checkpoint: Path) -> None:
     """The node's job loaded exactly the tensors after the holes, with the reference reader's digests."""
     assert result.ok, failed(result)
+    # file pages the worker had mapped at the job's peak (its libraries: ~80-100 MiB): a hole read or prefaulted
+    # (a whole-file read, MAP_POPULATE) would add 2 GiB of them, slowly, and on a board evict what it needs
+    assert result.peak_file_bytes is None or result.peak_file_bytes < past_4gib.HOLE_BYTES // 2, (
+        f"{result.loader}: {result.peak_file_bytes} bytes of file pages resident: it read layer 0's holes"
+    )
     want = expected_digests(checkpoint, past_4gib.loaded_keys(), oracle_target(result))
     wrong = sorted(name for name in set(want) | set(result.digests) if result.digests.get(name) != want.get(name))
     assert not wrong, (
