@@ -202,6 +202,8 @@ class Device:
             result = LoadResult.from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:
             return self._infra(job, "WorkerError", f"the worker's result is malformed: {exc}")
+        if result.leaked:  # the leak stays with this job: the next one starts in a fresh worker (worker.leaks)
+            self.stop()
         return self._missed_by_watchdog(result) or result
 
     def _missed_by_watchdog(self, result: LoadResult) -> LoadResult | None:

@@ -1,8 +1,8 @@
 """The loader variants under test: ways to bring safetensors weights onto a tinygrad device.
 
-``get_loader(name)`` resolves a built-in (``naive``, ``fix_bf16-device``, ``fix_bf16-host``, ``chunked``,
-``mmap``), ``module:function``, or an entry point of group ``mali_hil.loaders``. Importing this package does not
-import tinygrad; resolving a built-in does.
+``get_loader(name)`` resolves a built-in (``naive``, ``tinygrad-nn``, ``fix_bf16-device``, ``fix_bf16-host``,
+``chunked``, ``mmap``), ``module:function``, or an entry point of group ``mali_hil.loaders``. Importing this package
+does not import tinygrad; resolving a built-in does.
 """
 
 from typing import TYPE_CHECKING
@@ -14,6 +14,7 @@ from mali_hil.harness.records.jobs import DEFAULT_CHUNK_BYTES
 #: importing tinygrad or numpy; adding a variant is one module and one line here.
 BUILTIN_LOADERS = {
     "naive": "mali_hil.harness.loaders.naive:LOADER",
+    "tinygrad-nn": "mali_hil.harness.loaders.tinygrad_nn:LOADER",
     "fix_bf16-device": "mali_hil.harness.loaders.fix_bf16:DEVICE_LOADER",
     "fix_bf16-host": "mali_hil.harness.loaders.fix_bf16:HOST_LOADER",
     "chunked": "mali_hil.harness.loaders.chunked:LOADER",

@@ -183,7 +183,6 @@ def select_keys(checkpoint: Checkpoint, options: LoadOptions) -> tuple[str, ...]
 
 def plan_load(checkpoint: Checkpoint, options: LoadOptions) -> tuple[TensorPlan, ...]:
     """The selected tensors with their file offsets and final dtypes; refuses dtypes no variant can load."""
-    target = TARGETS[options.target_dtype]
     data_starts: dict[Path, int] = {}
     plans = []
     for name in select_keys(checkpoint, options):
@@ -195,9 +194,18 @@ def plan_load(checkpoint: Checkpoint, options: LoadOptions) -> tuple[TensorPlan,
             )
         if path not in data_starts:
             data_starts[path] = _data_start(path)
-        final = target if info.dtype in FLOAT_SOURCES else info.dtype
+        final = final_dtype(info.dtype, options.target_dtype)
         plans.append(TensorPlan(name, path, data_starts[path] + info.start, info.dtype, final, tuple(info.shape)))
     return tuple(plans)
+
+
+def final_dtype(source_dtype: str, target_dtype: str, keeps_float_dtype: bool = False) -> str:
+    """The safetensors dtype a tensor stored as ``source_dtype`` ends in on the device: a float in the job's
+    ``target_dtype`` (or as stored, for a loader that ``keeps_float_dtype``), anything else as stored. The one rule
+    the loaders follow and the worker's contract check holds them to."""
+    if source_dtype in FLOAT_SOURCES and not keeps_float_dtype:
+        return TARGETS[target_dtype]
+    return source_dtype
 
 
 def bound_inputs(checkpoint: Checkpoint | str | Path, options: LoadOptions) -> BoundInputs:
@@ -270,6 +278,8 @@ class Loader:
     is then judged against ``default_bound`` (``bounds_or_default``).
     ``device_half`` says the loader converts to half with kernels on the device: its values then depend on the
     device's fp16 arithmetic, which the emulator can only emulate where the backend lacks ``cl_khr_fp16``.
+    ``keeps_float_dtype`` says floats stay in their stored dtype (tinygrad's own ``nn.state`` route: bf16 stays
+    bf16, stored as ``ushort`` on OpenCL); the contract check and the oracle then expect the stored values.
     """
 
     name: str
@@ -278,6 +288,7 @@ class Loader:
     ram_bound: BoundFn | None = None
     description: str = ""
     device_half: bool = False
+    keeps_float_dtype: bool = False
 
     def __call__(self, checkpoint: Any, device: str, options: LoadOptions | None = None) -> dict[str, Any]:
         return self.load(checkpoint, device, options if options is not None else LoadOptions())

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from mali_hil.harness.records.results import LoadResult
 
 MARKERS = (
-    "mali_hil_property(name): the suite property a test checks (numerics, memory-bound, oom, fit, idempotence, "
-    "shards, corrupt-input); used to build the per-variant table",
+    "mali_hil_property(name): the suite property a test checks (numerics, dtypes, memory-bound, oom, fit, "
+    "idempotence, shards, corrupt-input, large-offsets, leaks); used to build the per-variant table",
     "needs_fp16: needs native fp16 on the device; skipped where the backend emulates it",
     "board_only: needs a physical Mali board; skipped on emulated and local devices",
     "slow: long-running; for nightly runs",

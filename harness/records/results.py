@@ -60,6 +60,9 @@ class LoadResult:
     oom_evidence: OomEvidence | None = None  # for oom-killed: what showed it (enforcer, layer, kernel)
     digests: dict[str, TensorDigest] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)  # base64 of each tensor's bytes, when the job asked
+    # what the job left open in its worker, by kind (descriptors, mappings of the checkpoint; threads): see
+    # mali_hil.harness.worker.leaks; empty when it left nothing, or where the worker cannot tell
+    leaked: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # records also come back from JSON (from_dict) and from users' code: one place turns text into the enums

@@ -33,7 +33,8 @@ def ratio(x: float | None) -> str:
 
 
 #: the suite's properties in the order every table shows them (others after them, in the order first seen)
-PROPERTIES = ("numerics", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input")
+PROPERTIES = ("numerics", "dtypes", "memory-bound", "oom", "fit", "idempotence", "shards", "corrupt-input",
+              "large-offsets", "leaks")
 PEAK_HEADERS = ("device peak / cap (ok jobs)", "RAM peak / budget (ok jobs)", "jobs ok / oom / other")
 
 

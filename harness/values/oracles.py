@@ -25,6 +25,8 @@ from mali_hil.harness.records.results import TensorDigest
 from mali_hil.harness.values.digest import Digest
 
 _TARGETS = {"float16": np.float16, "float32": np.float32}
+#: the target of a loader that keeps floats as stored (``Loader.keeps_float_dtype``): nothing is converted
+STORED = "stored"
 #: source bytes read, converted and hashed at once: with its float32 step and the hash's copies, ~6x this in RAM
 BLOCK_BYTES = 8 << 20
 # the reference reader names dtypes, not sizes; an unknown one is taken as the widest, which only shrinks blocks
@@ -33,7 +35,10 @@ _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, 
 
 
 def convert(values: np.ndarray, target_dtype: str = "float16") -> np.ndarray:
-    """Floating tensors end in ``target_dtype`` (bf16 via an exact float32 step); others are kept as they are."""
+    """Floating tensors end in ``target_dtype`` (bf16 via an exact float32 step; ``STORED``: as they are); others
+    are kept as they are."""
+    if target_dtype == STORED:
+        return values
     if values.dtype == ml_dtypes.bfloat16 or values.dtype.kind == "f":
         target = _TARGETS[target_dtype]
         if values.dtype == target:

@@ -24,6 +24,7 @@ from mali_hil.errors import MaliHilError
 from mali_hil.harness.records.jobs import LoadJob
 from mali_hil.harness.records.results import LoadResult, TensorDigest
 from mali_hil.harness.values.digest import Digest
+from mali_hil.harness.worker.leaks import Holdings
 from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
 from mali_hil.runtime.meter import MemoryMeter
 from mali_hil.runtime.verdict import Claim, Evidence, Status, capped, decide, layer_fields, meter_fields
@@ -97,11 +98,15 @@ def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
     With ``keep``, the bytes are also appended there (for jobs that asked for values)."""
     import numpy as np
     from tinygrad.dtype import _to_np_dtype
+    from tinygrad.nn.state import inverse_safe_dtypes
 
+    from mali_hil.harness.checkpoints import numpy_dtype
     from mali_hil.harness.loaders._device import read_at
     from mali_hil.harness.loaders.base import LoaderError
 
-    np_dtype = np.dtype(_to_np_dtype(tensor.dtype))
+    # as stored on the device: numpy's own name for tinygrad's bf16 would be float32 (what .numpy() converts to)
+    stored = inverse_safe_dtypes.get(tensor.dtype)
+    np_dtype = np.dtype(numpy_dtype(stored) if stored else _to_np_dtype(tensor.dtype))
     digest = Digest()
     try:
         step = max(1, _DIGEST_CHUNK // np_dtype.itemsize) * np_dtype.itemsize
@@ -155,6 +160,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         verdict = decide(Evidence(claim=Claim.of(exc)))  # refused before the loader ran: its checkpoint's fault
         return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
                           **layer_fields(_layer_stats(), before))  # fmt: skip
+    holdings = Holdings.take(checkpoint.files)
     meter = MemoryMeter().start()
     tensors: dict[str, Any] = {}
     loaded: Any = None
@@ -162,7 +168,7 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     try:
         with Context(LRU=int(job.lru)):
             loaded = loader.load(checkpoint, DEVICE, options)
-            tensors = _check_loaded(loaded, checkpoint, job)
+            tensors = _check_loaded(loaded, checkpoint, job, loader.keeps_float_dtype)
             Device[DEVICE].synchronize()
     except Exception as exc:  # the loader is the system under test: anything it raises is a result
         failure, trace = exc, "".join(traceback.format_exception(exc))
@@ -177,21 +183,22 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
         if verdict.status is Status.ERROR:
             print(capped(trace), file=sys.stderr)
         _cleanup(tensors)
+        figures["leaked"] = holdings.leaked() if holdings else {}
         return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
                           **figures)  # fmt: skip
     digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
     loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
     _cleanup(tensors)
+    figures["leaked"] = holdings.leaked() if holdings else {}
     return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
 
 
-def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob) -> dict[str, Any]:
+def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob, keeps_float_dtype: bool) -> dict[str, Any]:
     """The loader's return value, if it keeps the loader contract; else LoaderContractError saying how not."""
-    import numpy as np
     from tinygrad import Device, Tensor
-    from tinygrad.dtype import _to_np_dtype
+    from tinygrad.nn.state import inverse_safe_dtypes
 
-    from mali_hil.harness.loaders.base import FLOAT_SOURCES, LoaderContractError
+    from mali_hil.harness.loaders.base import LoaderContractError, final_dtype
 
     promise = f"a loader returns a dict of tensor name -> tinygrad Tensor on the device it is given ({DEVICE})"
     if not isinstance(loaded, dict):
@@ -214,13 +221,18 @@ def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob) -> dict[str, Any]:
                                   "realized tensors (Tensor.realize), whose memory this job then measures")  # fmt: skip
     wrong = []
     for name, tensor in loaded.items():
-        entry = checkpoint.tensors.get(name)  # names a loader made up are not judged here (the numerics are)
-        got = np.dtype(_to_np_dtype(tensor.dtype)).name
-        if entry is not None and entry[1].dtype in FLOAT_SOURCES and got != job.target_dtype:
-            wrong.append(f"{name} is {got}")
+        entry = checkpoint.tensors.get(name)  # names a loader made up are not judged here (the properties are)
+        if entry is None:
+            continue
+        stored = entry[1]
+        want = final_dtype(stored.dtype, job.target_dtype, keeps_float_dtype)
+        got = inverse_safe_dtypes.get(tensor.dtype, tensor.dtype.name)
+        if (got, tuple(tensor.shape)) != (want, tuple(stored.shape)):
+            wrong.append(f"{name} is {got}{list(tensor.shape)}, not {want}{list(stored.shape)}")
     if wrong:
-        raise LoaderContractError(f"{len(wrong)} floating tensors are not {job.target_dtype} as the job asked "
-                                  f"({', '.join(wrong[:3])})")  # fmt: skip
+        floats = "as stored" if keeps_float_dtype else f"in {job.target_dtype} as the job asked"
+        raise LoaderContractError(f"{len(wrong)} tensors are not in their stored shape and dtype (floats {floats},"
+                                  f" the rest as stored): {', '.join(wrong[:3])}")  # fmt: skip
     return loaded
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -44,12 +45,13 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of its sign). Floats compare by bits, NaN by class and sign; ``got`` and ``want`` have one dtype and shape."""
     assert (got.dtype, got.shape) == (want.dtype, want.shape), f"{got.dtype}{got.shape} != {want.dtype}{want.shape}"
     got, want = np.ascontiguousarray(got).reshape(-1), np.ascontiguousarray(want).reshape(-1)
-    if got.dtype.kind != "f":
+    if got.dtype.kind != "f" and got.dtype != ml_dtypes.bfloat16:  # bf16 comes back as stored from tinygrad-nn
         return got != want, np.zeros(got.shape, bool)
     uint = f"u{got.itemsize}"
     got_bits, want_bits = got.view(uint), want.view(uint)
-    sign = np.signbit(got) == np.signbit(want)
-    differs = np.where(np.isnan(want), ~(np.isnan(got) & sign), got_bits != want_bits)
+    with np.errstate(invalid="ignore"):  # ml_dtypes' bf16 isnan warns on the NaN it is asked about
+        sign = np.signbit(got) == np.signbit(want)
+        differs = np.where(np.isnan(want), ~(np.isnan(got) & sign), got_bits != want_bits)
     if got.dtype != np.float16:
         return differs, np.zeros(got.shape, bool)
     magnitude = want_bits & ~np.uint16(FP16_SIGN)
@@ -65,6 +67,15 @@ def emulated_half(result: LoadResult) -> bool:
     from mali_hil.harness.loaders import get_loader
 
     return result.fp16 is Fp16Fidelity.EMULATED and get_loader(result.loader).device_half
+
+
+def oracle_target(result: LoadResult) -> str:
+    """What the oracle converts floats to for ``result``'s loader: float16 (every job's target here), or nothing
+    for a loader that keeps floats as stored (tinygrad's own route)."""
+    from mali_hil.harness.loaders import get_loader
+    from mali_hil.harness.values.oracles import STORED
+
+    return STORED if get_loader(result.loader).keeps_float_dtype else "float16"
 
 
 def check_values(name: str, got: np.ndarray, want: np.ndarray, result: LoadResult, may_flush: bool = True) -> int:
@@ -96,7 +107,8 @@ def check_oracle(result: LoadResult, checkpoint: str | Path, keys: Iterable[str]
     never for the names in ``exact`` (F16 sources: copied, never converted). Returns how many fp16 subnormals were
     flushed, across tensors."""
     assert result.status is Status.OK, failed(result)
-    want = oracle_digests(checkpoint, keys)
+    target = oracle_target(result)
+    want = oracle_digests(checkpoint, keys, target)
     extra, missing = sorted(set(result.digests) - set(want)), sorted(set(want) - set(result.digests))
     assert not extra and not missing, f"{result.loader} loaded {extra} too and missed {missing}"
     differing = [name for name, digest in want.items() if result.digests[name] != digest]
@@ -107,7 +119,7 @@ def check_oracle(result: LoadResult, checkpoint: str | Path, keys: Iterable[str]
         )
         assert name in result.values, f"{result.loader}: {name} differs from the oracle: {got} != {digest}"
     exact, flushed = set(exact), 0
-    for name, values in expected_tensors(checkpoint, differing).items():
+    for name, values in expected_tensors(checkpoint, differing, target).items():
         flushed += check_values(name, result.array(name), values, result, may_flush=name not in exact)
     return flushed
 
@@ -118,20 +130,21 @@ _ORACLE_DIGESTS: dict[tuple[str, ...], dict[str, TensorDigest]] = {}
 _ORACLE_COMPLETE: set[tuple[str, ...]] = set()  # contents whose every tensor is in _ORACLE_DIGESTS
 
 
-def oracle_digests(checkpoint: str | Path, keys: Iterable[str] | None = None) -> dict[str, TensorDigest]:
+def oracle_digests(checkpoint: str | Path, keys: Iterable[str] | None = None,
+                   target: str = "float16") -> dict[str, TensorDigest]:  # fmt: skip
     """``expected_digests``, remembered for the session by the content of the checkpoint's files (never by name or
-    time: a test may write other values into the same path within one clock tick)."""
+    time: a test may write other values into the same path within one clock tick) and the floats' ``target``."""
     from mali_hil.harness.values.oracles import _files
 
-    content = tuple(_file_hash(path) for path in _files(Path(checkpoint)))
+    content = (target, *(_file_hash(path) for path in _files(Path(checkpoint))))
     known = _ORACLE_DIGESTS.setdefault(content, {})
     wanted = None if keys is None else list(dict.fromkeys(keys))
     if content not in _ORACLE_COMPLETE:
         if wanted is None:
-            known.update(expected_digests(checkpoint))
+            known.update(expected_digests(checkpoint, target_dtype=target))
             _ORACLE_COMPLETE.add(content)
         elif missing := [name for name in wanted if name not in known]:
-            known.update(expected_digests(checkpoint, missing))
+            known.update(expected_digests(checkpoint, missing, target))
     if wanted is None:
         return dict(known)
     return {name: known[name] for name in wanted if name in known}
@@ -259,3 +272,22 @@ def past_every_chunk_job(on_board: BoardRunner, mali_device: Device, loader_name
     if key not in _past_every_chunk_jobs:
         _past_every_chunk_jobs[key] = run_twice(on_board, mali_device.spec, past_every_chunk, loader_name, digests=True)
     return _past_every_chunk_jobs[key]
+
+
+# --- checkpoints of the dtypes, large-offsets and leaks properties (their wrong loaders' tests use them too) ------
+
+
+@pytest.fixture(scope="session")
+def every_kind_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mali_hil.properties.every_kind: every dtype a loader keeps or converts, 0-d and empty ones, in layers."""
+    from . import every_kind
+
+    return every_kind.write(tmp_path_factory.mktemp("every-kind") / "every-kind.safetensors")
+
+
+@pytest.fixture(scope="session")
+def past_4gib_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mali_hil.properties.past_4gib: a sparse 4.3 GB file (a few KiB on disk) with tensors past 2^31 and 2^32."""
+    from . import past_4gib
+
+    return past_4gib.write(tmp_path_factory.mktemp("past-4gib") / "past-4gib.safetensors")

@@ -25,9 +25,12 @@ from mali_hil.harness.loaders import LoadOptions, get_loader
 from mali_hil.harness.loaders.base import JudgedBounds
 from mali_hil.harness.records.results import LoadResult
 
+from . import every_kind
 from .checks import MIB, check_judged, check_memory_bound, check_node, check_same_job_twice, run_twice
 from .conftest import check_oracle, idle_device_bytes
 from .test_corrupt_input import NAMED, _apply, _judge
+from .test_large_offsets import IN_PLACE_KINDS, SHARD, check_past_4gib
+from .test_leaks import check_no_leak
 
 # by its installed name, which every worker can import (a checkout's editable install, a wheel, a board's venv),
 # whatever name pytest gave this module when it collected the suite
@@ -187,3 +190,49 @@ def test_corrupt_file_never_reaches_a_loader(load, tmp_path: Path, empty_checkpo
     idle = _settled_idle(load, empty_checkpoint)
     result = _judge(_with_loader(load, WRONG + "header_order"), path, idle, empty_checkpoint)
     assert result.error_type == "InvalidOffsetError", result
+
+
+@pytest.mark.mali_hil_property("dtypes")
+@pytest.mark.parametrize(
+    ("wrong", "says"),
+    [
+        ("narrowing", r"LoaderContractError: 32 tensors .*: model\.\S+\.(u|i)64_\w+ is (U|I)32\[.*\], not (U|I)64"),
+        ("scalars_as_vectors", r"LoaderContractError: 48 tensors .*_scalar is [A-Z0-9]+\[1\], not [A-Z0-9]+\[\]"),
+        ("bool_as_float", r"LoaderContractError: 16 tensors .*\.bool_\w+ is F16\[.*\], not BOOL\["),
+        ("empty_dropped", r"loaded \[\] too and missed \['model\.extra\.bf16_empty'"),
+    ],
+)
+def test_wrong_kinds_are_caught_by_dtypes(load, every_kind_checkpoint: Path, wrong: str, says: str) -> None:
+    """dtypes' own check on the every-kind file: a narrowed I64, a 0-d scalar reshaped to (1,) and a BOOL mask
+    converted like a float are refused by the worker's contract check (the job is an error naming the tensor), an
+    empty tensor dropped is missed against the oracle. The same code without the bug passes."""
+    result = load(every_kind_checkpoint, loader=WRONG + wrong, values=True)
+    with pytest.raises(AssertionError, match=says):
+        check_oracle(result, every_kind_checkpoint)
+    check_oracle(load(every_kind_checkpoint, loader=WRONG + "streaming", values=True), every_kind_checkpoint)
+
+
+@pytest.mark.mali_hil_property("large-offsets")
+def test_32bit_offsets_are_caught_past_4gib(load, mali_device, past_4gib_checkpoint: Path) -> None:
+    """The sparse file's tensors past 2^32 bytes are read at their offset modulo 2^32, inside layer 0's first hole:
+    zeros, not their values. Those past 2^31 (below 2^32) still load right, so only the last ones are named."""
+    if mali_device.facts.kind not in IN_PLACE_KINDS:
+        pytest.skip(f"{mali_device.spec} would copy the 4.3 GB file to the board")
+    with pytest.raises(AssertionError, match=r"tensors past 2\^31/2\^32 bytes differ .*past_4gib"):
+        check_past_4gib(load(past_4gib_checkpoint, loader=WRONG + "offsets_32bit", shard=SHARD), past_4gib_checkpoint)
+    check_past_4gib(load(past_4gib_checkpoint, loader=WRONG + "streaming", shard=SHARD), past_4gib_checkpoint)
+
+
+@pytest.mark.mali_hil_property("leaks")
+def test_descriptor_per_tensor_is_caught_by_leaks(load, mali_device, every_kind_checkpoint: Path) -> None:
+    """A descriptor of the file opened per tensor and never closed: 192 of them after one job, named on that job.
+    Its worker is retired, so the next job runs in a fresh one (one more worker start) and finds nothing open."""
+    wrong = load(every_kind_checkpoint, loader=WRONG + "descriptor_per_tensor")
+    assert wrong.ok, wrong
+    with pytest.raises(AssertionError, match=rf"descriptor_per_tensor left open .*: {len(every_kind.tensors())} "
+                                             "descriptors"):  # fmt: skip
+        check_no_leak(wrong)
+    starts = mali_device.starts
+    correct = load(every_kind_checkpoint, loader=WRONG + "streaming")
+    check_no_leak(correct)
+    assert mali_device.starts == starts + 1, "the worker whose job leaked served the next job"

@@ -12,7 +12,14 @@ its installed name, from any folder and on any board). Each reuses a built-in va
 - ``whole_model``: chunked, ignoring the shard range: every node loads every tensor, exo #128 (shards);
 - ``understated``: fix_bf16-device, declaring chunked's bounds: its source copies are not declared (memory-bound);
 - ``header_order``: reads the header with plain json and takes tensors back to back in the header's order,
-  ignoring ``data_offsets`` and the validated checkpoint it is given (corrupt-input).
+  ignoring ``data_offsets`` and the validated checkpoint it is given (corrupt-input);
+- ``narrowing``: streaming, with I64/U64 tensors narrowed to 32 bits, as if every integer were an index (dtypes);
+- ``scalars_as_vectors``: streaming, with 0-d tensors given shape (1,), as ``np.atleast_1d`` does (dtypes);
+- ``empty_dropped``: streaming, skipping tensors with no elements ("nothing to load") (dtypes);
+- ``bool_as_float``: streaming, converting BOOL masks to the float target like any non-integer (dtypes);
+- ``offsets_32bit``: streaming, with a tensor's file offset kept in 32 bits: wraps past 4 GiB (offsets-4gib);
+- ``descriptor_per_tensor``: streaming, plus a descriptor of the tensor's file opened per tensor and never
+  closed (leaks).
 
 ``streaming`` is the correct plain function most of them are one line away from: chunked's scheme through the
 loaders' public helpers, bounds undeclared. Imports of tinygrad and the built-in loaders happen inside the
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mali_hil.harness.loaders import Loader, LoadOptions, chunked
+from mali_hil.harness.loaders.base import TARGETS
 
 LEAK_BYTES = 1 << 20
 FIXED_WINDOW_BYTES = 16 << 20
@@ -36,15 +44,18 @@ _LEAKED: list[Any] = []  # the leak: device tensors no job ever gives back
 
 
 Convert = Callable[[np.ndarray, str], np.ndarray]
+Edit = Callable[[Any], Any]  # a TensorPlan -> the plan followed instead, or None to skip the tensor
 
 
 def _chunked_with(checkpoint: Any, device: str, options: LoadOptions, convert: Convert, drop_tail: bool = False,
-                  window: int | None = None, hoard: list[np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+                  window: int | None = None, hoard: list[np.ndarray] | None = None,
+                  edit: Edit | None = None) -> dict[str, Any]:  # fmt: skip
     """chunked's scheme (plan, one final buffer per tensor, row chunks read, converted on the host, written at their
     offset), with the conversion swapped and, each a one-line bug: with ``drop_tail``, the last chunk of
     multi-chunk tensors skipped; with ``window``, each chunk cut to that many source bytes; with ``hoard``, every
-    converted chunk appended there. Written against the loaders' public helpers only, so a rewrite of chunked's
-    internals leaves it working."""
+    converted chunk appended there; with ``edit``, each tensor's plan changed (its final dtype, shape or offset) or
+    the tensor skipped. Written against the loaders' public helpers only, so a rewrite of chunked's internals
+    leaves it working."""
     from tinygrad import Device
     from tinygrad.nn.state import safe_dtypes
 
@@ -54,7 +65,10 @@ def _chunked_with(checkpoint: Any, device: str, options: LoadOptions, convert: C
     from mali_hil.harness.loaders.base import ITEMSIZE
 
     out = {}
-    for plan in plan_load(as_checkpoint(checkpoint), options):
+    for planned in plan_load(as_checkpoint(checkpoint), options):
+        plan = planned if edit is None else edit(planned)
+        if plan is None:
+            continue
         tensor = allocate(plan.shape, safe_dtypes[plan.final_dtype], device)
         chunks = plan.chunks(options.chunk_bytes)
         if drop_tail and len(chunks) > 1:
@@ -77,6 +91,52 @@ def streaming(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, A
     from mali_hil.harness.loaders._convert import host_convert
 
     return _chunked_with(checkpoint, device, options, host_convert)
+
+
+def _host_with(checkpoint: Any, device: str, options: LoadOptions, edit: Edit) -> dict[str, Any]:
+    from mali_hil.harness.loaders._convert import host_convert
+
+    return _chunked_with(checkpoint, device, options, host_convert, edit=edit)
+
+
+def narrowing(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, with 64-bit integers narrowed to 32 bits (an I64 ``position_ids`` taken for an int32 index)."""
+    narrow = {"I64": "I32", "U64": "U32"}
+    return _host_with(checkpoint, device, options, lambda p: replace(p, final_dtype=narrow.get(p.final_dtype,
+                                                                                               p.final_dtype)))
+
+
+def scalars_as_vectors(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, with every 0-d tensor (a stored scale, a rope theta) given shape (1,), as np.atleast_1d does."""
+    return _host_with(checkpoint, device, options, lambda p: replace(p, shape=p.shape or (1,)))
+
+
+def empty_dropped(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, skipping tensors with no elements: "nothing to load"."""
+    return _host_with(checkpoint, device, options, lambda p: p if p.numel else None)
+
+
+def bool_as_float(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, converting BOOL masks to the float target like every dtype that is not an integer."""
+    return _host_with(checkpoint, device, options,
+                      lambda p: replace(p, final_dtype=TARGETS[options.target_dtype]) if p.source_dtype == "BOOL"
+                      else p)  # fmt: skip
+
+
+def offsets_32bit(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, with each tensor's file offset held in an unsigned 32-bit field: past 4 GiB it wraps."""
+    return _host_with(checkpoint, device, options, lambda p: replace(p, offset=p.offset % (1 << 32)))
+
+
+def descriptor_per_tensor(checkpoint: Any, device: str, options: LoadOptions) -> dict[str, Any]:
+    """streaming, plus the tensor's file opened for each tensor (to check it is still there) and never closed."""
+    import os
+
+    from mali_hil.harness.loaders import as_checkpoint, plan_load
+
+    for plan in plan_load(as_checkpoint(checkpoint), options):
+        os.fstat(os.open(plan.path, os.O_RDONLY))
+    return streaming(checkpoint, device, options)
 
 
 def _toward_zero(raw: np.ndarray, final_dtype: str) -> np.ndarray:

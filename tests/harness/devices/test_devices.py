@@ -256,7 +256,7 @@ def test_a_job_sees_only_the_emulated_device(tiny: Path, tmp_path: Path) -> None
         ("returns_a_list", "returned list, not a dict"),
         ("returns_none", "returned NoneType, not a dict"),
         ("returns_numpy", "are not tinygrad Tensors"),
-        ("returns_float32", "floating tensors are not float16 as the job asked"),
+        ("returns_float32", "not in their stored shape and dtype (floats in float16 as the job asked"),
         ("returns_lazy", "1 tensors are not realized (lazy.weight)"),
     ],
 )
