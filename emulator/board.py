@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mali_hil.emulator.errors import BackendError, BudgetError, LayerCacheError
-from mali_hil.emulator.profile import CL_ERRORS, Profile, format_size, load_profile
+from mali_hil.emulator.profile import AS_IS_FIELDS, CL_ERRORS, SVM_CAPABILITIES, Profile, format_size, load_profile
 
 CONFIG_ENV = "MALI_HIL_LAYER_CONFIG"
 STATS_FILE_ENV = "MALI_HIL_STATS_FILE"
@@ -81,6 +81,9 @@ def layer_config_text(profile: Profile) -> str:
         "oom_error": CL_ERRORS[profile.oom_error],
         "over_max_alloc": over,
         "oom_trigger": profile.oom_trigger.value,
+        "fp64": int(profile.fp64),
+        "svm_capabilities": SVM_CAPABILITIES[profile.svm],
+        **{key: getattr(profile, key) for key in AS_IS_FIELDS},
     }
     return "".join(f"{k}={v}\n" for k, v in fields.items())
 
