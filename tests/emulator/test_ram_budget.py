@@ -351,6 +351,8 @@ def test_cli_emulator_info_queries_opencl_on_the_board() -> None:
     assert "Mali-G610 MC6 r0p0" in out
     assert "vendor id 0xa8670000" in out
     assert "Unified memory    Yes" in out
+    assert "fp64              no" in out and "SVM               coarse-grained buffer" in out  # PoCL: yes, fine
+    assert "Local memory      32768 (32.00 KiB)" in out  # PoCL's own is 1 MiB
     as_json = json.loads(cli("emulator", "info", "mali-g610:3GiB", "--json").stdout)
     device = as_json["platforms"][0]["devices"][0]
     assert device["global_mem"] < 3 << 30  # the board's share, from the layer, not PoCL's own figure
