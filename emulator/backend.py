@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import enum
 import os
+import signal
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,6 +20,23 @@ _CL_PLATFORM_NAME, _CL_PLATFORM_VERSION = 0x0902, 0x0901
 _CL_DEVICE_TYPE_ALL = 0xFFFFFFFF
 _CL_DEVICE_NAME, _CL_DEVICE_EXTENSIONS, _CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x102B, 0x1030, 0x1010
 _INSTALL_HINT = "apt-get install ocl-icd-libopencl1 pocl-opencl-icd"
+
+
+# Signals a process dies of when its own memory is corrupted. On the emulator, kernels run on the CPU inside the
+# process (PoCL), so a kernel that writes out of bounds corrupts the process's heap and takes it down this way; a
+# Mali's kernel writes GPU memory through its own page tables, and at worst faults its GPU context.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE})
+
+
+def backend_crash(returncode: int) -> str | None:
+    """Why a process on an emulated board that died of ``-returncode`` is the CPU backend's fault, or None when it
+    did not die of a crash signal (an exit, an OOM kill, a timeout)."""
+    if returncode >= 0 or -returncode not in CRASH_SIGNALS:
+        return None
+    name = signal.Signals(-returncode).name
+    return (f"{name}, a backend fault: on the emulator most likely a kernel's out-of-bounds write, which corrupts "
+            "the process because PoCL runs kernels in it; a Mali would not take the process down this way, and the "
+            "board's memory did not run out")  # fmt: skip
 
 
 class Fp16Fidelity(enum.StrEnum):

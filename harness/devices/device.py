@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mali_hil.emulator.backend import Fp16Fidelity
+from mali_hil.emulator.backend import Fp16Fidelity, backend_crash
 from mali_hil.emulator.errors import MaliHilError
 from mali_hil.emulator.ram import Enforcement
 from mali_hil.emulator.supervisor import ISOLATED, OomEvidence, ProcessEnd, RunStatus
@@ -234,6 +234,10 @@ class Device:
                 message += f": unified memory peaked at {end.memory.peak_unified_bytes} bytes against a budget of " \
                            f"{end.memory.limit_bytes}"  # fmt: skip
             return self._failed(job, Status.OOM_KILLED, "OOMKilled", message, end)
+        crash = backend_crash(end.returncode) if self.facts.emulated else None
+        if crash is not None:
+            message = f"worker died ({_ended(end)}, {crash}) during the job: {stderr.strip()[-1200:]}"
+            return self._failed(job, Status.ERROR, "BackendCrash", message, end)
         message = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
         return self._failed(job, Status.ERROR, "WorkerDied", message, end)
 
