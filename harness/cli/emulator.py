@@ -86,6 +86,10 @@ def register(sub: Any) -> None:
     image.add_argument("--json", action="store_true", help="print the build record as JSON")
     image.set_defaults(func=_build_image)
 
+    from mali_hil.harness.cli import conformance
+
+    conformance.register(actions)
+
 
 def _build_backend(args: argparse.Namespace) -> int:
     import time
