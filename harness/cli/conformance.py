@@ -8,6 +8,12 @@ import json
 from typing import Any
 
 DEFAULT_BOARDS = ("mali-g610:3GiB", "mali-g52:1GiB")
+PROBE_HELP = "allocation probe (OpenCL CTS style): max allocation used, one byte more, fill until refused or killed"
+PROBE_DESCRIPTION = (
+    "Run the allocation probe on the board, each step in a process of its own, and check it against the profile: "
+    "the max-allocation buffer works, one byte more gets the profile's code, buffers fill the cap (or the board's "
+    "RAM) and no more, sub-buffers add nothing, an image above max allocation is refused."
+)
 
 
 def register(actions: Any) -> None:
@@ -27,14 +33,7 @@ def register(actions: Any) -> None:
     check.add_argument("--json", default=None, metavar="FILE", help="write every outcome and verdict as JSON")
     check.set_defaults(func=_conformance)
 
-    probe = actions.add_parser(
-        "probe",
-        help="allocation probe (OpenCL CTS style): max allocation used, one byte more, fill until refused or killed",
-        description="Run the allocation probe on the board, each step in a process of its own, and check it "
-        "against the profile: the max-allocation buffer works, one byte more gets the profile's code, buffers "
-        "fill the cap (or the board's RAM) and no more, sub-buffers add nothing, an image above max allocation "
-        "is refused.",
-    )
+    probe = actions.add_parser("probe", help=PROBE_HELP, description=PROBE_DESCRIPTION)
     probe.add_argument("board", metavar="PROFILE[:RAM]", help="e.g. mali-g52:1GiB")
     probe.add_argument("--sizes", default="128MiB,32MiB", metavar="S,S", help="buffer sizes to fill with")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
