@@ -21,6 +21,7 @@ EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
 COMMON = "_all"
 SLOW = "_slow"  # tests a quick run leaves to the nightly: ``TEST  # reason`` a line
 FLAKE = "flake"
+MISSING = "missing"  # a test one run reached and the other did not (its id differs, or it was never collected)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ def parse(text: str, name: str) -> list[Expectation]:
         body, _, reason = line.partition("#")
         test, comma, outcome = body.strip().rpartition(",")
         where = f"{name}:{number}"
-        if not comma or not test or outcome not in (*OUTCOMES, FLAKE):
-            raise ProfileError(f"{where}: want TEST,OUTCOME (one of {', '.join((*OUTCOMES, FLAKE))}), got {raw!r}")
+        if not comma or not test or outcome not in (*OUTCOMES, FLAKE, MISSING):
+            choices = ", ".join((*OUTCOMES, FLAKE, MISSING))
+            raise ProfileError(f"{where}: want TEST,OUTCOME (one of {choices}), got {raw!r}")
         if not reason.strip():
             raise ProfileError(f"{where}: every expected difference needs its reason after '#': {raw!r}")
         if test.startswith("re:"):
@@ -95,12 +97,13 @@ class Comparison:
 
 
 def compare(plain: SuiteRun, seen: SuiteRun, expectations: list[Expectation]) -> Comparison:
-    """Every test both runs reached: the same outcome, or a difference an entry names."""
+    """Every test either run reached (``missing`` where the other did not): the same outcome, or a difference an
+    entry names."""
     result = Comparison()
     used: set[Expectation] = set()
     judged: set[Expectation] = set()
-    for test in sorted(plain.outcomes.keys() & seen.outcomes.keys()):
-        before, after = plain.outcomes[test], seen.outcomes[test]
+    for test in sorted(plain.outcomes.keys() | seen.outcomes.keys()):
+        before, after = plain.outcomes.get(test, MISSING), seen.outcomes.get(test, MISSING)
         entries = [e for e in expectations if e.matches(test)]
         judged.update(entries)
         entry = next((e for e in entries if e.outcome in (after, FLAKE)), None)

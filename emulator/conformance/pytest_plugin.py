@@ -5,13 +5,15 @@ crash, an OOM kill) still says which tests ended how and which one was running; 
 - ``MALI_HIL_SUITE_FRACTION=START/EVERY``: every EVERY-th test from the START-th (1-based), as deqp-runner's
   ``--fraction-start``/``--fraction``, for the broadest coverage in a short run;
 - ``MALI_HIL_SUITE_DESELECT=FILE``: test ids (one a line) not to run: those an earlier session already ran
-  before it died, and the slow ones a quick run leaves to the nightly.
+  before it died, and the slow ones a quick run leaves to the nightly; a test's id is also tried after the
+  suite's rewrites (``MALI_HIL_SUITE_REWRITES``, JSON pairs of regex and replacement).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 LOG_ENV = "MALI_HIL_SUITE_LOG"
 FRACTION_ENV = "MALI_HIL_SUITE_FRACTION"
 DESELECT_ENV = "MALI_HIL_SUITE_DESELECT"
+REWRITES_ENV = "MALI_HIL_SUITE_REWRITES"
 
 _outcomes: dict[str, str] = {}
 
@@ -39,7 +42,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     start, every = 1, 1
     if os.environ.get(FRACTION_ENV):
         start, every = (int(part) for part in os.environ[FRACTION_ENV].split("/"))
-    keep = [item for i, item in enumerate(items) if i % every == start - 1 and item.nodeid not in dropped]
+    rewrites = json.loads(os.environ.get(REWRITES_ENV) or "[]")
+
+    def rewritten(nodeid: str) -> str:
+        for pattern, replacement in rewrites:
+            nodeid = re.sub(pattern, replacement, nodeid)
+        return nodeid
+
+    keep = [item for i, item in enumerate(items)
+            if i % every == start - 1 and not {item.nodeid, rewritten(item.nodeid)} & dropped]  # fmt: skip
     config.hook.pytest_deselected(items=[item for item in items if item not in keep])
     items[:] = keep
 

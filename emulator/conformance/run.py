@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mali_hil.emulator.conformance.pytest_plugin import DESELECT_ENV, FRACTION_ENV, LOG_ENV
+from mali_hil.emulator.conformance.pytest_plugin import DESELECT_ENV, FRACTION_ENV, LOG_ENV, REWRITES_ENV
 from mali_hil.emulator.conformance.sdist import unpacked_sdist
 
 PLAIN = "plain-pocl"  # the target name of the bare backend, without the layer
@@ -35,13 +36,22 @@ class Suite:
     files: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     session_timeout: float = 1800.0  # seconds; one session, on a loaded 2-core machine
+    # (regex, replacement) over test ids, so one test has one id on every target: pyopencl names the device in
+    # each test's parameters
+    id_rewrites: tuple[tuple[str, str], ...] = ()
+
+    def test_id(self, nodeid: str) -> str:
+        for pattern, replacement in self.id_rewrites:
+            nodeid = re.sub(pattern, replacement, nodeid)
+        return f"{self.name}::{nodeid}"
 
 
 SUITES = {
     suite.name: suite
     for suite in (
         Suite("pyopencl", "pyopencl", "test", ("test_wrapper.py", "test_array.py", "test_enqueue_copy.py",
-              "test_clmath.py", "test_algorithm.py", "test_arrays_in_structs.py", "test_clrandom.py")),
+              "test_clmath.py", "test_algorithm.py", "test_arrays_in_structs.py", "test_clrandom.py"),
+              id_rewrites=((r"<context factory for <pyopencl\.Device '[^']*' on '[^']*'[^>]*>>", "ctx"),)),
         Suite("tinygrad", "tinygrad", "test", ("test_tiny.py",), env=(("DEV", "CL"),)),
     )
 }  # fmt: skip
@@ -72,7 +82,7 @@ def run_suite(suite: Suite, target: str, fraction: tuple[int, int] = (1, 1),
     folder = folder or unpacked_sdist(suite.package) / suite.folder
     result = SuiteRun(suite.name, target)
     started = time.monotonic()
-    prefix = f"{suite.name}::"
+    prefix = f"{suite.name}::"  # the slow list names tests by their ids, which the plugin also tries
     with tempfile.TemporaryDirectory(prefix="mali-hil-suite-") as scratch:
         log, done_file = Path(scratch) / "log.jsonl", Path(scratch) / "done.txt"
         skip = {test.removeprefix(prefix) for test in deselect if test.startswith(prefix)}
@@ -80,7 +90,8 @@ def run_suite(suite: Suite, target: str, fraction: tuple[int, int] = (1, 1),
             done_file.write_text("".join(f"{nodeid}\n" for nodeid in sorted(skip)), encoding="utf-8")
             log.write_text("", encoding="utf-8")
             env = {**dict(suite.env), LOG_ENV: str(log), DESELECT_ENV: str(done_file),
-                   FRACTION_ENV: f"{fraction[0]}/{fraction[1]}"}  # fmt: skip
+                   FRACTION_ENV: f"{fraction[0]}/{fraction[1]}",
+                   REWRITES_ENV: json.dumps(suite.id_rewrites)}  # fmt: skip
             ending = _session(suite, folder, target, env)
             result.sessions += 1
             running = None
@@ -89,12 +100,12 @@ def run_suite(suite: Suite, target: str, fraction: tuple[int, int] = (1, 1),
                 if "start" in record:
                     running = record["start"]
                 else:
-                    result.outcomes[prefix + record["id"]] = record["outcome"]
+                    result.outcomes[suite.test_id(record["id"])] = record["outcome"]
                     skip.add(record["id"])
                     running = None
             if ending is None or running is None:  # the session ended by itself: every selected test ran
                 break
-            result.outcomes[prefix + running] = ending
+            result.outcomes[suite.test_id(running)] = ending
             skip.add(running)
     result.seconds = time.monotonic() - started
     return result

@@ -18,7 +18,7 @@ from mali_hil.emulator.conformance.expectations import (
     parse,
     slow_tests,
 )
-from mali_hil.emulator.conformance.run import PLAIN, Suite, SuiteRun, run_suite
+from mali_hil.emulator.conformance.run import PLAIN, SUITES, Suite, SuiteRun, run_suite
 from mali_hil.emulator.errors import ProfileError
 from mali_hil.emulator.profile import available_profiles
 
@@ -70,6 +70,9 @@ def test_differences_are_judged_both_ways() -> None:
     assert not verdict.ok
     # a listed difference with another outcome than the one seen is no excuse
     assert compare(*_runs({"s::a[float64]": "pass"}, {"s::a[float64]": "fail"}), entries).unexpected
+    # a test only one side reached is a difference too (an id that names the device would hide every one)
+    assert compare(*_runs({"s::x[PoCL]": "pass"}, {"s::x[Mali]": "pass"}), []).unexpected == [
+        ("s::x[Mali]", "missing", "pass"), ("s::x[PoCL]", "pass", "missing")]
 
 
 CRASHY = """
@@ -79,6 +82,11 @@ def test_b(): ctypes.string_at(0)  # SIGSEGV: the session dies here
 def test_c(): pass
 def test_d(): assert False
 """
+
+
+def test_pyopencl_ids_do_not_name_the_device() -> None:
+    nodeid = "test_array.py::test_sum[<context factory for <pyopencl.Device 'Mali-G52' on 'ARM Platform'>>-float32]"
+    assert SUITES["pyopencl"].test_id(nodeid) == "pyopencl::test_array.py::test_sum[ctx-float32]"
 
 
 def test_a_session_that_dies_is_resumed_and_the_test_marked(tmp_path: Path) -> None:
