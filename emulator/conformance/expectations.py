@@ -105,11 +105,15 @@ def compare(plain: SuiteRun, seen: SuiteRun, expectations: list[Expectation]) ->
     for test in sorted(plain.outcomes.keys() | seen.outcomes.keys()):
         before, after = plain.outcomes.get(test, MISSING), seen.outcomes.get(test, MISSING)
         entries = [e for e in expectations if e.matches(test)]
+        flake = next((e for e in entries if e.outcome == FLAKE), None)
+        if flake is not None:  # either outcome is right, and the test's other entries are not judged by it
+            used.add(flake)
+            if before != after:
+                result.expected.append((test, before, after, flake))
+            continue
         judged.update(entries)
-        entry = next((e for e in entries if e.outcome in (after, FLAKE)), None)
+        entry = next((e for e in entries if e.outcome == after), None)
         if before == after:
-            if entry is not None and entry.outcome == FLAKE:
-                used.add(entry)
             continue
         if entry is None:
             result.unexpected.append((test, before, after))
