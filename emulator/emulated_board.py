@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mali_hil.emulator.profile import CL_ERRORS, Profile, load_profile
+from mali_hil.emulator.profile import AS_IS_FIELDS, CL_ERRORS, SVM_CAPABILITIES, Profile, load_profile
 from mali_hil.errors import BackendError, BudgetError
 from mali_hil.paths import cache_dir
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
@@ -49,6 +49,9 @@ def layer_config_text(profile: Profile) -> str:
         "oom_error": CL_ERRORS[profile.oom_error],
         "over_max_alloc": over,
         "oom_trigger": profile.oom_trigger.value,
+        "fp64": int(profile.fp64),
+        "svm_capabilities": SVM_CAPABILITIES[profile.svm],
+        **{key: getattr(profile, key) for key in AS_IS_FIELDS},
     }
     return "".join(f"{k}={v}\n" for k, v in fields.items())
 

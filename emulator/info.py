@@ -36,6 +36,11 @@ _DEVICE_FIELDS = {
     "max_compute_units": "compute_units",
     "max_clock_frequency": "max_clock_mhz",
     "host_unified_memory": "unified_memory",
+    "double_fp_config": "double_fp_config",
+    "svm_capabilities": "svm_capabilities",
+    "local_mem_size": "local_mem",
+    "max_constant_buffer_size": "max_constant_buffer",
+    "image2d_max_width": "image2d_max_size",
 }
 _QUERY_TIMEOUT = 120.0  # seconds; PoCL compiles nothing here, but a cold first start on a loaded CI box is slow
 
@@ -149,6 +154,11 @@ def render(info: dict[str, Any]) -> str:
                 f"    Compute units     {dev['compute_units']}",
                 f"    Max clock         {dev['max_clock_mhz']} MHz",
                 f"    Unified memory    {unified}",
+                f"    fp64              {'yes' if dev.get('double_fp_config') else 'no'}",
+                f"    SVM               {_svm(dev.get('svm_capabilities'))}",
+                f"    Local memory      {_size(dev.get('local_mem'))}",
+                f"    Constant buffer   {_size(dev.get('max_constant_buffer'))}",
+                f"    Max 2D image      {dev.get('image2d_max_size')} pixels a side",
                 f"    Extensions        {' '.join(dev['extensions'])}",
                 f"    {fp16_line(dev)}",
             ]
@@ -159,6 +169,13 @@ def render(info: dict[str, Any]) -> str:
                     " the profile allows fail as backend_refusals, not as the profile's behaviour"
                 )
     return "\n".join(lines)
+
+
+def _svm(caps: int | None) -> str:
+    if caps is None:
+        return "unknown"
+    grains = [name for bit, name in ((1, "coarse-grained buffer"), (2, "fine-grained buffer")) if caps & bit]
+    return ", ".join(grains) or "none"
 
 
 def _hex(value: int | None) -> str:

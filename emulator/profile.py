@@ -28,6 +28,15 @@ CL_ERRORS = {
     "CL_INVALID_BUFFER_SIZE": -61,
 }
 
+# Profile fields the layer takes as they are, under the same name in its config (limits it answers and enforces).
+AS_IS_FIELDS = (
+    "local_mem", "max_constant_buffer", "max_constant_args", "image2d_max_size", "image3d_max_size",
+    "image_max_buffer_size", "image_max_array_size", "build_log_file",
+)
+
+# The SVM a driver offers (CL_DEVICE_SVM_CAPABILITIES bits: coarse-grained buffer 1, fine-grained buffer 2).
+SVM_CAPABILITIES = {"none": 0, "coarse-grain": 1, "fine-grain": 1 | 2}
+
 
 class OomFailure(enum.Enum):
     """How the real driver fails when device memory runs out."""
@@ -68,6 +77,16 @@ class Profile:
     compute_units: int
     max_clock_mhz: int
     unified_memory: bool
+    fp64: bool  # whether the driver has double precision (cl_khr_fp64)
+    svm: str  # a key of SVM_CAPABILITIES
+    local_mem: int  # bytes of __local memory per work-group
+    max_constant_buffer: int  # bytes
+    max_constant_args: int
+    image2d_max_size: int  # pixels, width and height alike
+    image3d_max_size: int  # pixels, each dimension
+    image_max_buffer_size: int  # pixels of a 1D image on a buffer
+    image_max_array_size: int  # layers
+    build_log_file: str  # what the driver's compiler calls the program's source in its diagnostics
     board_ram: int
     oom_failure: OomFailure
     oom_error: str  # symbolic OpenCL error for alloc-error / enqueue-error
@@ -136,6 +155,16 @@ _FIELDS: dict[str, tuple[str, str, type]] = {
     "compute_units": ("device", "compute_units", int),
     "max_clock_mhz": ("device", "max_clock_mhz", int),
     "unified_memory": ("device", "unified_memory", bool),
+    "fp64": ("device", "fp64", bool),
+    "svm": ("device", "svm", str),
+    "local_mem": ("device", "local_mem", int),
+    "max_constant_buffer": ("device", "max_constant_buffer", int),
+    "max_constant_args": ("device", "max_constant_args", int),
+    "image2d_max_size": ("device", "image2d_max_size", int),
+    "image3d_max_size": ("device", "image3d_max_size", int),
+    "image_max_buffer_size": ("device", "image_max_buffer_size", int),
+    "image_max_array_size": ("device", "image_max_array_size", int),
+    "build_log_file": ("compiler", "build_log_file", str),
     "oom_failure": ("oom", "failure", str),
     "oom_error": ("oom", "error", str),
     "over_max_alloc": ("oom", "over_max_alloc", str),
@@ -182,6 +211,10 @@ def parse_profile_file(path: Path) -> Profile:
         values[attr] = tuple(values[attr])
         if any(not isinstance(e, str) or "bf16" in e.lower() or "bfloat16" in e.lower() for e in values[attr]):
             raise ProfileError(f"profile file {path}: {attr} must be strings, never a bf16 one (no Mali has bf16)")
+        if "cl_khr_fp64" in values[attr] and not values["fp64"]:
+            raise ProfileError(f"profile file {path}: {attr} lists cl_khr_fp64, but [device] fp64 is false")
+    if values["svm"] not in SVM_CAPABILITIES:
+        raise ProfileError(f"profile file {path}: [device] svm must be one of {', '.join(SVM_CAPABILITIES)}")
     try:
         values["oom_failure"] = OomFailure(values["oom_failure"])
     except ValueError:

@@ -87,6 +87,7 @@ class Evidence:
     layer: LayerStats | None = None  # the OpenCL layer's last counters
     layer_killed: bool = False  # the layer wrote its exit file, which only its own OOM kill does on a SIGKILL
     kernel_oom_kills: int = 0  # how much the kernel's OOM-kill counter went up while the process ran
+    in_process_kernels: bool = False  # the OpenCL backend runs kernels inside the process (the emulator's PoCL)
     meter_peak_bytes: int | None = None  # the worker's own meter: the job's unified peak
     budget_bytes: int | None = None  # the board's RAM budget, as enforced
     enforcement: Enforcement | None = None  # how it was enforced
@@ -130,6 +131,9 @@ def decide(evidence: Evidence) -> Verdict:
         return _oom(OomEvidence.LAYER, e)
     if killed and e.kernel_oom_kills > 0:
         return _oom(OomEvidence.KERNEL, e)
+    crash = backend_crash(e.returncode) if e.in_process_kernels and e.returncode is not None else None
+    if crash is not None:
+        return Verdict(Status.ERROR, None, "BackendCrash", crash)
     if e.returncode is not None and (e.returncode != 0 or e.ended_in_job):
         return Verdict(Status.ERROR, None, "WorkerDied", f"exit {e.returncode}")
     if (e.enforcement is Enforcement.WATCHDOG and e.meter_peak_bytes is not None and e.budget_bytes is not None
@@ -138,6 +142,23 @@ def decide(evidence: Evidence) -> Verdict:
     if e.claim is not None:
         return _judge_claim(e.claim, e.layer)
     return Verdict(e.claimed or Status.OK)
+
+
+# Signals a process dies of when its own memory is corrupted. On the emulator, kernels run on the CPU inside the
+# process (PoCL), so a kernel that writes out of bounds corrupts the process's heap and takes it down this way; a
+# Mali's kernel writes GPU memory through its own page tables, and at worst faults its GPU context.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE})
+
+
+def backend_crash(returncode: int) -> str | None:
+    """Why a process whose OpenCL kernels ran inside it and that died of ``-returncode`` is the CPU backend's
+    fault, or None when it did not die of a crash signal (an exit, an OOM kill, a timeout)."""
+    if returncode >= 0 or -returncode not in CRASH_SIGNALS:
+        return None
+    name = signal.Signals(-returncode).name
+    return (f"{name}, a backend fault: on the emulator most likely a kernel's out-of-bounds write, which corrupts "
+            "the process because PoCL runs kernels in it; a Mali would not take the process down this way, and the "
+            "board's memory did not run out")  # fmt: skip
 
 
 def _timeout() -> Verdict:

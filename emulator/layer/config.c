@@ -7,8 +7,10 @@ enum oom_mode { OOM_ALLOC_ERROR, OOM_ENQUEUE_ERROR, OOM_KILL };
 static struct {
     const char *platform_name, *platform_vendor, *platform_version, *platform_extensions, *platform_icd_suffix;
     const char *device_name, *device_vendor, *device_version, *driver_version, *opencl_c_version;
-    const char *extensions, *oom_failure, *oom_trigger;
+    const char *extensions, *oom_failure, *oom_trigger, *build_log_file;
     uint64_t vendor_id, global_mem, max_alloc, max_work_group_size, compute_units, max_clock_mhz, unified_memory;
+    uint64_t fp64, svm_capabilities, local_mem, max_constant_buffer, max_constant_args;
+    uint64_t image2d_max_size, image3d_max_size, image_max_buffer_size, image_max_array_size;
     int64_t oom_error, over_max_alloc;
     enum oom_mode oom;
     char *extensions_no_bf16, *platform_extensions_no_bf16; /* the profile's lists minus anything bf16 */
@@ -29,9 +31,16 @@ static const struct { const char *key; enum kind kind; void *dst; } KEYS[] = {
     {"oom_failure", K_STR, &cfg.oom_failure},           {"oom_error", K_I64, &cfg.oom_error},
     {"over_max_alloc", K_I64, &cfg.over_max_alloc},
     {"platform_extensions", K_STR, &cfg.platform_extensions}, {"platform_icd_suffix", K_STR, &cfg.platform_icd_suffix},
-    {"oom_trigger", K_STR, &cfg.oom_trigger},
+    {"oom_trigger", K_STR, &cfg.oom_trigger},           {"build_log_file", K_STR, &cfg.build_log_file},
+    {"fp64", K_U64, &cfg.fp64},                         {"svm_capabilities", K_U64, &cfg.svm_capabilities}, {"local_mem", K_U64, &cfg.local_mem},
+    {"max_constant_buffer", K_U64, &cfg.max_constant_buffer},
+    {"max_constant_args", K_U64, &cfg.max_constant_args}, {"image2d_max_size", K_U64, &cfg.image2d_max_size},
+    {"image3d_max_size", K_U64, &cfg.image3d_max_size},
+    {"image_max_buffer_size", K_U64, &cfg.image_max_buffer_size},
+    {"image_max_array_size", K_U64, &cfg.image_max_array_size},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
+_Static_assert(NKEYS <= 64, "parse_config marks the keys it has seen in 64 bits");
 
 static int complain(const char *what, const char *detail)
 {
@@ -52,7 +61,8 @@ static int store_value(unsigned i, char *value)
     return KEYS[i].kind != K_STR && (end == value || *end != '\0') ? -1 : 0;
 }
 
-/* Keeps the profile's order; drops anything bf16 (belt and braces: profile.py already refuses those). */
+/* Keeps the profile's order; drops anything bf16, which no Mali has, and cl_khr_fp64 where the profile has no fp64
+ * (belt and braces: profile.py already refuses those). */
 static char *filter_extensions(const char *list)
 {
     char *out = calloc(1, strlen(list) + 1), *copy = strdup(list), *save = NULL;
@@ -62,7 +72,7 @@ static char *filter_extensions(const char *list)
         return NULL;
     }
     for (char *tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
-        if (strcasestr(tok, "bf16") || strcasestr(tok, "bfloat16"))
+        if (strcasestr(tok, "bf16") || strcasestr(tok, "bfloat16") || (!cfg.fp64 && strcmp(tok, "cl_khr_fp64") == 0))
             continue;
         if (*out)
             strcat(out, " ");
@@ -75,7 +85,8 @@ static char *filter_extensions(const char *list)
 static int parse_config(char *text, const char *path)
 {
     char where[512];
-    unsigned seen = 0, lineno = 0;
+    uint64_t seen = 0;
+    unsigned lineno = 0;
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');
         if (next)
@@ -92,10 +103,10 @@ static int parse_config(char *text, const char *path)
         snprintf(where, sizeof where, "%s line %u", path, lineno);
         if (!eq || i == NKEYS || store_value(i, eq + 1) != 0)
             return complain("bad config line (want a known key=value): ", where);
-        seen |= 1u << i;
+        seen |= 1ull << i;
     }
     for (unsigned i = 0; i < NKEYS; i++)
-        if (!(seen & (1u << i)))
+        if (!(seen & (1ull << i)))
             return complain("config is missing key ", KEYS[i].key);
     if (strcmp(cfg.oom_failure, "alloc-error") == 0)
         cfg.oom = OOM_ALLOC_ERROR;

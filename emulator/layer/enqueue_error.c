@@ -30,7 +30,18 @@ static inline int overcommitted(void) { return __atomic_load_n(&g_over_alive, __
 typedef cl_command_queue Q;
 
 /* A local size the Mali could not run fails as the Mali's driver fails it: above the work-item limit of a
- * dimension, or above the work-group limit in total (PoCL's own limits are far higher). */
+ * dimension, or above the work-group limit in total (PoCL's own limits are far higher). So does a kernel whose
+ * local memory (its own __local variables and __local arguments) passes the profile's: CL_OUT_OF_RESOURCES, the
+ * spec's code for it. */
+static int local_mem_exceeded(Q q, cl_kernel k)
+{
+    cl_device_id dev = NULL;
+    cl_ulong bytes = 0;
+    return next.clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof dev, &dev, NULL) == CL_SUCCESS &&
+           next.clGetKernelWorkGroupInfo(k, dev, CL_KERNEL_LOCAL_MEM_SIZE, sizeof bytes, &bytes, NULL) == CL_SUCCESS &&
+           bytes > cfg.local_mem;
+}
+
 static cl_int CL_API_CALL l_clEnqueueNDRangeKernel(Q q, cl_kernel k, cl_uint dim, const size_t *off,
                                                    const size_t *gws, const size_t *lws, WAIT)
 {
@@ -42,6 +53,8 @@ static cl_int CL_API_CALL l_clEnqueueNDRangeKernel(Q q, cl_kernel k, cl_uint dim
     }
     if (lws && total > cfg.max_work_group_size)
         return CL_INVALID_WORK_GROUP_SIZE;
+    if (local_mem_exceeded(q, k))
+        return CL_OUT_OF_RESOURCES;
     if (overcommitted())
         return (cl_int)cfg.oom_error;
     enqueued(q);

@@ -165,6 +165,35 @@ static cl_int CL_API_CALL l_clGetPlatformInfo(cl_platform_id pf, cl_platform_inf
     return next.clGetPlatformInfo(pf, param, size, value, size_ret);
 }
 
+/* The backend's OpenCL C features without __opencl_c_fp64, for a profile without fp64 (PoCL's CPU device has it). */
+static cl_int answer_c_features(cl_device_id dev, size_t size, void *value, size_t *size_ret)
+{
+    size_t n = 0, kept = 0;
+    cl_name_version *all = NULL;
+    cl_int err = next.clGetDeviceInfo(dev, CL_DEVICE_OPENCL_C_FEATURES, 0, NULL, &n);
+    if (err != CL_SUCCESS)
+        return err;
+    if (n && !(all = malloc(n)))
+        return CL_OUT_OF_HOST_MEMORY;
+    if (n && (err = next.clGetDeviceInfo(dev, CL_DEVICE_OPENCL_C_FEATURES, n, all, NULL)) == CL_SUCCESS)
+        for (size_t i = 0; i < n / sizeof *all; i++)
+            if (strcmp(all[i].name, "__opencl_c_fp64") != 0)
+                all[kept++] = all[i];
+    if (err == CL_SUCCESS)
+        err = answer(all, kept * sizeof *all, size, value, size_ret);
+    free(all);
+    return err;
+}
+
+/* SVM as the profile's driver offers it, and no more than the backend can do. */
+static cl_device_svm_capabilities svm_capabilities(cl_device_id dev)
+{
+    cl_device_svm_capabilities backend = 0;
+    if (next.clGetDeviceInfo(dev, CL_DEVICE_SVM_CAPABILITIES, sizeof backend, &backend, NULL) != CL_SUCCESS)
+        backend = 0;
+    return backend & cfg.svm_capabilities;
+}
+
 static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info param, size_t size, void *value,
                                             size_t *size_ret)
 {
@@ -181,6 +210,27 @@ static cl_int CL_API_CALL l_clGetDeviceInfo(cl_device_id dev, cl_device_info par
         if (!fp16_shown(dev))
             ANSWER_AS(cl_device_fp_config, 0);
         break;
+    case CL_DEVICE_DOUBLE_FP_CONFIG: /* every query agrees when the profile's driver has no fp64 */
+        if (!cfg.fp64)
+            ANSWER_AS(cl_device_fp_config, 0);
+        break;
+    case CL_DEVICE_PREFERRED_VECTOR_WIDTH_DOUBLE: case CL_DEVICE_NATIVE_VECTOR_WIDTH_DOUBLE:
+        if (!cfg.fp64)
+            ANSWER_AS(cl_uint, 0);
+        break;
+    case CL_DEVICE_OPENCL_C_FEATURES:
+        if (!cfg.fp64)
+            return answer_c_features(dev, size, value, size_ret);
+        break;
+    case CL_DEVICE_SVM_CAPABILITIES: ANSWER_AS(cl_device_svm_capabilities, svm_capabilities(dev));
+    case CL_DEVICE_LOCAL_MEM_SIZE: ANSWER_AS(cl_ulong, cfg.local_mem);
+    case CL_DEVICE_MAX_CONSTANT_BUFFER_SIZE: ANSWER_AS(cl_ulong, cfg.max_constant_buffer);
+    case CL_DEVICE_MAX_CONSTANT_ARGS: ANSWER_AS(cl_uint, cfg.max_constant_args);
+    case CL_DEVICE_IMAGE2D_MAX_WIDTH: case CL_DEVICE_IMAGE2D_MAX_HEIGHT: ANSWER_AS(size_t, cfg.image2d_max_size);
+    case CL_DEVICE_IMAGE3D_MAX_WIDTH: case CL_DEVICE_IMAGE3D_MAX_HEIGHT: case CL_DEVICE_IMAGE3D_MAX_DEPTH:
+        ANSWER_AS(size_t, cfg.image3d_max_size);
+    case CL_DEVICE_IMAGE_MAX_BUFFER_SIZE: ANSWER_AS(size_t, cfg.image_max_buffer_size);
+    case CL_DEVICE_IMAGE_MAX_ARRAY_SIZE: ANSWER_AS(size_t, cfg.image_max_array_size);
     case CL_DEVICE_VENDOR_ID: ANSWER_AS(cl_uint, cfg.vendor_id);
     case CL_DEVICE_GLOBAL_MEM_SIZE: ANSWER_AS(cl_ulong, cfg.global_mem);
     case CL_DEVICE_MAX_MEM_ALLOC_SIZE: ANSWER_AS(cl_ulong, cfg.max_alloc);

@@ -11,9 +11,11 @@
  *      buffer gets pages of its own, committed before clCreateBuffer returns and unmapped when the buffer dies,
  *      so device memory is RAM from its allocation to its release, as on a board (see create_buffer).
  *   3. honesty: a profile's extension is advertised only if the backend (or the layer) honours it, e.g.
- *      cl_khr_fp16 only if PoCL can really compile half arithmetic; no bf16 extension is ever advertised and a
- *      source naming __bf16 fails to build as on a Mali; a local work size above the profile's limits fails at
- *      enqueue as on the Mali.
+ *      cl_khr_fp16 only if PoCL can really compile half arithmetic; no bf16 extension and no fp64 is ever
+ *      advertised, and a source naming __bf16 or double fails to build as on a Mali; kernels see the profile's
+ *      OpenCL version and no fp64 macros; build logs read as the driver's, not PoCL's; a local work size, local
+ *      memory or image above the profile's limits fails as on the Mali; SVM is counted like buffers where the
+ *      profile's driver offers it and absent where it does not.
  *
  * Config problems (no env var, unreadable file, bad or missing key) print one line to stderr and make
  * clInitLayer fail: the loader then drops the layer and the process runs on plain PoCL, never on a
@@ -66,7 +68,8 @@ static cl_int answer(const void *src, size_t n, size_t size, void *value, size_t
 #include "memory_cap.c"
 #include "unified_memory.c"
 #include "enqueue_error.c"
-#include "bf16.c"
+#include "svm.c"
+#include "compiler.c"
 #include "identity.c"
 
 /* ---- layer entry points ------------------------------------------------------------------------------ */
@@ -100,6 +103,8 @@ static int build_tables(cl_uint num_entries, const cl_icd_dispatch *target)
     HOOK(clBuildProgram); HOOK(clCompileProgram); HOOK(clGetProgramBuildInfo); HOOK(clReleaseProgram);
     HOOK(clGetKernelWorkGroupInfo);
     HOOK(clGetMemObjectInfo); HOOK(clFinish); HOOK(clReleaseCommandQueue); HOOK(clEnqueueUnmapMemObject);
+    HOOK(clCreateProgramWithSource); HOOK(clGetProgramInfo); HOOK(clSVMAlloc); HOOK(clSVMFree);
+    HOOK(clEnqueueSVMFree);
     return 0;
 }
 
@@ -115,8 +120,10 @@ EXPORT cl_int CL_API_CALL clInitLayer(cl_uint num_entries, const cl_icd_dispatch
     if (g_init_state == 0) {
         g_init_pid = getpid();
         g_init_state = load_config() == 0 && build_tables(num_entries, target) == 0 ? 1 : -1;
-        if (g_init_state == 1)
+        if (g_init_state == 1) {
+            make_prelude();
             open_live_stats();
+        }
     }
     int state = g_init_state;
     pthread_mutex_unlock(&g_init_lock);

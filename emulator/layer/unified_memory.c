@@ -223,9 +223,48 @@ static uint64_t image_bytes(const cl_image_format *fmt, const cl_image_desc *d)
     }
 }
 
+/* An image the Mali could not hold fails as its driver fails it (CL_INVALID_IMAGE_SIZE, the spec's code): a
+ * dimension above the profile's image limits, or, where the driver refuses objects above its max allocation,
+ * more bytes than that (a buffer of the size would get over_max_alloc; PoCL takes either). */
+static cl_int image_refusal(const cl_image_format *fmt, const cl_image_desc *d)
+{
+    if (!d)
+        return CL_SUCCESS; /* PoCL gives the proper error */
+    uint64_t w = d->image_width, h = d->image_height, depth = d->image_depth, layers = d->image_array_size;
+    uint64_t flat = cfg.image2d_max_size, deep = cfg.image3d_max_size;
+    int over = 0;
+    switch (d->image_type) {
+    case CL_MEM_OBJECT_IMAGE1D_BUFFER: over = w > cfg.image_max_buffer_size; break;
+    case CL_MEM_OBJECT_IMAGE1D: over = w > flat; break;
+    case CL_MEM_OBJECT_IMAGE1D_ARRAY: over = w > flat || layers > cfg.image_max_array_size; break;
+    case CL_MEM_OBJECT_IMAGE2D: over = w > flat || h > flat; break;
+    case CL_MEM_OBJECT_IMAGE2D_ARRAY: over = w > flat || h > flat || layers > cfg.image_max_array_size; break;
+    case CL_MEM_OBJECT_IMAGE3D: over = w > deep || h > deep || depth > deep; break;
+    default: break;
+    }
+    if (!over && !d->buffer && cfg.over_max_alloc != 0 && image_bytes(fmt, d) > cfg.max_alloc)
+        over = 1;
+    if (over) {
+        ADD(g.events[FAILED], 1);
+        publish_stats();
+    }
+    return over ? CL_INVALID_IMAGE_SIZE : CL_SUCCESS;
+}
+
+#define REFUSE_IMAGE(fmt, d)                                                                                \
+    do {                                                                                                    \
+        cl_int refused_ = image_refusal((fmt), (d));                                                        \
+        if (refused_ != CL_SUCCESS) {                                                                       \
+            if (errcode_ret)                                                                                \
+                *errcode_ret = refused_;                                                                    \
+            return NULL;                                                                                    \
+        }                                                                                                   \
+    } while (0)
+
 static cl_mem CL_API_CALL l_clCreateImage(cl_context c, cl_mem_flags f, const cl_image_format *fmt,
                                           const cl_image_desc *d, void *host, cl_int *errcode_ret)
 {
+    REFUSE_IMAGE(fmt, d);
     if (d && d->buffer)
         return next.clCreateImage(c, f, fmt, d, host, errcode_ret);
     CREATE_COUNTED(image_bytes(fmt, d), 0, next.clCreateImage(c, f, fmt, d, host, &err_));
@@ -235,6 +274,7 @@ static cl_mem CL_API_CALL l_clCreateImageWithProperties(cl_context c, const cl_m
                                                         const cl_image_format *fmt, const cl_image_desc *d,
                                                         void *host, cl_int *errcode_ret)
 {
+    REFUSE_IMAGE(fmt, d);
     if (d && d->buffer)
         return next.clCreateImageWithProperties(c, p, f, fmt, d, host, errcode_ret);
     CREATE_COUNTED(image_bytes(fmt, d), 0, next.clCreateImageWithProperties(c, p, f, fmt, d, host, &err_));
@@ -245,6 +285,7 @@ static cl_mem CL_API_CALL l_clCreateImage2D(cl_context c, cl_mem_flags f, const 
 {
     cl_image_desc d = {.image_type = CL_MEM_OBJECT_IMAGE2D, .image_width = w, .image_height = h,
                        .image_row_pitch = pitch};
+    REFUSE_IMAGE(fmt, &d);
     CREATE_COUNTED(image_bytes(fmt, &d), 0, next.clCreateImage2D(c, f, fmt, w, h, pitch, host, &err_));
 }
 
@@ -254,6 +295,7 @@ static cl_mem CL_API_CALL l_clCreateImage3D(cl_context c, cl_mem_flags f, const 
 {
     cl_image_desc d = {.image_type = CL_MEM_OBJECT_IMAGE3D, .image_width = w, .image_height = h,
                        .image_depth = depth, .image_row_pitch = row_pitch, .image_slice_pitch = slice_pitch};
+    REFUSE_IMAGE(fmt, &d);
     CREATE_COUNTED(image_bytes(fmt, &d), 0,
                    next.clCreateImage3D(c, f, fmt, w, h, depth, row_pitch, slice_pitch, host, &err_));
 }

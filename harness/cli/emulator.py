@@ -87,6 +87,10 @@ def register(sub: Any) -> None:
     image.add_argument("--json", action="store_true", help="print the build record as JSON")
     image.set_defaults(func=_build_image)
 
+    from mali_hil.harness.cli import conformance
+
+    conformance.register(actions)
+
 
 def _build_backend(args: argparse.Namespace) -> int:
     import time
@@ -202,7 +206,10 @@ def verdict_line(run: BoardRun) -> str:
     elif run.status is RunStatus.TIMEOUT:
         detail = f"killed after {run.timeout:g} s; peak unified {peak} of {what} {limit}"
     else:
+        from mali_hil.runtime.verdict import backend_crash
+
         ended = f"exit {run.returncode}" if run.returncode >= 0 else f"killed by {_signal_name(-run.returncode)}"
+        ended = f"killed by {crash}" if (crash := backend_crash(run.returncode)) else ended
         detail = (
             f"{ended}, peak unified {peak} of {what} {limit}, "
             f"file-backed {format_size(run.peak_file_bytes)}, {run.elapsed:.2f} s"

@@ -225,8 +225,10 @@ class Device:
                        oom_evidence=verdict.oom_evidence, bytes_loaded=0, tensors=0, digests={}, values={})  # fmt: skip
 
     def _after_death(self, job: LoadJob, end: ProcessEnd, stderr: str) -> LoadResult:
-        verdict = decide(end.evidence_of(ended_in_job=True))
+        verdict = decide(end.evidence_of(ended_in_job=True, in_process_kernels=self.facts.emulated))
         died = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
+        if verdict.error_type == "BackendCrash":
+            died = f"worker died ({_ended(end)}, {verdict.message}) during the job: {stderr.strip()[-1200:]}"
         return self._failed(job, verdict, end, died if verdict.status is Status.ERROR else None)
 
     def _infra(self, job: LoadJob, error_type: str, message: str) -> LoadResult:

@@ -170,6 +170,9 @@ def test_buffer_released_while_a_queued_command_uses_it() -> None:
     assert got[3] < 10  # each read waits for a PoCL thread's microseconds, not for the 1 s give-up bound
 
 
+CL_INVALID_IMAGE_SIZE = -40
+
+
 def test_images_count_their_pixels_and_images_of_buffers_nothing() -> None:
     profile = load_profile(ALLOC_ERROR)
     got = on_board(
@@ -185,20 +188,28 @@ def test_images_count_their_pixels_and_images_of_buffers_nothing() -> None:
         buf = create(1024 * 16); steps.append(live())
         of_buf = cl.create_image(ctx, rw, rgba_f32, shape=(1024,), buffer=buf); steps.append(live())
         objects = read_layer_stats().live_objects
-        try:
-            cl.create_image(ctx, rw, rgba_f32, shape=(4096, 4096))
-            too_big = 0
-        except cl.Error as exc:
-            too_big = exc.code
-        for obj in (img2d, img3d, array, of_buf, buf):
+        def image_code(side):
+            try:
+                held.append(cl.create_image(ctx, rw, rgba_f32, shape=(side, side)))
+                return 0
+            except cl.Error as exc:
+                return exc.code
+        held = []
+        above_max_alloc = image_code(4096)
+        side = int((ctx.devices[0].max_mem_alloc_size // 16) ** 0.5)  # just under max allocation
+        while len(held) < 64 and (at_cap := image_code(side)) == 0:
+            pass
+        for obj in (img2d, img3d, array, of_buf, buf, *held):
             obj.release()
-        emit({"steps": steps, "objects": objects, "too_big": too_big, "end": live()})
+        emit({"steps": steps, "objects": objects, "above_max_alloc": above_max_alloc, "at_cap": at_cap,
+              "end": live()})
         """,
     )
     sizes = [64 * 32 * 16, 16 * 8 * 4, 8 * 4 * 3 * 16, 1024 * 16, 0]
     assert got["steps"] == [sum(sizes[: i + 1]) for i in range(len(sizes))]
     assert got["objects"] == 4
-    assert got["too_big"] == CL_ERRORS[profile.oom_error]
+    assert got["above_max_alloc"] == CL_INVALID_IMAGE_SIZE  # as a buffer of the size is refused
+    assert got["at_cap"] == CL_ERRORS[profile.oom_error]  # images fill the cap as buffers do
     assert got["end"] == 0
 
 

@@ -112,6 +112,9 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
         ("unified_memory = { value = true", "unified_memory = { value = 1", "must be a bool"),
         ('trigger = { value = "both"', 'trigger = { value = "device"', "trigger 'device' is not one of"),
         ('trigger = { value = "both"', 'trigger = { value = "ram"', "failure must be oom-kill"),
+        ('"cl_khr_fp16",', '"cl_khr_fp16", "cl_khr_fp64",', "lists cl_khr_fp64, but \\[device\\] fp64 is false"),
+        ('svm = { value = "coarse-grain"', 'svm = { value = "yes"', "svm must be one of none, coarse-grain"),
+        ("local_mem = { value = 32768", 'local_mem = { value = "32KiB"', "local_mem must be a int"),
     ],
 )
 def test_malformed_profile_names_file_and_field(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -351,6 +351,8 @@ def test_cli_emulator_info_queries_opencl_on_the_board() -> None:
     assert "Mali-G610 MC6 r0p0" in out
     assert "vendor id 0xa8670000" in out
     assert "Unified memory    Yes" in out
+    assert "fp64              no" in out and "SVM               coarse-grained buffer" in out  # PoCL: yes, fine
+    assert "Local memory      32768 (32.00 KiB)" in out  # PoCL's own is 1 MiB
     as_json = json.loads(cli("emulator", "info", "mali-g610:3GiB", "--json").stdout)
     device = as_json["platforms"][0]["devices"][0]
     assert device["global_mem"] < 3 << 30  # the board's share, from the layer, not PoCL's own figure
@@ -367,3 +369,11 @@ def test_cli_emulator_info_queries_opencl_on_the_board() -> None:
     else:
         assert "fp16: emulated (backend lacks cl_khr_fp16)" in out
         assert "cl_khr_fp16" not in device["extensions"]  # the layer never advertises what PoCL cannot do
+
+
+@needs_layer
+def test_cli_emulator_run_names_a_crash_a_backend_fault() -> None:
+    # a stand-in for a kernel's out-of-bounds write: on PoCL both end the process with SIGSEGV
+    done = cli("emulator", "run", "mali-g52:1GiB", "--", PY, "-c", "import ctypes; ctypes.string_at(0)")
+    assert done.returncode == 128 + 11
+    assert "killed by SIGSEGV, a backend fault" in done.stderr and "did not run out" in done.stderr

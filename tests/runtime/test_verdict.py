@@ -56,6 +56,19 @@ def test_a_death_without_evidence_of_memory_is_an_error_never_an_oom_kill(return
     assert (verdict.status, verdict.oom_evidence, verdict.error_type) == (Status.ERROR, None, "WorkerDied")
 
 
+@pytest.mark.parametrize("returncode", [-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS])
+def test_a_crash_where_kernels_run_in_the_process_is_the_backends_fault(returncode: int) -> None:
+    crashed = Evidence(returncode=returncode, ended_in_job=True, layer=layer(), in_process_kernels=True)
+    verdict = decide(crashed)
+    assert (verdict.status, verdict.error_type) == (Status.ERROR, "BackendCrash")
+    assert signal.Signals(-returncode).name in verdict.message and "out-of-bounds" in verdict.message
+    # a real board's driver runs kernels on the GPU: the same signal there is the worker's death, not PoCL's
+    assert decide(dataclasses.replace(crashed, in_process_kernels=False)).error_type == "WorkerDied"
+    # memory evidence is stronger than a crash signal's guess, and a SIGKILL is no crash
+    assert decide(dataclasses.replace(crashed, enforcer=ram(True))).status is Status.OOM_KILLED
+    assert decide(dataclasses.replace(crashed, returncode=KILLED)).error_type == "WorkerDied"
+
+
 def test_a_worker_that_exits_cleanly_in_the_middle_of_a_job_died() -> None:
     assert decide(Evidence(returncode=0, ended_in_job=True)).status is Status.ERROR
 
