@@ -56,7 +56,7 @@ EXPORT int mali_hil_layer_stats(struct mali_hil_stats *out, size_t size)
  * killer, a timeout) runs no exit handler, so the JSON file of write_stats_file never appears. The layer keeps
  * a binary snapshot in MALI_HIL_STATS_FILE + ".live", a MAP_SHARED file it updates after every allocation, free
  * and reset with a memcpy (no system call): the page cache keeps what the dead process last wrote. Two slots and
- * an index, so a writer killed mid-copy leaves the index on the previous complete slot. Read by stats.py. */
+ * an index, so a writer killed mid-copy leaves the index on the previous complete slot. Read by runtime/layer_stats.py. */
 #define LIVE_MAGIC UINT64_C(0x6d616c692d6c6976) /* "mali-liv" */
 struct live_snapshot {
     uint64_t magic, index;
