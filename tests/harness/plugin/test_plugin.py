@@ -113,3 +113,22 @@ def test_the_table_says_which_loaders_were_judged_by_the_default_bound() -> None
     assert [cell.strip() for cell in rows["mine:load"].split("|")][column] == "default"
     assert [cell.strip() for cell in rows["chunked"].split("|")][column] == "declared"
     assert sum(DEFAULT_BOUND in line for line in lines) == 1
+
+
+def test_the_table_has_rows_for_the_runs_loaders_not_for_every_job_it_saw() -> None:
+    """The wrong-loaders tests run seeded bugs as jobs of their own loaders: those jobs are records of the run (the
+    results file keeps them) but not variants of it. Fails if every loader that ran a job gets a row, burying the
+    run's variants under its test fixtures, or if a loader a property judged loses its row."""
+    from types import SimpleNamespace
+
+    from mali_hil.harness.plugin.session import HarnessSession
+    from mali_hil.harness.plugin.variant_table import VariantTable
+    from mali_hil.harness.records.results import LoadResult, Status
+
+    table = VariantTable(HarnessSession(devices=["emulated-mali"], loaders=["chunked"]))
+    props = [("mali_hil.property", "numerics"), ("mali_hil.loader", "mine:judged")]
+    table.pytest_runtest_logreport(SimpleNamespace(user_properties=props, when="call", outcome="passed"))
+    for loader in ("chunked", "mine:judged", "tests.wrong:seeded_bug"):
+        table.session.records.append(("t", LoadResult(Status.OK, loader, "emulated-mali", "c.safetensors")))
+    rows = [line.split("|")[0].strip() for line in table.table()[2:]]
+    assert rows == ["chunked", "mine:judged"]
