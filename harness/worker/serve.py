@@ -178,18 +178,17 @@ def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
     elapsed = time.monotonic() - started
     stats = _layer_stats()
     figures: dict[str, Any] = {"elapsed_s": elapsed, **meter_fields(memory), **layer_fields(stats, before)}
+    if failure is None:
+        digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
+        loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
+    _cleanup(tensors)
+    figures["leaked"] = holdings.leaked() if holdings else {}  # after the cleanup: what the job alone still holds
     if failure is not None:
         verdict = decide(Evidence(claim=Claim.of(failure), layer=stats))
         if verdict.status is Status.ERROR:
             print(capped(trace), file=sys.stderr)
-        _cleanup(tensors)
-        figures["leaked"] = holdings.leaked() if holdings else {}
         return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
                           **figures)  # fmt: skip
-    digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
-    loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
-    _cleanup(tensors)
-    figures["leaked"] = holdings.leaked() if holdings else {}
     return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
 
 
