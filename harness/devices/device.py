@@ -226,9 +226,8 @@ class Device:
 
     def _after_death(self, job: LoadJob, end: ProcessEnd, stderr: str) -> LoadResult:
         verdict = decide(end.evidence_of(ended_in_job=True, in_process_kernels=self.facts.emulated))
-        died = f"worker died ({_ended(end)}) during the job: {stderr.strip()[-1200:]}"
-        if verdict.error_type == "BackendCrash":
-            died = f"worker died ({_ended(end)}, {verdict.message}) during the job: {stderr.strip()[-1200:]}"
+        why = f", {verdict.message}" if verdict.error_type == "BackendCrash" else ""
+        died = f"worker died ({_ended(end)}{why}) during the job: {stderr.strip()[-1200:]}"
         return self._failed(job, verdict, end, died if verdict.status is Status.ERROR else None)
 
     def _infra(self, job: LoadJob, error_type: str, message: str) -> LoadResult:
