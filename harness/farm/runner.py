@@ -104,11 +104,12 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
         place.name: {"status": "MISS", "tags": place.tags, "attempts": [], "tests": {}, "infra": "not started"}
         for place in places
     }
+    expected = {place.name: _expectations_of(options, place.name, boards[place.name]) for place in places}
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=options.parallel or len(places), thread_name_prefix="farm-board")
     try:
-        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children)
-                   for place in places]  # fmt: skip
+        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children,
+                               expected[place.name]) for place in places]  # fmt: skip
         for future in futures:
             future.result()
     except KeyboardInterrupt:
@@ -139,12 +140,10 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
 
 
 def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: dict[str, Any],
-               children: _Children) -> None:  # fmt: skip
+               children: _Children, expected: Expected) -> None:  # fmt: skip
     folder = options.out / "boards" / place
-    folder.mkdir(parents=True, exist_ok=True)
     query = urlencode({**options.device_options, "wait": f"{options.wait:g}"}, safe="/:")
     device = f"labgrid:{place}?{query}"
-    expected = _expectations_of(options, place, board, folder)
     pending: list[str] | None = None  # None: the whole selection; else the node ids the infrastructure missed
     for attempt in range(1, options.retries + 2):
         if children.stopping:
@@ -177,17 +176,20 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
     board["status"] = summary.board_status(board["tests"], infra=board["infra"])
 
 
-def _expectations_of(options: FarmOptions, place: str, board: dict[str, Any], folder: Path) -> Expected:
-    """The board family's lists; its skips go to the children as a file the outcomes plugin reads."""
+def _expectations_of(options: FarmOptions, place: str, board: dict[str, Any]) -> Expected:
+    """The board family's lists (a malformed one is refused here, before any board is reserved); its skips go to
+    the children as a file the outcomes plugin reads."""
     expected = farm_expectations.load(options.expectations, farm_expectations.family_of(place, board["tags"]))
     board["family"], board["expectations"], board["reruns"] = expected.family, expected.files, []
+    folder = options.out / "boards" / place
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "skips.json").write_text(json.dumps([vars(entry) for entry in expected.skips]), encoding="utf-8")
     return expected
 
 
 def _rerun_failures(options: FarmOptions, client: LabgridClient, device: str, folder: Path, board: dict[str, Any],
                     expected: Expected, children: _Children) -> None:  # fmt: skip
-    """Tests that failed with no entry saying they may are run again, alone, on the same board, up to
+    """Tests that failed with no entry saying they may are run again (only they), on the same board, up to
     ``options.reruns`` times: one that then passes is a FLAKE (its runs in ``history``), never a PASS; one that
     never does keeps its first failure. A rerun the infrastructure kept from reaching a test leaves it failing."""
     for rerun in range(1, options.reruns + 1):
@@ -199,6 +201,7 @@ def _rerun_failures(options: FarmOptions, client: LabgridClient, device: str, fo
         if ran is None:
             return
         _, tests, entry = ran
+        board["lock_lost"] = board.get("lock_lost", False) or any(lease["lock_lost"] for lease in entry["leases"])
         board["reruns"].append(entry)
         for key in failing:
             again = tests.get(key)

@@ -80,16 +80,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"## mali-hil farm run: {report['status']}", ""]
     lines.append(f"Coordinator `{report['coordinator']}`, match `{report['match'] or 'every place'}`, "
                  f"{len(report['boards'])} board(s), wall {report['wall_s']:.1f} s.")  # fmt: skip
-    lines += ["", f"| board | family | status | {' | '.join(VERDICTS)} | attempts | reruns | note |",
-              "| --- | --- | --- |" + " ---: |" * len(VERDICTS) + " ---: | ---: | --- |"]  # fmt: skip
+    lines += ["", f"| board | status | {' | '.join(VERDICTS)} | attempts | reruns | family | note |",
+              "| --- | --- |" + " ---: |" * len(VERDICTS) + " ---: | ---: | --- | --- |"]  # fmt: skip
     for name, board in sorted(report["boards"].items()):
         seen = Counter(verdict_of(test) for test in board["tests"].values())
         note = (board.get("infra") or "")[:160].replace("|", "\\|").replace("\n", " ")
         if board.get("lock_lost"):
             note = ("lock lost during the run (coordinator restart?) " + note).strip()
-        lines.append(f"| {name} | {board.get('family', '')} | **{board['status']}** | "
-                     + " | ".join(str(seen[s]) for s in VERDICTS)
-                     + f" | {len(board['attempts'])} | {len(board.get('reruns', []))} | {note} |")  # fmt: skip
+        lines.append(f"| {name} | **{board['status']}** | " + " | ".join(str(seen[s]) for s in VERDICTS)
+                     + f" | {len(board['attempts'])} | {len(board.get('reruns', []))} | {board.get('family', '')}"
+                     + f" | {note} |")  # fmt: skip
     lines += _listed(report, (*BROKEN, "MISS"), "Not passing", _why_not)
     lines += _listed(report, ("FLAKE",), "Flakes (passed when run again; never a PASS)", _history)
     lines += _listed(report, ("EXPECTED_FAIL",), "Known failures (listed: they pass the run)", _entry)

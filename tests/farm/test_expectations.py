@@ -96,7 +96,7 @@ def test_a_flake_a_known_failure_and_an_unexpected_pass_on_a_real_farm(farm: Lab
         assert skipped and all(t["verdict"] == "SKIP" and "_all-skips.txt:1" in t["message"] for t in skipped)
     markdown = (out / "summary.md").read_text()
     assert "### Flakes" in markdown and "attempt-1 FAIL, rerun-1 PASS" in markdown
-    assert "UNEXPECTED_PASS `fixed`" in markdown and "| known | seeded-known | **PASS** |" in markdown
+    assert "UNEXPECTED_PASS `fixed`" in markdown and "| known | **PASS** |" in markdown
     print(markdown)  # the summary of such a run, for the log
     _check_kcidb(out / "kcidb.json")
     # the lists follow the run, for review: the fixed board's entry goes; a flake seen two nights is proposed
