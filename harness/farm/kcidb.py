@@ -6,7 +6,7 @@ reads it: ``kcidb.json`` beside ``summary.json``.
 - a test object per run of a test on a board, reruns included, with its status in KCIDB's own terms (FAIL,
   ERROR, MISS, PASS, SKIP); the board is the test's ``environment`` (place, family, tags); a flake is its failing
   run and its passing one, both marked in ``misc``;
-- an issue per expectations entry that judged a test, and an incident linking it to the test: ``present`` for a
+- an issue per fails or flakes entry that judged a test, and an incident linking it to the test: ``present`` for a
   known failure or flake seen, not present for a known failure that passed (an unexpected pass).
 
 Written without the ``kcidb-io`` package (a plain JSON dump, nothing more to install on the controller); the
@@ -25,6 +25,7 @@ from typing import Any
 FILE = "kcidb.json"
 ORIGIN = "mali_hil"
 VERSION = {"major": 5, "minor": 3}
+JUDGED = ("EXPECTED_FAIL", "UNEXPECTED_PASS", "FLAKE")  # verdicts a fails or flakes entry gave (a skip is no issue)
 
 
 def write(report: dict[str, Any], path: Path) -> None:
@@ -45,7 +46,7 @@ def document(report: dict[str, Any]) -> dict[str, Any]:
         for key, test in sorted(board["tests"].items()):
             runs = _runs(f"{ORIGIN}:{run}:{place}:{key}", build, key, test, report["started"], environment)
             tests += runs
-            if test.get("expected"):
+            if test.get("expected") and test.get("verdict") in JUDGED:
                 issue = _issue(test["expected"])
                 issues.setdefault(issue["id"], issue)
                 incidents.append({"id": f"{runs[-1]['id']}:incident", "origin": ORIGIN, "issue_id": issue["id"],
