@@ -175,3 +175,11 @@ def test_a_summary_becomes_a_valid_kcidb_document() -> None:
     kcidb_io.schema.LATEST.validate(data)
     assert [t["status"] for t in data["tests"]] == ["FAIL", "FAIL", "PASS", "MISS", "PASS"]
     assert [i["present"] for i in data["incidents"]] == [True, False] and len(data["issues"]) == 1
+
+
+def test_the_expectations_command_refuses_what_is_no_summary(tmp_path: Path, capsys) -> None:
+    assert main(["farm", "expectations", str(tmp_path / "none.json")]) == 2
+    assert "no summary at" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["farm", "expectations", str(tmp_path / "bad.json")]) == 2
+    assert "not a mali-hil farm summary" in capsys.readouterr().err
