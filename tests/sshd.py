@@ -73,6 +73,11 @@ class LoopbackBoard:
             "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
         )
 
+    def set_env(self, name: str, value: str) -> None:
+        """Every session on this board gets ``name=value`` (sshd's own ``SetEnv``), before ``start()``."""
+        with open(self.root / "sshd_config", "a", encoding="utf-8") as config:
+            config.write(f"SetEnv {name}={value}\n")
+
     @staticmethod
     def _keygen(path: Path) -> None:
         if not path.exists():

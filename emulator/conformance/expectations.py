@@ -4,37 +4,24 @@ for every profile), reviewed like code, as Mesa keeps its per-GPU fails, flakes 
 One entry a line: ``TEST,OUTCOME  # reason (source), since YYYY-MM-DD``. TEST is ``suite::nodeid``, or
 ``re:REGEX`` matched against the whole id; OUTCOME is what the test does on the profile (``fail``, ``skip``,
 ``crash``, ``oom``, ...), or ``flake`` for a test whose outcome may differ either way. Every entry needs its
-reason. A difference no entry names is unexpected; an entry whose tests ran and did not differ so is stale: both
-fail the check, so the files stay true.
+reason (one parser for these and the farm's lists: mali_hil/expectations.py). A difference no entry names is
+unexpected; an entry whose tests ran and did not differ so is stale: both fail the check, so the files stay true.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mali_hil.emulator.conformance.run import OUTCOMES, SuiteRun
-from mali_hil.errors import ProfileError
+from mali_hil.expectations import Expectation
+from mali_hil.expectations import parse as parse_list
 
 EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
 COMMON = "_all"
 SLOW = "_slow"  # tests a quick run leaves to the nightly: ``TEST  # reason`` a line
 FLAKE = "flake"
 MISSING = "missing"  # a test one run reached and the other did not (its id differs, or it was never collected)
-
-
-@dataclass(frozen=True)
-class Expectation:
-    pattern: str
-    outcome: str
-    reason: str
-    where: str  # file:line, for the report
-
-    def matches(self, test: str) -> bool:
-        if self.pattern.startswith("re:"):
-            return re.fullmatch(self.pattern[3:], test) is not None
-        return test == self.pattern
 
 
 def load_expectations(profile_key: str) -> list[Expectation]:
@@ -50,37 +37,13 @@ def load_expectations(profile_key: str) -> list[Expectation]:
 def slow_tests() -> list[str]:
     """The test ids a quick run leaves out (``expectations/_slow.txt``), each with its reason."""
     path = EXPECTATIONS_DIR / f"{SLOW}.txt"
-    tests = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines() if path.is_file() else [], 1):
-        test, _, reason = raw.strip().partition("#")
-        if test.strip() and not reason.strip():
-            raise ProfileError(f"{path.name}:{number}: a slow test needs its reason (e.g. its seconds) after '#'")
-        if test.strip():
-            tests.append(test.strip())
-    return tests
+    if not path.is_file():
+        return []
+    return [entry.pattern for entry in parse_list(path.read_text(encoding="utf-8"), path.name)]
 
 
 def parse(text: str, name: str) -> list[Expectation]:
-    entries = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        body, _, reason = line.partition("#")
-        test, comma, outcome = body.strip().rpartition(",")
-        where = f"{name}:{number}"
-        if not comma or not test or outcome not in (*OUTCOMES, FLAKE, MISSING):
-            choices = ", ".join((*OUTCOMES, FLAKE, MISSING))
-            raise ProfileError(f"{where}: want TEST,OUTCOME (one of {choices}), got {raw!r}")
-        if not reason.strip():
-            raise ProfileError(f"{where}: every expected difference needs its reason after '#': {raw!r}")
-        if test.startswith("re:"):
-            try:
-                re.compile(test[3:])
-            except re.error as exc:
-                raise ProfileError(f"{where}: bad regular expression {test[3:]!r}: {exc}") from None
-        entries.append(Expectation(test, outcome, reason.strip(), where))
-    return entries
+    return parse_list(text, name, outcomes=(*OUTCOMES, FLAKE, MISSING))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`mali-hil farm run|janitor`: the nightly board farm on labgrid."""
+"""`mali-hil farm run|janitor|expectations`: the nightly board farm on labgrid."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--parallel", type=_positive, default=None, help="boards at once (default: all)")
     run.add_argument("--retries", type=_count, default=2,
                      help="re-runs of tests the infrastructure kept from running (MISS); default 2")  # fmt: skip
+    run.add_argument("--reruns", type=_count, default=2,
+                     help="runs again, on the same board, of a test that failed with no expectations entry saying it "
+                     "may: one that then passes is a FLAKE, not a PASS nor a FAIL; default 2")  # fmt: skip
+    run.add_argument("--expectations", type=Path, default=None, metavar="DIR",
+                     help="the folder of each board family's FAMILY-{fails,flakes,skips}.txt (family: the place's "
+                     "expectations tag, else its gpu tag); default: the lists mali-hil ships")  # fmt: skip
     run.add_argument("--wait", type=seconds, default=600.0, help="seconds to wait for a busy board (default 600)")
     run.add_argument(
         "--device-option",
@@ -36,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments for every board "
                      "(e.g. -- -k numerics --loader=chunked)")  # fmt: skip
     run.set_defaults(func=_run)
+    update = groups.add_parser("expectations", help="edit the expectations lists to what a run saw, for review: "
+                               "new failures and repeated flakes added, passing known failures removed")  # fmt: skip
+    update.add_argument("summary", type=Path, help="the run's summary.json")
+    update.add_argument("--expectations", type=Path, default=None, metavar="DIR",
+                        help="the lists' folder the run used (default: the lists mali-hil ships)")  # fmt: skip
+    update.set_defaults(func=_update)
     janitor = groups.add_parser("janitor", help="free locks of mali-hil runs on this host whose process is gone")
     janitor.add_argument("--coordinator", default=None, help="labgrid coordinator HOST:PORT (default: LG_COORDINATOR)")
     janitor.add_argument("--dry-run", action="store_true", help="say what would be freed; free nothing")
@@ -53,12 +65,28 @@ def _run(args: argparse.Namespace) -> int:
         raise FarmError("--device-option: write NAME=VALUE, e.g. emulate=mali-g610:3GiB")
     report = run_farm(FarmOptions(
         out=args.out, coordinator=args.coordinator, match=parse_pairs(args.match, "--match"),
-        parallel=args.parallel, retries=args.retries, wait=args.wait, device_options=options,
+        parallel=args.parallel, retries=args.retries, reruns=args.reruns, expectations=args.expectations,
+        wait=args.wait, device_options=options,
         pytest_args=[a for a in args.pytest_args if a != "--"], previous=args.previous,
     ))  # fmt: skip
     print((args.out / "summary.md").read_text(encoding="utf-8"))
-    print(f"reports: {args.out / 'summary.json'}, {args.out / 'summary.md'}, {args.out / 'boards'}/*/attempt-*.xml")
+    print(f"reports: {args.out / 'summary.json'}, {args.out / 'summary.md'}, {args.out / 'kcidb.json'} (KCIDB), "
+          f"{args.out / 'boards'}/*/*.xml")
     return _EXIT[report["status"]]
+
+
+def _update(args: argparse.Namespace) -> int:
+    from mali_hil.harness.farm.expectations import update
+    from mali_hil.harness.farm.failures import FarmError
+    from mali_hil.harness.farm.summary import load_previous
+
+    report = load_previous(args.summary)
+    if report is None:
+        raise FarmError(f"no summary at {args.summary}: give a farm run's summary.json")
+    for change in update(report, args.expectations):
+        print(change)
+    print("review the lists' diff (git diff) and finish each REVIEW: reason before committing")
+    return 0
 
 
 def _janitor(args: argparse.Namespace) -> int:

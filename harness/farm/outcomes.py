@@ -8,6 +8,9 @@ KernelCI's terms, one JSON line per test in ``$MALI_HIL_FARM_OUTCOMES``.
   unreachable or unhealthy), never decided here from a message.
 - SKIP: skipped.
 
+Tests the board family's skips list names (``$MALI_HIL_FARM_SKIPS``, a JSON list of its entries) are marked
+skipped with the entry's reason before they run.
+
 Loaded only by ``mali-hil farm run`` in the processes it starts; it never runs in users' own sessions.
 """
 
@@ -19,6 +22,7 @@ import os
 import pytest
 
 OUTCOMES_ENV = "MALI_HIL_FARM_OUTCOMES"
+SKIPS_ENV = "MALI_HIL_FARM_SKIPS"
 
 
 def status_of(reports: list[pytest.TestReport]) -> str:
@@ -56,7 +60,30 @@ class _Outcomes:
                 out.write(json.dumps(line) + "\n")
 
 
+class _Skips:
+    def __init__(self, path: str) -> None:
+        from mali_hil.expectations import Expectation
+
+        with open(path, encoding="utf-8") as listed:
+            self.entries = [Expectation(**entry) for entry in json.load(listed)]
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        from mali_hil.expectations import first_match
+
+        devices = config.getoption("mali_hil_devices", None) or []
+        for item in items:
+            key = item.nodeid
+            for device in devices:  # the farm's test key names no device: one list serves every board
+                key = key.replace(device, "{device}")
+            entry = first_match(self.entries, key)
+            if entry is not None:
+                item.add_marker(pytest.mark.skip(reason=f"skips list {entry.where}: {entry.reason}"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     path = os.environ.get(OUTCOMES_ENV)
     if path:
         config.pluginmanager.register(_Outcomes(path), "mali-hil-farm-outcomes")
+    skips = os.environ.get(SKIPS_ENV)
+    if skips:
+        config.pluginmanager.register(_Skips(skips), "mali-hil-farm-skips")

@@ -10,6 +10,11 @@ Retries: a test the infrastructure kept from running (MISS: board down, reservat
 device's own retries) is run again, up to ``--retries`` more attempts, in a new child that re-reserves the board;
 tests that ran (PASS, FAIL, ERROR, SKIP) are never run again, so a FAIL is never retried into a PASS and no
 finished result is lost.
+
+Reruns: a test that FAILed or ERRORed with no entry in its board family's expectations saying it may is run again
+on the same board (``--reruns``); one that then passes is a FLAKE. The verdicts against the lists
+(harness/farm/expectations.py) decide each board's status; the run is written as summary.json, summary.md and, for
+dashboards, kcidb.json (harness/farm/kcidb.py).
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from mali_hil.harness.devices.labgrid import LEASES_ENV
-from mali_hil.harness.farm import summary
+from mali_hil.harness.farm import expectations as farm_expectations
+from mali_hil.harness.farm import kcidb, summary
 from mali_hil.harness.farm.client import LabgridClient
+from mali_hil.harness.farm.expectations import Expected
 from mali_hil.harness.farm.failures import CoordinatorError, FarmError, PlaceError
 from mali_hil.harness.farm.identity import RunIdentity
-from mali_hil.harness.farm.outcomes import OUTCOMES_ENV
+from mali_hil.harness.farm.outcomes import OUTCOMES_ENV, SKIPS_ENV
 
 STOP_GRACE = 60.0  # seconds children get, after a SIGTERM, to stop their workers, write reports and release
 _NOT_RUN = {2: "interrupted", 3: "pytest internal error", 4: "pytest usage error", 5: "no tests collected"}
@@ -48,6 +55,8 @@ class FarmOptions:
     match: dict[str, str] = field(default_factory=dict)
     parallel: int | None = None
     retries: int = 2
+    reruns: int = 2  # runs again of a test that failed unexpectedly, to tell a flake from a failure
+    expectations: Path | None = None  # the folder of the families' lists (default: the packaged ones)
     wait: float = 600.0
     device_options: dict[str, str] = field(default_factory=dict)  # the SSH device's (emulate, ssh_config, ...)
     pytest_args: list[str] = field(default_factory=list)
@@ -95,11 +104,12 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
         place.name: {"status": "MISS", "tags": place.tags, "attempts": [], "tests": {}, "infra": "not started"}
         for place in places
     }
+    expected = {place.name: _expectations_of(options, place.name, boards[place.name]) for place in places}
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=options.parallel or len(places), thread_name_prefix="farm-board")
     try:
-        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children)
-                   for place in places]  # fmt: skip
+        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children,
+                               expected[place.name]) for place in places]  # fmt: skip
         for future in futures:
             future.result()
     except KeyboardInterrupt:
@@ -118,53 +128,31 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
     report["status"] = next((s for s in ("FAIL", "ERROR", "MISS") if s in statuses), "PASS")
     report["previous"] = str(previous_path) if previous is not None else None
     report["diff"] = summary.diff(previous, report)
+    report["proposed_flakes"] = farm_expectations.propose_flakes(boards, previous)
     if previous is not None and previous_path == summary_path:
         summary_path.replace(options.out / "summary.previous.json")
     summary_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (options.out / "summary.md").write_text(summary.markdown(report), encoding="utf-8")
+    kcidb.write(report, options.out / kcidb.FILE)
     if interrupted:
         raise KeyboardInterrupt
     return report
 
 
 def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: dict[str, Any],
-               children: _Children) -> None:  # fmt: skip
+               children: _Children, expected: Expected) -> None:  # fmt: skip
     folder = options.out / "boards" / place
-    folder.mkdir(parents=True, exist_ok=True)
     query = urlencode({**options.device_options, "wait": f"{options.wait:g}"}, safe="/:")
     device = f"labgrid:{place}?{query}"
     pending: list[str] | None = None  # None: the whole selection; else the node ids the infrastructure missed
     for attempt in range(1, options.retries + 2):
         if children.stopping:
             return
-        outcomes = folder / f"attempt-{attempt}.outcomes.jsonl"
-        outcomes.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "pytest", *(pending or [str(_suite())]), "-q", "-p", "no:cacheprovider",
-                "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
-                f"--junitxml={folder / f'attempt-{attempt}.xml'}",
-                f"--mali-hil-results={folder / f'attempt-{attempt}.results.jsonl'}", *options.pytest_args]  # fmt: skip
-        leases = folder / f"attempt-{attempt}.leases.jsonl"
-        env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0"}
-        if client.coordinator:
-            env["LG_COORDINATOR"] = client.coordinator
-        began = time.monotonic()
-        with open(folder / f"attempt-{attempt}.log", "wb") as log:
-            with children.lock:
-                if children.stopping:
-                    return
-                proc = subprocess.Popen(argv, cwd=_suite(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)  # fmt: skip
-                children.running[proc.pid] = proc
-                with contextlib.suppress(ProcessLookupError):
-                    children.identities.append(RunIdentity.of_process(proc.pid))
-            code, cpu = _wait(proc)
-            with children.lock:
-                children.running.pop(proc.pid, None)
-        tests = _read_outcomes(outcomes, device)
-        entry = {"attempt": attempt, "returncode": code, "wall_s": round(time.monotonic() - began, 2),
-                 "cpu_s": round(cpu, 2), "ran": len(tests), "junit": str(folder / f"attempt-{attempt}.xml"),
-                 "log": str(folder / f"attempt-{attempt}.log")}  # fmt: skip
-        entry["leases"] = [json.loads(line) for line in _lines(leases)]
+        ran = _child(client, device, folder, f"attempt-{attempt}", pending or [str(_suite())], options, children)
+        if ran is None:
+            return
+        code, tests, entry = ran
+        entry["attempt"] = attempt
         board["lock_lost"] = board.get("lock_lost", False) or any(lease["lock_lost"] for lease in entry["leases"])
         board["attempts"].append(entry)
         for name, data in tests.items():
@@ -173,7 +161,7 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
         board["infra"] = None
         if not tests:
             why = _NOT_RUN.get(code, f"pytest ended with {code} before any test reported")
-            board["infra"] = f"attempt {attempt}: {why}; see {entry['log']}: {_tail(folder / f'attempt-{attempt}.log')}"
+            board["infra"] = f"attempt {attempt}: {why}; see {entry['log']}: {_tail(Path(entry['log']))}"
             if code in (3, 4, 5):  # the selection or the setup is wrong: rerunning cannot help
                 board["status"] = "ERROR"
                 return
@@ -183,10 +171,84 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
         if not missed:
             break
         pending = missed
+    _rerun_failures(options, client, device, folder, board, expected, children)
+    farm_expectations.judge(board["tests"], expected)
     board["status"] = summary.board_status(board["tests"], infra=board["infra"])
 
 
-def _read_outcomes(path: Path, device: str) -> dict[str, dict[str, Any]]:
+def _expectations_of(options: FarmOptions, place: str, board: dict[str, Any]) -> Expected:
+    """The board family's lists (a malformed one is refused here, before any board is reserved); its skips go to
+    the children as a file the outcomes plugin reads."""
+    expected = farm_expectations.load(options.expectations, farm_expectations.family_of(place, board["tags"]))
+    board["family"], board["expectations"], board["reruns"] = expected.family, expected.files, []
+    folder = options.out / "boards" / place
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "skips.json").write_text(json.dumps([vars(entry) for entry in expected.skips]), encoding="utf-8")
+    return expected
+
+
+def _rerun_failures(options: FarmOptions, client: LabgridClient, device: str, folder: Path, board: dict[str, Any],
+                    expected: Expected, children: _Children) -> None:  # fmt: skip
+    """Tests that failed with no entry saying they may are run again (only they), on the same board, up to
+    ``options.reruns`` times: one that then passes is a FLAKE (its runs in ``history``), never a PASS; one that
+    never does keeps its first failure. A rerun the infrastructure kept from reaching a test leaves it failing."""
+    for rerun in range(1, options.reruns + 1):
+        failing = farm_expectations.to_rerun(board["tests"], expected)
+        if not failing or children.stopping:
+            return
+        selection = [board["tests"][key]["nodeid"] for key in failing]
+        ran = _child(client, device, folder, f"rerun-{rerun}", selection, options, children)
+        if ran is None:
+            return
+        _, tests, entry = ran
+        board["lock_lost"] = board.get("lock_lost", False) or any(lease["lock_lost"] for lease in entry["leases"])
+        board["reruns"].append(entry)
+        for key in failing:
+            again = tests.get(key)
+            if again is None:
+                continue
+            test = board["tests"][key]
+            test["history"] += again["history"]
+            if again["status"] == "PASS":
+                test["status"] = "FLAKE"
+
+
+def _child(client: LabgridClient, device: str, folder: Path, label: str, selection: list[str],
+           options: FarmOptions, children: _Children) -> tuple[int, dict[str, dict[str, Any]], dict[str, Any]] | None:
+    """One pytest process on the board for ``selection``: its exit code, its tests, and its record (None: the
+    run is stopping and it was not started)."""
+    outcomes = folder / f"{label}.outcomes.jsonl"
+    outcomes.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider",
+            "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
+            f"--junitxml={folder / f'{label}.xml'}",
+            f"--mali-hil-results={folder / f'{label}.results.jsonl'}", *options.pytest_args]  # fmt: skip
+    leases = folder / f"{label}.leases.jsonl"
+    env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0",
+           SKIPS_ENV: str(folder / "skips.json")}  # fmt: skip
+    if client.coordinator:
+        env["LG_COORDINATOR"] = client.coordinator
+    began = time.monotonic()
+    with open(folder / f"{label}.log", "wb") as log:
+        with children.lock:
+            if children.stopping:
+                return None
+            proc = subprocess.Popen(argv, cwd=_suite(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+            children.running[proc.pid] = proc
+            with contextlib.suppress(ProcessLookupError):
+                children.identities.append(RunIdentity.of_process(proc.pid))
+        code, cpu = _wait(proc)
+        with children.lock:
+            children.running.pop(proc.pid, None)
+    tests = _read_outcomes(outcomes, device, label)
+    entry = {"returncode": code, "wall_s": round(time.monotonic() - began, 2), "cpu_s": round(cpu, 2),
+             "ran": len(tests), "junit": str(folder / f"{label}.xml"), "log": str(folder / f"{label}.log"),
+             "leases": [json.loads(line) for line in _lines(leases)]}  # fmt: skip
+    return code, tests, entry
+
+
+def _read_outcomes(path: Path, device: str, label: str) -> dict[str, dict[str, Any]]:
     """Test -> its record; the key names the test without this run's device text (stable across nights)."""
     found: dict[str, dict[str, Any]] = {}
     if not path.exists():
@@ -198,7 +260,8 @@ def _read_outcomes(path: Path, device: str) -> dict[str, dict[str, Any]]:
             continue  # a line cut by a kill: that test has no complete record
         key = data["test"].replace(device, "{device}")
         found[key] = {"status": data["status"], "message": data.get("message", ""),
-                      "duration_s": data.get("duration_s"), "nodeid": data["test"]}  # fmt: skip
+                      "duration_s": data.get("duration_s"), "nodeid": data["test"],
+                      "history": [{"run": label, "status": data["status"], "duration_s": data.get("duration_s")}]}
     return found
 
 

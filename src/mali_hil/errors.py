@@ -17,6 +17,10 @@ class ProfileError(MaliHilError, ValueError):
     """A device profile is unknown or malformed."""
 
 
+class ExpectationsError(MaliHilError, ValueError):
+    """An expectations list (known failures, flakes, skips) has a malformed entry."""
+
+
 class BudgetError(MaliHilError, ValueError):
     """A RAM budget or memory size cannot be honoured on this machine."""
 

@@ -73,6 +73,18 @@ def test_ci_runs_the_readme_test_command_over_every_profile_and_python() -> None
     assert "cancel-in-progress: true" in text and "GITHUB_STEP_SUMMARY" in text
 
 
+def test_the_nightly_farm_judges_by_the_expectations_reruns_and_uploads_kcidb() -> None:
+    """The nightly's farm run uses the repository's expectations lists and flake reruns, validates its KCIDB file
+    with kcidb-io and uploads it, proposes the lists' edits as a diff, and keeps its summary for the next night."""
+    text = (ROOT / ".github" / "workflows" / "nightly.yml").read_text()
+    run = text[text.index("mali-hil farm run"):]
+    assert "--reruns 2" in run and "--expectations harness/farm/expectations" in run
+    assert (ROOT / "harness" / "farm" / "expectations").is_dir()
+    assert "kcidb_io.schema.LATEST.validate" in text and 'path: ${{ env.REPORT }}/kcidb.json' in text
+    assert "mali-hil farm expectations" in text and "expectations.diff" in text
+    assert "actions/cache/save" in text and "summary.json" in text
+
+
 def test_the_default_device_comes_from_mali_hil_device(pytester: pytest.Pytester,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """What the matrix relies on: MALI_HIL_DEVICE is the default --device (several, comma-separated), and a

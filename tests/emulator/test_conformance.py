@@ -20,7 +20,7 @@ from mali_hil.emulator.conformance.expectations import (
 from mali_hil.emulator.conformance.run import PLAIN, SUITES, Suite, SuiteRun, run_suite
 from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.profile import available_profiles
-from mali_hil.errors import ProfileError
+from mali_hil.errors import ExpectationsError
 
 
 def test_every_expectations_file_parses_and_names_a_profile() -> None:
@@ -41,7 +41,7 @@ def test_every_expectations_file_parses_and_names_a_profile() -> None:
     ],
 )
 def test_a_bad_entry_is_refused_with_its_place(line: str, message: str) -> None:
-    with pytest.raises(ProfileError, match=message) as caught:
+    with pytest.raises(ExpectationsError, match=message) as caught:
         parse(f"# header\n{line}\n", "mali-x.txt")
     assert "mali-x.txt:2" in str(caught.value)
 

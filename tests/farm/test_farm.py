@@ -47,8 +47,8 @@ TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly"}, "down": {"gpu": "mali
 
 
 @pytest.fixture(scope="module")
-def boards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoopbackBoard]]:
-    disk = tmp_path_factory.mktemp("board-disk")  # one disk for all boards: mali-hil is installed there once
+def boards(tmp_path_factory: pytest.TempPathFactory, board_disk: Path) -> Iterator[dict[str, LoopbackBoard]]:
+    disk = board_disk  # one disk for all boards: mali-hil is installed there once
     made = {name: LoopbackBoard(tmp_path_factory.mktemp(f"sshd-{name}"), name) for name in TAGS}
     for name, board in made.items():
         board.workdir = disk
