@@ -129,6 +129,8 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
 
 def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: dict[str, Any],
                children: _Children) -> None:  # fmt: skip
+    from mali_hil.harness.cli.suite_process import safe_python
+
     folder = options.out / "boards" / place
     folder.mkdir(parents=True, exist_ok=True)
     query = urlencode({**options.device_options, "wait": f"{options.wait:g}"}, safe="/:")
@@ -139,12 +141,13 @@ def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: d
             return
         outcomes = folder / f"attempt-{attempt}.outcomes.jsonl"
         outcomes.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "pytest", *(pending or [str(_suite())]), "-q", "-p", "no:cacheprovider",
+        python, env = safe_python(sys.executable)  # the current folder off sys.path, as for `mali-hil run`
+        argv = [*python, "-m", "pytest", *(pending or [str(_suite())]), "-q", "-p", "no:cacheprovider",
                 "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
                 f"--junitxml={folder / f'attempt-{attempt}.xml'}",
                 f"--mali-hil-results={folder / f'attempt-{attempt}.results.jsonl'}", *options.pytest_args]  # fmt: skip
         leases = folder / f"attempt-{attempt}.leases.jsonl"
-        env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0"}
+        env = {**env, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0"}
         if client.coordinator:
             env["LG_COORDINATOR"] = client.coordinator
         began = time.monotonic()
