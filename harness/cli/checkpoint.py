@@ -17,9 +17,10 @@ from mali_hil.harness.checkpoints import (
 )
 from mali_hil.harness.cli.args import whole_number
 
-# The largest real models have ~130 layers; the checkpoint's size is then checked against the free disk, but the
-# list of tensors is built first (400 digits of layers grew it to 7.1 GB before anything was refused).
-MAX_LAYERS = 10_000
+# The largest real models have ~130 layers. The checkpoint's size is checked against the free disk before its
+# tensors are listed (400 digits of layers grew that list to 7.1 GB before anything was refused); the bound keeps
+# the list of a checkpoint that does fit (900,000 tensors at most) within memory.
+MAX_LAYERS = 100_000
 MAX_SHARDS = 10_000  # a file each
 
 
