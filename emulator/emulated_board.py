@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mali_hil.emulator.profile import AS_IS_FIELDS, CL_ERRORS, SVM_CAPABILITIES, Profile, load_profile
 from mali_hil.errors import BackendError, BudgetError
-from mali_hil.paths import cache_dir
+from mali_hil.paths import cache_dir, private_dir
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 from mali_hil.runtime.memory import host_ram_bytes
 from mali_hil.sizes import format_size
@@ -102,11 +102,7 @@ class EmulatedBoard:
                "OCL_ICD_VENDORS": str(icd), "OCL_ICD_FILENAMES": ""}  # fmt: skip
         if stats_file is not None:
             env[STATS_FILE_ENV] = str(stats_file)
-        if "CACHEDB" not in os.environ:
-            # tinygrad keys its compiled kernels by the device's name, which is the Mali's on every backend: a
-            # binary of the system PoCL fed to the fp16 PoCL is CL_INVALID_BINARY. One kernel cache per backend.
-            backend = hashlib.sha256(str(icd).encode()).hexdigest()[:16]
-            env["CACHEDB"] = str(cache_dir() / f"tinygrad-{backend}.db")
+        env.update(kernel_caches(icd))
         if "PYOPENCL_NO_CACHE" not in os.environ:
             # pyopencl's binary cache has the same key problem and no variable to move it; PoCL under it keeps a
             # kernel cache of its own, keyed on its build, so little is lost. (pyopencl 2026.1 also turns the
@@ -123,6 +119,26 @@ class EmulatedBoard:
                 "`mali-hil emulator run PROFILE -- CMD` to start a fresh process"
             )
         os.environ.update(self.environ(stats_file))
+
+
+def kernel_caches(icd: Path) -> dict[str, str]:
+    """Where PoCL and tinygrad keep the kernels they compiled, which jobs load and run: private folders, checked
+    as the layer's is (:func:`mali_hil.paths.private_dir`). Left to itself PoCL would use
+    ``$XDG_CACHE_HOME/pocl`` whoever owns it, and run kernels planted there. A folder the user names in
+    ``POCL_CACHE_DIR`` or ``CACHEDB`` (its folder) is kept, if it passes the same check."""
+    if "POCL_CACHE_DIR" in os.environ:
+        pocl = private_dir(Path(os.environ["POCL_CACHE_DIR"]), "PoCL's kernel cache", "POCL_CACHE_DIR")
+    else:
+        pocl = private_dir(cache_dir() / "pocl", "PoCL's kernel cache", "XDG_CACHE_HOME")
+    if "CACHEDB" in os.environ:
+        database = Path(os.environ["CACHEDB"])
+        private_dir(database.parent, "the folder of tinygrad's kernel database", "CACHEDB")
+    else:
+        # tinygrad keys its compiled kernels by the device's name, which is the Mali's on every backend: a
+        # binary of the system PoCL fed to the fp16 PoCL is CL_INVALID_BINARY. One kernel cache per backend.
+        backend = hashlib.sha256(str(icd).encode()).hexdigest()[:16]
+        database = cache_dir() / f"tinygrad-{backend}.db"
+    return {"POCL_CACHE_DIR": str(pocl), "CACHEDB": str(database)}
 
 
 def _opencl_loaded() -> bool:

@@ -171,8 +171,8 @@ def run_with_budget(
     """
     if not argv:
         raise MaliHilError("nothing to run: the command is empty")
-    if timeout is not None and not 0 < timeout < float("inf"):
-        raise MaliHilError(f"timeout must be a positive number of seconds, got {timeout}")
+    if timeout is not None and not 0 < timeout <= threading.TIMEOUT_MAX:  # 1e300: no timer can hold it
+        raise MaliHilError(f"timeout must be a positive number of seconds a timer can hold, got {timeout}")
     pipe = subprocess.PIPE if capture_output else None
     process = Supervised(
         argv,

@@ -72,7 +72,7 @@ class JobHeaderTooLargeError(HeaderTooLargeError):
 
     reference = None
     need = (
-        "a load job takes headers of at most 16 MiB (16,777,216 bytes); `mali-hil checkpoint check` applies the"
+        "a load job takes headers of at most 4 MiB (4,194,304 bytes); `mali-hil checkpoint check` applies the"
         " format's own limit"
     )
 

@@ -37,6 +37,8 @@ def make_checkpoint(
         raise ModelError(f"cannot make a {dtype} checkpoint; choose one of: {', '.join(FILL_DTYPES)}")
     if type(shards) is not int or shards < 1:
         raise ModelError(f"shards must be a positive integer, not {shards!r}")
+    out = Path(out)
+    _check_disk_space(out, config.nbytes(dtype) + _HEADER_ALLOWANCE * config.tensor_count)  # before listing them
     values = make_fill(fill, seed=seed)
     specs = config.specs(dtype)
     metadata = {
@@ -45,8 +47,6 @@ def make_checkpoint(
         "mali_hil.fill": fill,
         "mali_hil.seed": str(seed),
     }
-    out = Path(out)
-    _check_disk_space(out, config.nbytes(dtype) + _HEADER_ALLOWANCE * len(specs))
     if shards == 1:
         target = out / SINGLE_FILE_NAME if out.is_dir() else out
         if target.suffix != ".safetensors":

@@ -68,15 +68,22 @@ class ModelConfig:
 
     def specs(self, dtype: str = "BF16") -> tuple[TensorSpec, ...]:
         """Every tensor of the model in Hugging Face names, in load order (embedding, layers, norm, head)."""
-        if dtype not in DTYPE_BITS:
-            raise ModelError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BITS)}")
-        specs = [TensorSpec(EMBED, dtype, (self.vocab, self.hidden))]
+        embed, *tail = self._outer_specs(dtype)
+        specs = [embed]
         for i in range(self.layers):
             specs.extend(self.layer_specs(i, dtype))
-        specs.append(TensorSpec(NORM, dtype, (self.hidden,)))
-        if not self.tied_embeddings:
-            specs.append(TensorSpec(LM_HEAD, dtype, (self.vocab, self.hidden)))
-        return tuple(specs)
+        return (*specs, *tail)
+
+    def _outer_specs(self, dtype: str) -> tuple[TensorSpec, ...]:
+        """The tensors outside the layers: the embedding, then the final norm and (untied) the head."""
+        if dtype not in DTYPE_BITS:
+            raise ModelError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BITS)}")
+        head = () if self.tied_embeddings else (TensorSpec(LM_HEAD, dtype, (self.vocab, self.hidden)),)
+        return (TensorSpec(EMBED, dtype, (self.vocab, self.hidden)), TensorSpec(NORM, dtype, (self.hidden,)), *head)
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self._outer_specs("BF16")) + self.layers * len(self.layer_specs(0))
 
     def layer_specs(self, i: int, dtype: str = "BF16") -> tuple[TensorSpec, ...]:
         prefix = f"model.layers.{i}."
@@ -99,8 +106,10 @@ class ModelConfig:
         return sum(spec.numel for spec in self.specs())
 
     def nbytes(self, dtype: str = "BF16") -> int:
-        """Bytes of tensor data in ``dtype`` (a checkpoint file adds only its header)."""
-        return sum(spec.nbytes for spec in self.specs(dtype))
+        """Bytes of tensor data in ``dtype`` (a checkpoint file adds only its header). From one layer's tensors
+        (every layer is alike), so a checkpoint too big for the disk is refused before its tensors are listed."""
+        outer = sum(spec.nbytes for spec in self._outer_specs(dtype))
+        return outer + self.layers * sum(spec.nbytes for spec in self.layer_specs(0, dtype))
 
 
 MODELS: Mapping[str, ModelConfig] = {

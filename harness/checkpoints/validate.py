@@ -40,13 +40,16 @@ from mali_hil.harness.checkpoints.faults import (
     TensorInvalidInfoError,
     ValidationOverflowError,
 )
-from mali_hil.harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo, parse_header
+from mali_hil.harness.checkpoints.format import DTYPE_BITS, U64_MAX, TensorInfo
+from mali_hil.harness.checkpoints.header_scan import read_header
 
 MAX_HEADER_SIZE = 100_000_000  # the format's limit, as the reference reader enforces it
-#: The limit for checkpoints given to load jobs: parsing a header costs about 20 bytes of RAM per header byte and
-#: 0.2 s per MB (measured: a 16 MB header 350 MiB and 2.8 s), inside the board's RAM budget, before any loader
-#: runs. Real checkpoints' headers are far below it (about 150 bytes a tensor: 16 MiB is over 100,000 tensors).
-JOB_HEADER_LIMIT = 16 << 20
+#: The limit for checkpoints given to load jobs, whose worker parses the header inside the board's RAM budget before
+#: any loader runs. Read entry by entry (header_scan) a header still costs about 7 bytes of RAM per header byte
+#: (15 MB: 110 MiB over the process's own), which a 256 MiB board's worker (Python, tinygrad, PoCL) does not have:
+#: a 15 MB header was `oom-killed` there under the old 16 MiB limit. 4 MiB costs under 30 MiB. Real checkpoints'
+#: headers are far below it (about 150 bytes a tensor: 4 MiB is over 25,000 tensors in one file).
+JOB_HEADER_LIMIT = 4 << 20
 PREFIX_SIZE = 8
 
 
@@ -85,7 +88,7 @@ def validate(path: str | Path, max_header: int = MAX_HEADER_SIZE) -> CheckpointI
     ``max_header``: refuse longer headers (HeaderTooLargeError) before reading them."""
     path = Path(path)
     header_size, file_size, raw = _read_header(path, max_header)
-    header = parse_header(raw, path)
+    header = read_header(raw, path)
     tensors = tuple(sorted(header.tensors, key=lambda t: (t.start, t.end, t.name)))
     buffer_end = check_tensors(tensors, path)
     if PREFIX_SIZE + header_size + buffer_end != file_size:

@@ -15,6 +15,13 @@ from mali_hil.harness.checkpoints import (
     check_checkpoint,
     make_checkpoint,
 )
+from mali_hil.harness.cli.args import whole_number
+
+# The largest real models have ~130 layers. The checkpoint's size is checked against the free disk before its
+# tensors are listed (400 digits of layers grew that list to 7.1 GB before anything was refused); the bound keeps
+# the list of a checkpoint that does fit (900,000 tensors at most) within memory.
+MAX_LAYERS = 100_000
+MAX_SHARDS = 10_000  # a file each
 
 
 def register(sub: Any) -> None:
@@ -39,11 +46,12 @@ def register(sub: Any) -> None:
         help="keep the fraction S of each dimension (hidden, intermediate, head dim, vocab): 0 < S <= 1, as a "
         "decimal or a fraction, e.g. 0.1 or 1/64; bytes shrink with about S squared (default 1: the real size)",
     )
-    make.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the values (default 0)")
-    make.add_argument("--shards", type=_positive_int, default=1, help="number of shard files (default 1)")
+    make.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=0, help="seed of the values (default 0)")
+    make.add_argument("--shards", type=whole_number(1, MAX_SHARDS), default=1, help="number of shard files (default 1)")
     make.add_argument("--dtype", choices=FILL_DTYPES, default="BF16", help="tensor dtype (default BF16)")
     make.add_argument("--fill", choices=FILL_KINDS, default="normal", help="values (default normal)")
-    make.add_argument("--layers", type=_positive_int, default=None, help="override the layer count")
+    make.add_argument("--layers", type=whole_number(1, MAX_LAYERS), default=None,
+                      help=f"override the layer count (at most {MAX_LAYERS})")  # fmt: skip
     make.add_argument(
         "--align",
         type=int,
@@ -110,19 +118,3 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in (0, 1]{hint}")
     return value
 
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mali_hil.harness.cli.args import seconds, size
+from mali_hil.harness.cli.args import seconds, size, whole_number
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 DEFAULT_LOADERS = ("naive", "chunked")
+# exo rings are a handful of devices; each node is a board process and a row of the results (400 digits of nodes
+# grew a list to 2 GB before anything was refused)
+MAX_NODES = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", default="llama-3-8b", help="built-in model name or a Hugging Face config.json (default llama-3-8b)"
     )
-    parser.add_argument("--nodes", type=int, default=14, help="equal boards in the ring (default 14)")
+    parser.add_argument("--nodes", type=whole_number(1, MAX_NODES), default=14,
+                        help=f"equal boards in the ring, at most {MAX_NODES} (default 14)")  # fmt: skip
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"each node's board (default {DEFAULT_DEVICE})")
     parser.add_argument(
         "--loader", action="append", default=[], help=f"repeatable (default: {', '.join(DEFAULT_LOADERS)})"
@@ -31,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="who loads embedding, norm and head: exo-2024 (every node) or first-last; repeatable (default: both)",
     )
     parser.add_argument("--fill", default="normal", help="checkpoint values: normal (default) or constant")
-    parser.add_argument("--parallel", type=int, default=None, help="boards at once (default: as RAM and cores allow)")
+    parser.add_argument("--parallel", type=whole_number(1, MAX_NODES), default=None,
+                        help="boards at once (default: as RAM and cores allow)")  # fmt: skip
     parser.add_argument("--chunk", type=size, default="64MiB", help="chunk size for chunked/mmap loaders (64MiB)")
     parser.add_argument("--timeout", type=seconds, default=600.0, help="seconds per node's load (600)")
     parser.add_argument(
@@ -46,15 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mali_hil.errors import JobSpecError
     from mali_hil.harness.cluster import resolve_model, run_cluster
     from mali_hil.harness.cluster.bars import ClusterProgress
+    from mali_hil.harness.records.results_file import check_writable
     from mali_hil.harness.reports.environment import write_document
 
-    if args.nodes < 1:
-        raise JobSpecError(f"--nodes must be at least 1, not {args.nodes}")
-    if args.parallel is not None and args.parallel < 1:
-        raise JobSpecError(f"--parallel must be at least 1, not {args.parallel}")
+    if args.results:
+        check_writable(args.results, "--results")  # before an hour of loads, not after it
     model = resolve_model(args.model)
     progress = ClusterProgress()
     doc = run_cluster(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mali_hil.emulator.profile import available_profiles, load_profile
 from mali_hil.errors import MaliHilError
-from mali_hil.harness.cli.args import seconds, size
+from mali_hil.harness.cli.args import seconds, size, whole_number
 from mali_hil.sizes import format_size
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ def register(sub: Any) -> None:
         "then run on it (fp16: native) unless MALI_HIL_POCL=system. Needs the apt packages it names; takes "
         "about 7 minutes of CPU (much longer on a busy machine).",
     )
-    build.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel compile jobs (default: CPUs)")
+    build.add_argument("--jobs", type=whole_number(1, 1024), default=None, metavar="N",
+                       help="parallel compile jobs (default: CPUs)")  # fmt: skip
     build.set_defaults(func=_build_backend)
 
     run = actions.add_parser(

@@ -29,9 +29,13 @@ def _report(args: argparse.Namespace) -> int:
         from mali_hil.harness.reports.render import markdown, page
     except ImportError as exc:
         raise MaliHilError(f"mali-hil report needs matplotlib ({exc}): pip install 'mali-hil[report]'") from None
-    inputs = read_inputs(args.results)
+    from mali_hil.harness.records.results_file import check_writable
+
     out = Path(args.output)
     md = Path(args.markdown) if args.markdown else out.with_suffix(".md")
+    for what, path in (("--output", out), ("--markdown", md)):
+        check_writable(path, what)
+    inputs = read_inputs(args.results)
     for path, text in ((out, page(inputs, args.title)), (md, markdown(inputs, args.title))):
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         partial.write_text(text, encoding="utf-8")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mali_hil.errors import MaliHilError
+from mali_hil.harness.cli.args import whole_number
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 INTERRUPT_GRACE = 60.0  # seconds an interrupted suite gets to stop its workers and write its reports
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="hypothesis profile (default: ci when CI is set, else dev)")  # fmt: skip
     parser.add_argument("--junitxml", default=None, help="also write a JUnit XML report here")
     parser.add_argument("--results", default=None, help="write every job's result record here (JSON lines)")
-    parser.add_argument("--workers", type=_workers, default=None, metavar="N",
+    parser.add_argument("--workers", type=whole_number(1, MAX_WORKERS), default=None, metavar="N",
                         help="test processes side by side (pytest-xdist, at most"
                         f" {MAX_WORKERS}); default 2, 1 on one core: see default_workers")  # fmt: skip
     parser.add_argument(
@@ -37,16 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments")
     parser.set_defaults(func=_run)
-
-
-def _workers(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"a number of processes must be a whole number >= 1, got {text!r}")
-    return count
 
 
 def default_workers() -> int:
@@ -80,9 +71,10 @@ def progress_args(choice: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import subprocess
     import sys
+    import tempfile
 
+    from mali_hil.harness.cli.suite_process import check_tests_ran, run_child, safe_python
     from mali_hil.harness.records.results_file import check_writable
 
     for what, output in (("--junitxml", args.junitxml), ("--results", args.results)):
@@ -91,31 +83,20 @@ def _run(args: argparse.Namespace) -> int:
     suite = suite_path()
     # A child pytest: this process has imported mali-hil already, which pytest could no longer assert-rewrite.
     # The suite's folder is a package; pytest must import it under the name it is installed as.
-    argv = [sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rfEx"]
+    python, env = safe_python(sys.executable)
+    argv = [*python, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rfEx"]
     argv += parallel_args(args.workers or default_workers()) + progress_args(args.progress)
     argv += [f"--device={d}" for d in args.device] + [f"--loader={loader}" for loader in args.loader]
     if args.profile:
         argv.append(f"--mali-hil-profile={args.profile}")
-    if args.junitxml:
-        argv.append(f"--junitxml={args.junitxml}")
     if args.results:
         argv.append(f"--mali-hil-results={args.results}")
     argv += [a for a in args.pytest_args if a != "--"]
-    from mali_hil.runtime.supervisor import with_parent_death_signal
-
-    # killed outright (SIGKILL, an OOM kill of this process), we cannot stop the child pytest: the kernel does
-    child = subprocess.Popen(argv, preexec_fn=with_parent_death_signal(None))
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached the child pytest too (one foreground process group): let it stop its workers and write
-        # its reports, as a plain pytest does, instead of killing it a moment later as subprocess.call would
-        try:
-            return child.wait(timeout=INTERRUPT_GRACE)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            child.kill()  # a second Ctrl-C, or a child stuck past the grace
-            child.wait()
-            return 130
+    with tempfile.TemporaryDirectory(prefix="mali-hil-run-") as scratch:
+        # the JUnit report is how the run shows that tests ran: asked for or not, pytest writes one
+        junit = Path(args.junitxml or Path(scratch) / "junit.xml")
+        code = run_child([*argv, f"--junitxml={junit}"], env, INTERRUPT_GRACE)
+        return check_tests_ran(junit, asked=bool(args.junitxml)) if code == 0 else code
 
 
 def suite_path() -> Path:

@@ -30,9 +30,12 @@ def _threshold(args: argparse.Namespace) -> int:
     from mali_hil.harness.checkpoints import validate_checkpoint
     from mali_hil.harness.loaders import BUILTIN_NAMES
     from mali_hil.harness.records.jobs import parse_shard
+    from mali_hil.harness.records.results_file import check_writable
     from mali_hil.harness.reports.environment import write_document
     from mali_hil.harness.sizing.threshold_search import run_threshold
 
+    if args.results:
+        check_writable(args.results, "--results")  # before the bisection's probes, not after them
     checkpoint = validate_checkpoint(args.checkpoint)
     path = str((checkpoint.index or checkpoint.files[0]).resolve())
     verbose = sys.stderr.isatty()

@@ -219,12 +219,15 @@ def _child(client: LabgridClient, device: str, folder: Path, label: str, selecti
     run is stopping and it was not started)."""
     outcomes = folder / f"{label}.outcomes.jsonl"
     outcomes.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider",
+    from mali_hil.harness.cli.suite_process import safe_python
+
+    python, safe_env = safe_python(sys.executable)  # the current folder off sys.path, as for `mali-hil run`
+    argv = [*python, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider",
             "-p", "mali_hil.harness.farm.outcomes", f"--rootdir={_suite()}", f"--device={device}",
             f"--junitxml={folder / f'{label}.xml'}",
             f"--mali-hil-results={folder / f'{label}.results.jsonl'}", *options.pytest_args]  # fmt: skip
     leases = folder / f"{label}.leases.jsonl"
-    env = {**os.environ, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0",
+    env = {**safe_env, OUTCOMES_ENV: str(outcomes), LEASES_ENV: str(leases), "GRPC_ENABLE_FORK_SUPPORT": "0",
            SKIPS_ENV: str(folder / "skips.json")}  # fmt: skip
     if client.coordinator:
         env["LG_COORDINATOR"] = client.coordinator

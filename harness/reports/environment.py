@@ -51,11 +51,19 @@ def board_facts(results: Iterable[LoadResult]) -> dict[str, Any]:
 
 def write_document(path: str, doc: dict[str, Any]) -> None:
     """A results document, written whole or not at all (temporary file, then rename)."""
+    import contextlib
     import json
     import os
     from pathlib import Path
 
+    from mali_hil.harness.records.results_file import ResultsFileError
+
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, target)
+    try:
+        partial.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as exc:  # the disk filled, the folder went: one line, not a traceback at the end of a long run
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise ResultsFileError(f"cannot write the results document {target}: {exc.strerror or exc}") from None

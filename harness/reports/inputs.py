@@ -38,6 +38,9 @@ class ReportInputs:
     properties: list[PropertyCase] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
+    def count(self) -> int:
+        return len(self.clusters) + len(self.thresholds) + len(self.records) + len(self.properties)
+
 
 def read_inputs(paths: list[str]) -> ReportInputs:
     inputs = ReportInputs()
@@ -49,7 +52,10 @@ def read_inputs(paths: list[str]) -> ReportInputs:
             raise ReportInputError(f"no results file at {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ReportInputError(f"cannot read {path} as text ({exc})") from None
+        before = inputs.count()
         _read_one(path, text, inputs)
+        if inputs.count() == before:  # an empty file made a report of nothing, exit 0: a claim without evidence
+            raise ReportInputError(f"{path} holds no results (no job record, document or mali-hil property case)")
         inputs.sources.append(str(path))
     return inputs
 

@@ -33,7 +33,12 @@ class LayerBuildError(BackendError):
     """Our OpenCL layer could not be compiled."""
 
 
-class LayerCacheError(BackendError):
+class CacheError(BackendError):
+    """A cache a job loads code from (compiled kernels, our layer) is not private to this user: anyone able to
+    write there could plant code that runs as the harness's user."""
+
+
+class LayerCacheError(CacheError):
     """The layer cache folder is not private to this user: anyone able to write there could plant code."""
 
 

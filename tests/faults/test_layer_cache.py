@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,12 +110,8 @@ def test_a_builder_that_waited_keeps_the_build_it_waited_for(cache: Path) -> Non
 
 
 def test_counters_are_read_from_the_loaded_layer_after_its_file_was_replaced(cache: Path, tmp_path: Path) -> None:
-    import shutil
-    import subprocess
-    import sys
-
-    script = tmp_path / "job.py"
-    script.write_text(
+    done = _on_a_board(
+        tmp_path,
         "import os, shutil, pyopencl as cl\n"
         "from mali_hil.runtime.layer_stats import _loaded_layer_path, read_layer_stats\n"
         "ctx = cl.Context(cl.get_platforms()[0].get_devices())\n"
@@ -120,12 +119,53 @@ def test_counters_are_read_from_the_loaded_layer_after_its_file_was_replaced(cac
         "path = _loaded_layer_path()\n"
         "shutil.copyfile(path, path + '.new'); os.replace(path + '.new', path)  # a rebuild, same content\n"
         "print(read_layer_stats().live_bytes)\n",
-        encoding="utf-8",
+        {**os.environ, "PYOPENCL_NO_CACHE": "1"},
     )
+    assert done.stdout.split()[-1] == str(3 << 20), done.stdout
+
+
+def _on_a_board(tmp_path: Path, source: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``source`` run with `mali-hil emulator run` on a 512 MiB G52, as a user runs it; it must succeed."""
+    script = tmp_path / "job.py"
+    script.write_text(source, encoding="utf-8")
     mali_hil = shutil.which("mali-hil", path=str(Path(sys.executable).parent))
     assert mali_hil is not None
-    env = {**os.environ, "PYOPENCL_NO_CACHE": "1"}
     done = subprocess.run([mali_hil, "emulator", "run", "mali-g52:512MiB", "--", sys.executable, str(script)],
-                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+                          capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-1] == str(3 << 20), done.stdout
+    return done
+
+
+def test_pocl_compiles_into_our_private_cache_not_a_planted_one(cache: Path, tmp_path: Path) -> None:
+    """Point 6 of issue 25. Before: PoCL kept its kernels in ``$XDG_CACHE_HOME/pocl`` even when that folder was
+    another user's and world-writable, so kernels planted there ran in the next job as the harness's user."""
+    planted = tmp_path / "pocl"
+    planted.mkdir()
+    planted.chmod(0o777)  # as a shared XDG_CACHE_HOME leaves it for anyone
+    _on_a_board(
+        tmp_path,
+        "import pyopencl as cl\n"
+        "ctx = cl.Context(cl.get_platforms()[0].get_devices())\n"
+        "cl.Program(ctx, '__kernel void twice(__global float *x) { x[get_global_id(0)] *= 2.0f; }').build()\n",
+        {key: value for key, value in os.environ.items() if key not in ("POCL_CACHE_DIR", "CACHEDB")},
+    )
+    assert list(planted.rglob("*")) == [], "PoCL wrote its kernels into the world-writable XDG cache"
+    ours = cache / "pocl"
+    assert [p for p in ours.rglob("*") if p.is_file()], "PoCL's kernel cache is not in mali-hil's private cache"
+    assert ours.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("variable", ["POCL_CACHE_DIR", "CACHEDB"])
+def test_a_kernel_cache_others_can_write_is_refused(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    from mali_hil.errors import CacheError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(variable, str(shared if variable == "POCL_CACHE_DIR" else shared / "cache.db"))
+    with pytest.raises(CacheError, match=rf"writable by others.*{variable}"):
+        EmulatedBoard.from_spec("mali-g52:256MiB").environ()
+    shared.chmod(0o700)  # the user's own: kept
+    assert EmulatedBoard.from_spec("mali-g52:256MiB").environ()[variable].startswith(str(shared))

@@ -81,6 +81,47 @@ def test_bad_numbers_are_usage_errors_not_tracebacks(args: tuple[str, ...], says
     assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [  # issue 25: a traceback in the timer's thread and no timeout; an OverflowError; 7.1 GB and 2 GB of RAM
+        (("emulator", "run", "mali-g610", "--timeout", "1e300", "--", "true"), "at most 604800 seconds"),
+        (("run", "--workers", "9" * 400), "must be a whole number from 1 to 4"),
+        (("checkpoint", "make", "--model", "tiny", "--layers", "9" * 400, "x.safetensors"), "from 1 to 100000"),
+        (("cluster", "--nodes", "9" * 400), "must be a whole number from 1 to 1024"),
+    ],
+)
+def test_numbers_past_what_fits_are_refused_before_any_work(
+    args: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (argparse's usage errors are the same here; a subprocess costs seconds each)."""
+    from mali_hil.harness.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(args)
+    assert ended.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["threshold", "cluster", "report"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    llama: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 25: threshold and cluster ran the whole job (minutes to an hour), then died with a traceback."""
+    from mali_hil.harness.cli import main
+
+    args = {"threshold": (str(llama), "--results"), "cluster": ("--model", "llama-3.2-1b", "--results"),
+            "report": (str(llama), "-o")}[command]  # fmt: skip
+    assert main([command, *args, "/missing/dir/x.json"]) == 2
+    assert "/missing/dir does not exist" in capsys.readouterr().err
+
+
+def test_a_report_of_an_empty_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mali_hil.harness.cli import main
+
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert main(["report", str(tmp_path / "empty.jsonl"), "-o", str(tmp_path / "r.html")]) == 2  # was 0
+    assert "holds no results" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
 def test_a_board_size_beyond_any_machine_is_one_line(tmp_path: Path) -> None:
     done = cli("emulator", "run", "mali-g610:" + "9" * 400 + "GiB", "--", "true", timeout=60)
     assert done.returncode == 2 and "beyond any machine" in done.stderr and "Traceback" not in done.stderr
@@ -102,9 +143,16 @@ def test_a_zero_job_timeout_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*a time must be a positive number of seconds, got '0'*"])
 
 
-def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole foreground group, as from a terminal. Before: `mali-hil run` killed its pytest
-    0.25 s later, so the JUnit XML was never written and a worker stuck in a job ran on forever."""
+# the group's case with pytest-xdist (its workers get the SIGINT too), the new ones with one process: 17 s, not 35
+@pytest.mark.parametrize(("how", "workers"), [("ctrl-c to the group", "2"), ("sigterm to the process", "1"),
+                                              ("sigint to the process", "1")])  # fmt: skip
+def test_an_interrupted_run_writes_the_report_and_leaves_nothing_running(tmp_path: Path, how: str,
+                                                                         workers: str) -> None:  # fmt: skip
+    """Ctrl-C reaches the whole foreground group, as from a terminal; a CI system cancels with SIGTERM to the
+    process; ``kill -INT`` reaches the process alone. Each must end as Ctrl-C to a plain pytest does: the JUnit
+    written, no process of the run left. Before: `mali-hil run` killed its pytest 0.25 s after a Ctrl-C (no
+    JUnit, a worker stuck in a job ran on forever); a SIGTERM ended it at once (no JUnit, its pytest and workers
+    running on); a SIGINT to it alone let the suite run on until the 60 s grace, then killed it (no JUnit)."""
     import os
     import signal
     import time
@@ -114,11 +162,11 @@ def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) ->
     junit = tmp_path / "junit.xml"
     root = Path(__file__).resolve().parents[3]
     argv = [sys.executable, "-m", "mali_hil.harness.cli", "run", "--loader", "tests.harness.loaders.odd_loaders:hangs",
-            "--junitxml", str(junit), "--", "-k", "test_same_job_twice"]  # fmt: skip
+            "--workers", workers, "--junitxml", str(junit), "--", "-k", "test_same_job_twice"]  # fmt: skip
     with interruptible(argv, cwd=root, start_new_session=True, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT) as run:  # fmt: skip
 
-        def workers() -> list[int]:
+        def device_workers() -> list[int]:
             found = []
             for pid in tree_pids(run.pid, living=True):
                 try:
@@ -129,13 +177,18 @@ def test_ctrl_c_on_run_writes_the_report_and_leaves_no_worker(tmp_path: Path) ->
             return found
 
         deadline = time.monotonic() + 120
-        while not (started := workers()):
+        while not device_workers():
             assert run.poll() is None and time.monotonic() < deadline, "no worker started"
             time.sleep(0.2)
         time.sleep(3)  # the hanging job is running now
-        os.killpg(run.pid, signal.SIGINT)
-        output = run.communicate(timeout=90)[0].decode(errors="replace")
+        started = [pid for pid in tree_pids(run.pid, living=True) if pid != run.pid]
+        if how == "ctrl-c to the group":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            os.kill(run.pid, signal.SIGTERM if how == "sigterm to the process" else signal.SIGINT)
+        output = run.communicate(timeout=50)[0].decode(errors="replace")  # well inside the 60 s grace
     assert junit.is_file() and "<testcase" in junit.read_text(), output[-3000:]
+    assert run.returncode == (143 if how == "sigterm to the process" else 130), output[-3000:]
     time.sleep(1)
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
-    assert alive == [], f"workers {alive} outlived the interrupted run"
+    assert alive == [], f"processes {alive} of the run outlived it"
