@@ -261,7 +261,7 @@ class SshTransport(Transport):
         from mali_hil.emulator.profile import load_profile
 
         assert self.target.emulate is not None
-        return load_profile(self.target.emulate).board_ram
+        return load_profile(self.target.emulate).job_budget()
 
     # --- the Transport protocol -----------------------------------------------------------------------------
     def enforcement(self, ram_budget: int | None) -> Enforcement:
