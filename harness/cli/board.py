@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mali_hil.errors import MaliHilError
 from mali_hil.sizes import parse_size
 
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     diff.add_argument("board", help="the board, e.g. ssh://host or labgrid:PLACE")
     diff.add_argument("twin", help="its twin, e.g. emulated-mali:profiles/HOST.toml")
     diff.add_argument("-o", "--output", type=Path, default=Path("board-diff"), help="folder (default board-diff)")
+    diff.add_argument("--workers", type=int, default=None, help="test processes per run (as mali-hil run's)")
     diff.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments for both runs")
     diff.set_defaults(func=_diff)
 
@@ -80,7 +82,10 @@ def _capture(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from mali_hil.harness.twin.diff import board_diff, terminal
 
-    doc = board_diff(args.board, args.twin, args.output, [a for a in args.pytest_args if a != "--"])
+    extra = [a for a in args.pytest_args if a != "--"]
+    if extra[:1] in (["-o"], ["--output"]):  # argparse leaves everything after BOARD TWIN to pytest
+        raise MaliHilError("board diff: give -o before BOARD TWIN (what follows them goes to pytest)")
+    doc = board_diff(args.board, args.twin, args.output, extra, workers=args.workers)
     print(terminal(doc))
     print(f"wrote {args.output / 'summary.json'} and {args.output / 'summary.md'}")
     return 0 if doc["fidelity"]["agree"] == doc["fidelity"]["total"] else 1

@@ -28,14 +28,14 @@ SIDES = ("board", "twin")
 _SEVERITY = ("infra-error", "timeout", "error", "oom-killed", "device-oom", "ok")  # the worst status names a test
 
 
-def run_side(device: str, folder: Path, pytest_args: list[str]) -> float:
+def run_side(device: str, folder: Path, pytest_args: list[str], workers: int | None = None) -> float:
     """One ``mali-hil run`` on ``device`` into ``folder``; its wall time in seconds."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("junit.xml", "results.jsonl"):
         (folder / name).unlink(missing_ok=True)  # a run appends records: start each side clean
     argv = [sys.executable, "-m", "mali_hil.harness.cli", "run", "--device", device, "--progress", "off",
             "--junitxml", str(folder / "junit.xml"), "--results", str(folder / "results.jsonl"),
-            "--", *pytest_args]  # fmt: skip
+            *(["--workers", str(workers)] if workers else []), "--", *pytest_args]  # fmt: skip
     started = time.monotonic()
     with open(folder / "pytest.log", "wb") as log:
         done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -50,7 +50,8 @@ def side_rows(device: str, folder: Path) -> dict[tuple[str, str], dict[str, Any]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for case in ET.parse(folder / "junit.xml").iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
-        outcome = next((tag for tag in ("failure", "error", "skipped") if case.find(tag) is not None), "passed")
+        outcome = next((word for tag, word in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+                        if case.find(tag) is not None), "passed")  # fmt: skip
         test = f"{case.get('classname', '')}::{case.get('name', '')}".replace(device, "DEVICE")
         rows[(test, props.get("mali_hil.loader") or "-")] = {"outcome": outcome, "statuses": set(), "peak": None}
     records = folder / "results.jsonl"
@@ -135,13 +136,14 @@ def terminal(doc: dict[str, Any]) -> str:
     return "\n".join([*lines, headline(doc)])
 
 
-def board_diff(board: str, twin: str, folder: Path, pytest_args: list[str]) -> dict[str, Any]:
+def board_diff(board: str, twin: str, folder: Path, pytest_args: list[str], *,
+               workers: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Both runs, then the summary written to ``folder``."""
     from mali_hil.harness.devices.registry import check_device
 
     for device in (board, twin):
         check_device(device)  # a typo fails now, not after the board's run
-    seconds = {side: run_side(device, folder / side, pytest_args)
+    seconds = {side: run_side(device, folder / side, pytest_args, workers)
                for side, device in zip(SIDES, (board, twin), strict=True)}  # fmt: skip
     doc = compare(board, twin, folder, seconds)
     (folder / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")

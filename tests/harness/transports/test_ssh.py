@@ -39,8 +39,8 @@ EMULATE = "mali-g52:512MiB"
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("board-disk")
+def disk(board_disk: Path) -> Path:
+    return board_disk
 
 
 @pytest.fixture(scope="module")
