@@ -117,9 +117,10 @@ def _step(name: str, size: int | None) -> dict[str, Any]:
 
 
 def probe(board: EmulatedBoard | None, fill_sizes: tuple[str, ...] = DEFAULT_FILL_SIZES, *,
-          budget: int | None = None, timeout: float = _TIMEOUT) -> ProbeResult:  # fmt: skip
+          budget: int | None = None, timeout: float = _TIMEOUT, views: bool = True) -> ProbeResult:  # fmt: skip
     """Every step on ``board``, each in a process of its own; ``board=None``: on this machine's own OpenCL device
-    (a real board's driver), each step under ``budget`` bytes of RAM so that the board survives the fill."""
+    (a real board's driver), each step under ``budget`` bytes of RAM so that the board survives the fill.
+    ``views=False`` leaves out the sub-buffer and image step (a capture needs only what memory does)."""
     def step(name: str, size: int | None = None) -> dict[str, Any]:
         return _on_board(board, name, size, budget, timeout)
 
@@ -131,11 +132,11 @@ def probe(board: EmulatedBoard | None, fill_sizes: tuple[str, ...] = DEFAULT_FIL
         got = step("fill", size)
         ending = f"refused {got['code']}" if got.get("code") else got.get("ending", "limit")
         fills.append(FillResult(size, got.get("buffers", 0), ending, got.get("at", ""), got.get("peak", 0)))
-    views = step("views")
+    seen = step("views") if views else {}
     name = board.profile.spec if board is not None else "this board's driver"
     return ProbeResult(name, first.get("max_alloc", 0), first.get("global_mem", 0),
                        first.get("code", first.get("ending", "")), over.get("code", 0), tuple(fills),
-                       {k: v for k, v in views.items() if k not in ("max_alloc", "global_mem", "peak")})  # fmt: skip
+                       {k: v for k, v in seen.items() if k not in ("max_alloc", "global_mem", "peak")})  # fmt: skip
 
 
 CL_INVALID_IMAGE_SIZE = -40

@@ -135,7 +135,8 @@ def capture(emulate: str | None, min_available: float, probe_budget: int | None,
     left = timeout - (time.monotonic() - started)
     # buffers no larger than the driver's max allocation, so the fill measures memory, not the size rule
     sizes = tuple(str(min(size, found["device"]["max_alloc"])) for size in FILL_SIZES)
-    result = probe(board, sizes, budget=None if board is not None else budget, timeout=max(10.0, left / 5))
+    result = probe(board, sizes, budget=None if board is not None else budget, timeout=max(10.0, left / 5),
+                   views=False)  # fmt: skip
     return {"emulated": board.profile.spec if board is not None else None, "identity": found,
             "memory": memory.as_dict(), "probe": result.to_dict(), "probe_budget": budget,
             "seconds": time.monotonic() - started}  # fmt: skip

@@ -15,3 +15,13 @@ def board_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The work folder the loopback sshd boards share, as boards of one machine share a disk: mali-hil's venv is
     installed there once per session (a minute), whichever module's board comes first."""
     return tmp_path_factory.mktemp("board-disk")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (minutes each) are left to the nightly: they run when ``-m`` names them."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    later = pytest.mark.skip(reason="slow: for the nightly (select with -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(later)

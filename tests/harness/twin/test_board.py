@@ -20,7 +20,7 @@ from mali_hil.sizes import format_size
 from tests.sshd import LoopbackBoard, sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
-EMULATED = "mali-g610:512MiB"  # a profile with [memory]: the twin's budget is what it leaves a job, not 512 MiB
+EMULATED = "mali-g610:256MiB"  # a profile with [memory]: the twin's budget is what it leaves a job, not 512 MiB
 _NOT_IDENTITY = {"key", "path", "sources", "memory", "board_ram", "global_mem_share", "max_alloc_limit",
                  "extensions", "platform_extensions", "oom_error"}  # fmt: skip
 
@@ -67,7 +67,7 @@ def test_a_capture_gives_the_board_back(captured: tuple[Path, str], board: Loopb
     assert budget - size - (96 << 20) <= buffers * size <= budget  # tolerance: one buffer plus the baseline
     assert all(source.startswith("captured from mali-hil-twin on ") for key, source in twin.sources.items()
                if key not in ("oom_error",)), twin.sources  # fmt: skip
-    assert f"a job gets {format_size(budget)}" in printed and "512.00 MiB nominal" in printed
+    assert f"a job gets {format_size(budget)}" in printed and "256.00 MiB nominal" in printed
 
 
 def test_a_busy_board_and_a_board_without_opencl_are_refused(board: LoopbackBoard, tmp_path: Path,
@@ -122,3 +122,19 @@ def test_board_diff_shows_exactly_the_disagreements_of_a_smaller_twin(board: Loo
     page = cli("report", str(out / "summary.json"), "-o", str(tmp_path / "report.html"))
     assert page.returncode == 0, page.stderr
     assert "1 of 2 verdicts agree" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_the_captured_twin_agrees_with_its_board(captured: tuple[Path, str], board: LoopbackBoard,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """The twin made by capture, against the board it was captured from: every verdict agrees and the peaks are
+    alike (both are this machine under the same profile and budget); summary.json keeps both runs' times."""
+    out = tmp_path / "diff"
+    done = cli("board", "diff", "-o", str(out), board.url(emulate=EMULATED), f"emulated-mali:{captured[0]}", "--",
+               "--loader=chunked", "--loader=naive", "--mali-hil-profile=ci", "-k",
+               "numerics or shards or idempotence or corrupt", timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["fidelity"]["agree"] == doc["fidelity"]["total"] >= 20
+    spread = doc["fidelity"]["peak_ratio"]
+    assert spread is not None and 0.8 < spread["min"] <= spread["max"] < 1.25
