@@ -30,3 +30,14 @@ def seconds(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"a time must be a positive number of seconds, got {text!r}")
     return value
+
+
+def share(text: str) -> float:
+    """A fraction from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share from 0 to 1, got {text!r}")
+    return value

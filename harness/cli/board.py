@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from mali_hil.errors import MaliHilError
-from mali_hil.sizes import parse_size
+from mali_hil.harness.cli.args import seconds, share, size
+from mali_hil.harness.cli.run import _workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,39 +16,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     capture = board_sub.add_parser("capture", help="a profile file of a board, through its own OpenCL driver")
     capture.add_argument("device", help="ssh://[user@]host[:port][?...] or labgrid:PLACE")
     capture.add_argument("-o", "--output", type=Path, default=None, help="profile file (default profiles/HOST.toml)")
-    capture.add_argument("--ram", type=parse_size, default=None,
+    capture.add_argument("--ram", type=size, default=None,
                          help="the board's nominal RAM, as on its label (default: MemTotal rounded up)")  # fmt: skip
     capture.add_argument(
         "--min-available",
-        type=_share,
+        type=share,
         default=0.5,
         help="refuse a board whose MemAvailable is below this share of MemTotal (default 0.5)",
     )
     capture.add_argument(
         "--probe-budget",
-        type=parse_size,
+        type=size,
         default=None,
         help="at most this much RAM for the allocation probe (default MemAvailable - 256 MiB)",
     )
-    capture.add_argument("--timeout", type=float, default=600.0, help="seconds for the capture on the board")
+    capture.add_argument("--timeout", type=seconds, default=600.0, help="seconds for the capture on the board")
     capture.set_defaults(func=_capture)
     diff = board_sub.add_parser("diff", help="the same tests on a board and its twin: verdicts, peaks, fidelity")
     diff.add_argument("board", help="the board, e.g. ssh://host or labgrid:PLACE")
     diff.add_argument("twin", help="its twin, e.g. emulated-mali:profiles/HOST.toml")
     diff.add_argument("-o", "--output", type=Path, default=Path("board-diff"), help="folder (default board-diff)")
-    diff.add_argument("--workers", type=int, default=None, help="test processes per run (as mali-hil run's)")
+    diff.add_argument("--workers", type=_workers, default=None, help="test processes per run (as mali-hil run's)")
     diff.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments for both runs")
     diff.set_defaults(func=_diff)
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a share from 0 to 1, got {text!r}")
-    return value
 
 
 def _capture(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from mali_hil.emulator.emulated_board import EmulatedBoard
 from mali_hil.emulator.info import describe
 from mali_hil.emulator.profile import load_profile
 from mali_hil.sizes import format_size
-from tests.sshd import LoopbackBoard, sshd_available
+from tests.sshd import LoopbackBoard, running_board, sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 EMULATED = "mali-g610:256MiB"  # a profile with [memory]: the twin's budget is what it leaves a job, not 512 MiB
@@ -32,11 +32,8 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory, board_disk: Path) -> Iterator[LoopbackBoard]:
-    server = LoopbackBoard(tmp_path_factory.mktemp("sshd"), "twin")
-    server.workdir = board_disk
-    server.start()
-    yield server
-    server.stop()
+    with running_board(tmp_path_factory.mktemp("sshd"), "twin", board_disk) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +73,9 @@ def test_a_busy_board_and_a_board_without_opencl_are_refused(board: LoopbackBoar
     busy = cli("board", "capture", board.url(), "--min-available", "1", "-o", str(tmp_path / "x.toml"))
     assert busy.returncode == 2 and "refused the capture: the board is busy: MemAvailable" in busy.stderr
     assert not (tmp_path / "x.toml").exists()
-    bare = LoopbackBoard(tmp_path / "sshd", "bare", session_env={"OCL_ICD_VENDORS": str(tmp_path / "no-icd")})
-    bare.workdir = board_disk
-    bare.start()
-    try:
+    no_icd = {"OCL_ICD_VENDORS": str(tmp_path / "no-icd")}
+    with running_board(tmp_path / "sshd", "bare", board_disk, session_env=no_icd) as bare:
         none = cli("board", "capture", bare.url(), "-o", str(tmp_path / "y.toml"))
-    finally:
-        bare.stop()
     assert none.returncode == 2 and "no usable OpenCL device" in none.stderr, none.stderr
     assert "Traceback" not in none.stderr and not (tmp_path / "y.toml").exists()
     assert board.board_processes() == [] and bare.board_processes() == []
