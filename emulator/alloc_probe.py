@@ -32,6 +32,8 @@ class FillResult:
     size: int
     buffers: int  # how many were created and written before the end
     ending: str  # "refused -4", "oom-killed", "limit" (stopped at 4096 buffers), or how the process ended
+    at: str = ""  # where a refusal came: "create" (clCreateBuffer) or "enqueue" (the first use)
+    peak: int = 0  # the step's unified RAM peak (host memory and buffers) on the board
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ def _step(name: str, size: int | None) -> dict[str, Any]:
     def used(nbytes: int) -> int:
         try:
             buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, nbytes)
+        except cl.Error as exc:
+            failed_at.append("create")
+            return exc.code
+        failed_at.append("enqueue")
+        try:
             touch.set_args(buf, np.uint64(nbytes - 1))
             cl.enqueue_nd_range_kernel(queue, touch, (1,), None)
             ends = np.zeros(1, np.uint8), np.zeros(1, np.uint8)
@@ -69,11 +76,13 @@ def _step(name: str, size: int | None) -> dict[str, Any]:
             cl.enqueue_copy(queue, ends[1], buf, src_offset=nbytes - 1)
             queue.finish()
             held.append(buf)
+            failed_at.pop()
             return 0 if (ends[0][0], ends[1][0]) == (1, 2) else -9999  # -9999: written, but read back wrong
         except cl.Error as exc:
             return exc.code
 
     held: list[Any] = []
+    failed_at: list[str] = []
     info = {"max_alloc": dev.max_mem_alloc_size, "global_mem": dev.global_mem_size}
     if name == "max_alloc":
         return {**info, "code": used(dev.max_mem_alloc_size)}
@@ -88,7 +97,7 @@ def _step(name: str, size: int | None) -> dict[str, Any]:
         code = 0
         while len(held) < 4096 and (code := used(size)) == 0:
             print(json.dumps({"buffers": len(held)}), flush=True)  # the last line tells, if the process is killed
-        return {**info, "buffers": len(held), "code": code}
+        return {**info, "buffers": len(held), "code": code, "at": failed_at[-1] if code else ""}
     parent = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, 1 << 20)
     before = read_layer_stats().live_bytes
     align = dev.mem_base_addr_align // 8
@@ -107,20 +116,27 @@ def _step(name: str, size: int | None) -> dict[str, Any]:
     return {**info, "sub_buffers_add": after_subs - before, **codes}
 
 
-def probe(board: EmulatedBoard, fill_sizes: tuple[str, ...] = DEFAULT_FILL_SIZES) -> ProbeResult:
-    """Every step on ``board``, each in a process of its own."""
-    first = _on_board(board, "max_alloc")
-    over = _on_board(board, "over_max_alloc")
+def probe(board: EmulatedBoard | None, fill_sizes: tuple[str, ...] = DEFAULT_FILL_SIZES, *,
+          budget: int | None = None, timeout: float = _TIMEOUT, views: bool = True) -> ProbeResult:  # fmt: skip
+    """Every step on ``board``, each in a process of its own; ``board=None``: on this machine's own OpenCL device
+    (a real board's driver), each step under ``budget`` bytes of RAM so that the board survives the fill.
+    ``views=False`` leaves out the sub-buffer and image step (a capture needs only what memory does)."""
+    def step(name: str, size: int | None = None) -> dict[str, Any]:
+        return _on_board(board, name, size, budget, timeout)
+
+    first = step("max_alloc")
+    over = step("over_max_alloc")
     fills = []
     for text in fill_sizes:
         size = parse_size(text)
-        got = _on_board(board, "fill", size)
+        got = step("fill", size)
         ending = f"refused {got['code']}" if got.get("code") else got.get("ending", "limit")
-        fills.append(FillResult(size, got.get("buffers", 0), ending))
-    views = _on_board(board, "views")
-    return ProbeResult(board.profile.spec, first.get("max_alloc", 0), first.get("global_mem", 0),
+        fills.append(FillResult(size, got.get("buffers", 0), ending, got.get("at", ""), got.get("peak", 0)))
+    seen = step("views") if views else {}
+    name = board.profile.spec if board is not None else "this board's driver"
+    return ProbeResult(name, first.get("max_alloc", 0), first.get("global_mem", 0),
                        first.get("code", first.get("ending", "")), over.get("code", 0), tuple(fills),
-                       {k: v for k, v in views.items() if k not in ("max_alloc", "global_mem")})  # fmt: skip
+                       {k: v for k, v in seen.items() if k not in ("max_alloc", "global_mem", "peak")})  # fmt: skip
 
 
 CL_INVALID_IMAGE_SIZE = -40
@@ -151,15 +167,21 @@ def check(board: EmulatedBoard, result: ProbeResult) -> list[str]:
     return problems
 
 
-def _on_board(board: EmulatedBoard, step: str, size: int | None = None) -> dict[str, Any]:
-    """The step's last JSON line, and how its process ended when that was not by itself."""
-    from mali_hil.emulator.launcher import RunStatus, run_on_board
+def _on_board(board: EmulatedBoard | None, step: str, size: int | None, budget: int | None,
+              timeout: float) -> dict[str, Any]:  # fmt: skip
+    """The step's last JSON line, its RAM peak, and how its process ended when that was not by itself."""
+    from mali_hil.emulator.launcher import RunStatus, run_on_board, run_with_budget
     from mali_hil.runtime.supervisor import ISOLATED
 
     argv = [sys.executable, *ISOLATED, "-m", "mali_hil.emulator.alloc_probe", step, *([str(size)] if size else [])]
-    run = run_on_board(board, argv, timeout=_TIMEOUT, capture_output=True)
+    if board is not None:
+        run = run_on_board(board, argv, timeout=timeout, capture_output=True)
+    else:
+        assert budget is not None, "a probe of the board's own driver runs under a budget"
+        run = run_with_budget(argv, budget, board_name="board", timeout=timeout, capture_output=True)
     lines = [line for line in (run.stdout or "").splitlines() if line.startswith("{")]
     got: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    got["peak"] = run.peak_unified_bytes
     if run.status is not RunStatus.OK:
         got["ending"] = run.status.value if run.returncode >= 0 or run.status is RunStatus.OOM_KILLED else \
             f"{run.status.value} (signal {-run.returncode})"  # fmt: skip

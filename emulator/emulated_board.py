@@ -77,9 +77,10 @@ class EmulatedBoard:
 
     @classmethod
     def from_spec(cls, spec: str, ram_budget: int | None = None) -> EmulatedBoard:
-        """``mali-g610:3GiB``: the profile on a 3 GiB board; the job's budget defaults to the whole board."""
+        """``mali-g610:3GiB``: the profile on a 3 GiB board; the job's budget defaults to what that board leaves a
+        job (its profile's ``[memory]``: MemAvailable at idle, not the nominal 3 GiB)."""
         profile = load_profile(spec)
-        budget = profile.board_ram if ram_budget is None else ram_budget
+        budget = profile.job_budget() if ram_budget is None else ram_budget
         host = host_ram_bytes()
         if budget > host:
             raise BudgetError(

@@ -118,7 +118,7 @@ def describe(board: EmulatedBoard) -> dict[str, Any]:
                 device["backend_max_alloc"] = bare["max_alloc"]
             except (IndexError, KeyError):
                 device["backend_fp16"] = device["backend_max_alloc"] = None
-    return {"board": board.profile.spec, "ram_budget": board.ram_budget, **seen}
+    return {"board": board.profile.spec, "ram_budget": board.ram_budget, "board_ram": board.profile.board_ram, **seen}
 
 
 def fp16_line(device: dict[str, Any]) -> str:
@@ -132,7 +132,8 @@ def fp16_line(device: dict[str, Any]) -> str:
 
 def render(info: dict[str, Any]) -> str:
     """clinfo-like text."""
-    lines = [f"Board                 {info['board']} (RAM budget {format_size(info['ram_budget'])})"]
+    nominal = f" of {format_size(info['board_ram'])} nominal" if info.get("board_ram") else ""
+    lines = [f"Board                 {info['board']} (RAM budget {format_size(info['ram_budget'])}{nominal})"]
     for platform in info["platforms"]:
         lines += [
             f"Platform              {platform['name']}",

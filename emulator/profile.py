@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mali_hil.emulator.board_memory import MEMORY_FIELDS, BoardMemory
 from mali_hil.errors import ProfileError
 from mali_hil.sizes import parse_size
 
@@ -96,6 +97,8 @@ class Profile:
     # bound (None); and the largest single allocation it ever allows
     global_mem_share: tuple[tuple[int | None, float], ...] | None = None
     max_alloc_limit: int | None = None
+    # what the board leaves a job ([memory]); None: the whole nominal RAM (a profile from clinfo dumps alone)
+    memory: BoardMemory | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     path: Path | None = field(default=None, compare=False)
 
@@ -104,18 +107,31 @@ class Profile:
         """The name that recreates this profile, RAM included."""
         return f"{self.key}:{_compact_size(self.board_ram)}"
 
+    def job_budget(self) -> int:
+        """The RAM a job gets on this board: MemAvailable at idle where the profile has ``[memory]``, else the
+        nominal size; a board whose memory is not modelled (swap, strict overcommit) is refused with the reason."""
+        if self.memory is None:
+            return self.board_ram
+        why = self.memory.refusal()
+        if why is not None:
+            raise ProfileError(f"profile {self.key} cannot be emulated: {why}")
+        return self.memory.mem_available
+
     def with_ram(self, ram: int) -> Profile:
-        """The same GPU on a board with ``ram`` bytes: global memory and max alloc keep their share of the board."""
+        """The same GPU on a board with ``ram`` bytes: global memory and max alloc keep their share of the board,
+        the board's memory facts their rule (:meth:`BoardMemory.resized`)."""
         if ram <= 0:
             raise ProfileError(f"board RAM must be positive, got {ram} bytes")
+        memory = None if self.memory is None else self.memory.resized(self.board_ram, ram)
         if self.global_mem_share is not None:
             global_mem = global_mem_by_rule(self.global_mem_share, ram)
             max_alloc = min(global_mem, self.max_alloc_limit or global_mem)
-            return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=max_alloc)
+            return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=max_alloc, memory=memory)
         share = self.global_mem / self.board_ram
         alloc_share = self.max_alloc / self.global_mem
         global_mem = int(ram * share)
-        return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=int(global_mem * alloc_share))
+        return replace(self, board_ram=ram, global_mem=global_mem, max_alloc=int(global_mem * alloc_share),
+                       memory=memory)  # fmt: skip
 
     def is_estimated(self, name: str) -> bool:
         return self.sources.get(name, "").startswith("estimated")
@@ -170,10 +186,12 @@ _FIELDS: dict[str, tuple[str, str, type]] = {
     "over_max_alloc": ("oom", "over_max_alloc", str),
     "oom_trigger": ("oom", "trigger", str),
 }
-# optional: a driver's global memory rule, as data (see Profile.global_mem_share)
+# optional: a driver's global memory rule, as data (see Profile.global_mem_share), and what the board leaves a job
+# ([memory], all of it or none: see emulator/board_memory.py)
 _OPTIONAL = {
     "global_mem_share": ("device", "global_mem_share", list),
     "max_alloc_limit": ("device", "max_alloc_limit", int),
+    **{name: ("memory", name, kind) for name, kind in MEMORY_FIELDS.items()},
 }
 
 
@@ -244,6 +262,13 @@ def parse_profile_file(path: Path) -> Profile:
                 f"profile file {path}: global_mem and max_alloc must be what the share rule gives on the default "
                 f"board ({expected} and {min(expected, limit)} bytes)"
             )
+    present = [name for name in MEMORY_FIELDS if name in values]
+    if present:
+        missing = [name for name in MEMORY_FIELDS if name not in values]
+        if missing:
+            raise ProfileError(f"profile file {path}: [memory] lacks {', '.join(missing)} (all of it, or none)")
+        values["memory"] = BoardMemory(**{name: values.pop(name) for name in MEMORY_FIELDS})
+        values["memory"].check(f"profile file {path}", values["board_ram"])
     return Profile(key=path.stem, sources=sources, path=path, **values)
 
 

@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -46,7 +48,11 @@ def board_python() -> str:
 class LoopbackBoard:
     """``start()`` an sshd for ``name`` under ``root``; ``url(...)`` is the ``--device`` value that reaches it."""
 
-    def __init__(self, root: Path, name: str = "board") -> None:
+    def __init__(
+        self, root: Path, name: str = "board", *, sftp: bool = True, session_env: dict[str, str] | None = None
+    ) -> None:
+        """``sftp=False`` plays a board without an SFTP subsystem (dropbear, minimal images); ``session_env`` is
+        set in every session (sshd's SetEnv), as a board's own profile would set it."""
         self.root, self.name = root, name
         self.alias = f"mali-hil-{name}"
         self.port = _free_port()
@@ -70,7 +76,9 @@ class LoopbackBoard:
             f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {root / 'host_key'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+            "PermitRootLogin prohibit-password\nLogLevel ERROR\n"
+            + ("Subsystem sftp internal-sftp\n" if sftp else "")
+            + "".join(f"SetEnv {key}={value}\n" for key, value in (session_env or {}).items())
         )
 
     def set_env(self, name: str, value: str) -> None:
@@ -135,6 +143,18 @@ class LoopbackBoard:
                     if str(self.workdir) in cmdline:
                         found.append(f"{entry.name}: {cmdline.strip()}")
         return found
+
+
+@contextlib.contextmanager
+def running_board(root: Path, name: str, workdir: Path, **options: Any) -> Iterator[LoopbackBoard]:
+    """A started board whose work folder is ``workdir`` (shared by a session's boards), stopped after."""
+    server = LoopbackBoard(root, name, **options)
+    server.workdir = workdir
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _user() -> str:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from mali_hil.errors import MaliHilError
 
 # Command-group modules, in the order `mali-hil --help` lists them.
-_GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "doctor", "cluster", "threshold", "report", "farm")
+_GROUPS = ("run", "load", "fit", "checkpoint", "emulator", "board", "doctor", "cluster", "threshold", "report",
+           "farm")
 
 
 def build_parser() -> argparse.ArgumentParser:

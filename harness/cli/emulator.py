@@ -113,6 +113,7 @@ def _list(args: argparse.Namespace) -> int:
                 "profile": key,
                 "device": p.name,
                 "board_ram": p.board_ram,
+                "job_ram": p.job_budget() if p.memory is None or p.memory.refusal() is None else None,
                 "global_mem": p.global_mem,
                 "max_alloc": p.max_alloc,
                 "oom_failure": p.oom_failure.value,
@@ -123,12 +124,14 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    header = ("PROFILE", "DEVICE", "BOARD RAM", "GLOBAL MEM", "MAX ALLOC", "OOM FAILURE", "TRIGGERED BY", "ESTIMATED")
+    header = ("PROFILE", "DEVICE", "BOARD RAM", "A JOB GETS", "GLOBAL MEM", "MAX ALLOC", "OOM FAILURE", "TRIGGERED BY",
+              "ESTIMATED")  # fmt: skip
     table = [header] + [
         (
             r["profile"],
             r["device"],
             format_size(r["board_ram"]),
+            "not emulated" if r["job_ram"] is None else format_size(r["job_ram"]),
             format_size(r["global_mem"]),
             format_size(r["max_alloc"]),
             r["oom_failure"],

@@ -25,7 +25,7 @@ def on_target(spec: DeviceSpec, target: SshTarget) -> Device:
     emulated = None
     if target.emulate is not None:
         profile = load_profile(target.emulate)  # an unknown profile fails here; the board's RAM is checked there
-        emulated = EmulatedBoard(profile, profile.board_ram)
+        emulated = EmulatedBoard(profile, profile.job_budget())
     if target.expect is not None:
         load_profile(target.expect)
     board = Board(spec, physical=emulated is None, emulate=emulated, emulate_spec=target.emulate,

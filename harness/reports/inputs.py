@@ -14,7 +14,7 @@ from typing import Any
 from mali_hil.errors import MaliHilError
 from mali_hil.harness.records.results import LoadResult
 
-CLUSTER, THRESHOLD = "mali-hil.cluster", "mali-hil.threshold"
+CLUSTER, THRESHOLD, BOARD_DIFF = "mali-hil.cluster", "mali-hil.threshold", "mali-hil.board-diff"
 
 
 class ReportInputError(MaliHilError, ValueError):
@@ -34,6 +34,7 @@ class PropertyCase:
 class ReportInputs:
     clusters: list[dict[str, Any]] = field(default_factory=list)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
+    board_diffs: list[dict[str, Any]] = field(default_factory=list)  # board diff's summary.json
     records: list[tuple[str, LoadResult]] = field(default_factory=list)  # (test id, record) from run
     properties: list[PropertyCase] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -69,8 +70,9 @@ def _read_one(path: Path, text: str, inputs: ReportInputs) -> None:
         doc = json.loads(text)
     except ValueError:
         doc = None
-    if isinstance(doc, dict) and doc.get("kind") in (CLUSTER, THRESHOLD):
-        (inputs.clusters if doc["kind"] == CLUSTER else inputs.thresholds).append(doc)
+    if isinstance(doc, dict) and doc.get("kind") in (CLUSTER, THRESHOLD, BOARD_DIFF):
+        kinds = {CLUSTER: inputs.clusters, THRESHOLD: inputs.thresholds, BOARD_DIFF: inputs.board_diffs}
+        kinds[doc["kind"]].append(doc)
         return
     if isinstance(doc, dict) and "kind" in doc:
         raise ReportInputError(f"{path}: results of kind {doc['kind']!r} are not known to this mali-hil")

@@ -55,6 +55,8 @@ def sections(inputs: ReportInputs, with_charts: bool = True) -> list[Section]:
         out.append(
             Section("Threshold", [tables.threshold_table(doc)], [charts.thresholds(doc, i)] if with_charts else [])
         )
+    for doc in inputs.board_diffs:
+        out.append(Section("Board and twin", [tables.board_diff_table(doc)]))
     out.append(Section("Environment", [tables.environment_table(inputs)]))
     return out
 

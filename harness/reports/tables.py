@@ -279,3 +279,11 @@ def environment_table(inputs: ReportInputs) -> Table:
             rows.append([key, f"{here[key]} (of the machine that made this report)"])
     rows.append(["inputs", ", ".join(inputs.sources)])
     return Table("Environment", ["fact", "value"], rows)
+
+
+def board_diff_table(doc: dict[str, Any]) -> Table:
+    """``mali-hil board diff``'s table: per test and loader, the board's and the twin's verdicts and peaks."""
+    from mali_hil.harness.twin.diff import headline, table_rows
+
+    headers, rows = table_rows(doc)
+    return Table(f"{doc['board']} against its twin {doc['twin']}", headers, rows, [headline(doc)])

@@ -88,8 +88,9 @@ class ResizableBoard:
 
     def limits(self, ram: int) -> tuple[int, int]:
         """(device memory cap, RAM budget) of the board resized to ``ram``: the profile's rule, as the device made
-        for ``at(ram)`` has them (its budget is the whole board), without making one per probe."""
-        return self._base.with_ram(ram).global_mem, ram
+        for ``at(ram)`` has them (its budget is what that board leaves a job), without making one per probe."""
+        resized = self._base.with_ram(ram)
+        return resized.global_mem, resized.job_budget()
 
 
 def predicted_ram(

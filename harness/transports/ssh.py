@@ -40,6 +40,10 @@ MIN_FREE_RAM = 128 << 20  # bytes of MemAvailable below which a board is too loa
 _TRANSIENT = ("Connection refused", "Connection timed out", "Connection reset", "Connection closed",
               "No route to host", "Network is unreachable", "kex_exchange_identification",
               "Operation timed out")  # fmt: skip
+# what scp (which speaks SFTP since OpenSSH 9) and sftp say when the board's sshd has no SFTP subsystem (dropbear,
+# minimal images): the bytes then go through the SSH channel itself
+_NO_SFTP = ("subsystem request failed", "Connection closed")
+SFTP, CHANNEL = "sftp", "ssh channel (cat)"
 
 
 class SshError(MaliHilError, RuntimeError):
@@ -68,6 +72,7 @@ class SshTransport(Transport):
         self.bootstrap_seconds: float | None = None
         self.installed = False  # whether this transport had to install mali-hil on the board
         self.sent_bytes = 0  # checkpoint bytes this transport copied to the board (0: it had them all)
+        self.file_transfer: str | None = None  # SFTP or CHANNEL once a file went over; reports say which
 
     # --- OpenSSH ---------------------------------------------------------------------------------------------
     def ssh_options(self) -> list[str]:
@@ -116,15 +121,38 @@ class SshTransport(Transport):
         return SshError(f"{where}: ssh failed: {text[-1500:] or 'exit 255 without a message'}")
 
     def copy(self, local: Path, remote: str, timeout: float = 3600.0) -> None:
-        """``scp`` through the same multiplexed connection (and so with the same host key checks)."""
+        """``scp`` through the same multiplexed connection (and so with the same host key checks); on a board
+        without an SFTP subsystem, the bytes go through the SSH channel instead (:meth:`_stream`)."""
         t = self.target
-        argv = ["scp", "-q", *self.ssh_options(), "--", str(local), f"{_scp_host(t.host)}:{shlex.quote(remote)}"]
+        if self.file_transfer != CHANNEL:
+            argv = ["scp", "-q", *self.ssh_options(), "--", str(local), f"{_scp_host(t.host)}:{shlex.quote(remote)}"]
+            try:
+                done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise SshError(f"{t.destination}: copying {local} took over {timeout:g} s") from None
+            if done.returncode == 0:
+                self.file_transfer = SFTP
+                return
+            stderr = done.stderr.decode(errors="replace")
+            if not any(word in stderr for word in _NO_SFTP):
+                raise SshError(f"{t.destination}: scp of {local} failed: {stderr[-800:]}")
+            self.file_transfer = CHANNEL
+        partial = f"{remote}.part-{secrets.token_hex(4)}"
+        self._stream(local, partial, timeout)
+        self.run(["mv", "-f", partial, remote])
+
+    def _stream(self, local: Path, remote: str, timeout: float) -> None:
+        """``cat > REMOTE`` on the board with the file on its stdin: needs nothing but a shell and the channel."""
+        argv = self.ssh_argv(["sh", "-c", 'cat > "$1"', "sh", remote])
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            with local.open("rb") as data:
+                done = subprocess.run(argv, stdin=data, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise SshError(f"{t.destination}: copying {local} took over {timeout:g} s") from None
+            raise SshError(f"{self.target.destination}: sending {local} took over {timeout:g} s") from None
         if done.returncode != 0:
-            raise SshError(f"{t.destination}: scp of {local} failed: {done.stderr.decode(errors='replace')[-800:]}")
+            self.run(["rm", "-f", remote], check=False)
+            raise SshError(f"{self.target.destination}: sending {local} over the SSH channel failed: "
+                           f"{done.stderr.decode(errors='replace')[-800:]}")  # fmt: skip
 
     # --- connecting and preparing the board ----------------------------------------------------------------
     def connect(self) -> None:
@@ -233,7 +261,7 @@ class SshTransport(Transport):
         from mali_hil.emulator.profile import load_profile
 
         assert self.target.emulate is not None
-        return load_profile(self.target.emulate).board_ram
+        return load_profile(self.target.emulate).job_budget()
 
     # --- the Transport protocol -----------------------------------------------------------------------------
     def enforcement(self, ram_budget: int | None) -> Enforcement:
@@ -288,9 +316,30 @@ class SshTransport(Transport):
         return digest.hexdigest()[:32]
 
     def _send(self, files: list[Path], folder: str) -> None:
-        """One sftp session: the files into a staging folder, then one rename. The folder appears whole or not at
-        all (a racing sender's finished folder wins); SSH's own integrity check covers the bytes on the way."""
+        """The files into a staging folder, then one rename: the folder appears whole or not at all (a racing
+        sender's finished folder wins); SSH's own integrity check covers the bytes on the way. One sftp session,
+        or, on a board without SFTP, one ``cat`` per file through the channel."""
         staging = f"{folder}.tmp-{secrets.token_hex(4)}"
+        # on failure, a racing sender's folder may have won the rename: then ours goes and theirs serves
+        cleanup = ["sh", "-c", 'rm -rf "$1"; test -d "$2"', "sh", staging, folder]
+        failure = self._send_sftp(files, staging, folder) if self.file_transfer != CHANNEL else None
+        if failure is not None and any(word in failure for word in _NO_SFTP):
+            self.file_transfer = CHANNEL
+        if self.file_transfer == CHANNEL:
+            failure = None
+            try:
+                self.run(["mkdir", "-p", staging])
+                for file in files:
+                    self._stream(file, f"{staging}/{file.name}", 3600.0)
+                self.run(["sh", "-c", 'mv -T "$1" "$2"', "sh", staging, folder])
+            except SshError as exc:
+                failure = str(exc)
+        if failure is not None and self.run(cleanup, check=False).returncode != 0:
+            raise SshError(f"{self.target.destination}: sending {files[0].name} failed: {failure[-800:]}")
+        self.sent_bytes += sum(file.stat().st_size for file in files)
+
+    def _send_sftp(self, files: list[Path], staging: str, folder: str) -> str | None:
+        """One sftp session; None when it worked, else what sftp said."""
         commands = [f"-mkdir {_sftp_quote(str(Path(folder).parent))}", f"mkdir {_sftp_quote(staging)}"]
         commands += [f"put {_sftp_quote(str(file))} {_sftp_quote(f'{staging}/{file.name}')}" for file in files]
         commands.append(f"rename {_sftp_quote(staging)} {_sftp_quote(folder)}")
@@ -299,12 +348,10 @@ class SshTransport(Transport):
             done = subprocess.run(argv, input="\n".join(commands).encode(), capture_output=True, timeout=3600)
         except subprocess.TimeoutExpired:
             raise SshError(f"{self.target.destination}: sending {files[0].name} took over an hour") from None
-        # on failure, a racing sender's folder may have won the rename: then ours goes and theirs serves
-        cleanup = ["sh", "-c", 'rm -rf "$1"; test -d "$2"', "sh", staging, folder]
-        if done.returncode != 0 and self.run(cleanup, check=False).returncode != 0:
-            raise SshError(f"{self.target.destination}: sftp of {files[0].name} failed: "
-                           f"{done.stderr.decode(errors='replace')[-800:]}")  # fmt: skip
-        self.sent_bytes += sum(file.stat().st_size for file in files)
+        if done.returncode == 0:
+            self.file_transfer = SFTP
+            return None
+        return f"sftp: {done.stderr.decode(errors='replace')}"
 
     def close(self) -> None:
         if self._control.exists():

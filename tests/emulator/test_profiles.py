@@ -129,3 +129,31 @@ def test_a_users_profile_file_works_by_path(tmp_path: Path) -> None:
     path.write_text((PROFILE_DIR / "mali-g52.toml").read_text())
     profile = load_profile(f"{path}:1GiB")
     assert profile.key == "my-board" and profile.board_ram == GIB
+
+
+def test_a_board_gives_a_job_what_it_leaves_not_its_nominal_ram(tmp_path: Path) -> None:
+    """[memory]: the budget is MemAvailable at idle; resized, the board keeps its shares; swap and strict overcommit
+    are refused with the reason; a section with a field missing is refused naming it."""
+    from mali_hil.emulator.emulated_board import EmulatedBoard
+
+    base = load_profile("mali-g610")
+    assert base.memory is not None and base.job_budget() == base.memory.mem_available < base.board_ram
+    small = load_profile("mali-g610:3GiB")
+    assert small.job_budget() == int(3 * GIB * base.memory.mem_available / base.board_ram)
+    assert EmulatedBoard.from_spec("mali-g610:3GiB").ram_budget == small.job_budget()
+    assert EmulatedBoard.from_spec("mali-g52:1GiB").ram_budget == GIB  # no [memory]: the nominal RAM
+    text = base.path.read_text() if base.path else ""
+    swapping = tmp_path / "swapping.toml"
+    swapping.write_text(text.replace("swap_total = { value = 0,", "swap_total = { value = 1073741824,")
+                        .replace("zram_size = { value = 0,", "zram_size = { value = 1073741824,")
+                        .replace('zram_algorithm = { value = "",', 'zram_algorithm = { value = "zstd",'))  # fmt: skip
+    with pytest.raises(ProfileError, match=r"swaps to zram \(1.00 GiB, zstd\).*not modelled"):
+        EmulatedBoard.from_spec(str(swapping))
+    strict = tmp_path / "strict.toml"
+    strict.write_text(text.replace("overcommit_memory = { value = 0,", "overcommit_memory = { value = 2,"))
+    with pytest.raises(ProfileError, match="strict overcommit"):
+        load_profile(str(strict)).job_budget()
+    partial = tmp_path / "partial.toml"
+    partial.write_text("\n".join(line for line in text.splitlines() if not line.startswith("cma_total")))
+    with pytest.raises(ProfileError, match=r"\[memory\] lacks cma_total"):
+        load_profile(str(partial))

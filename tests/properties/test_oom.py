@@ -8,8 +8,9 @@ first (device memory is RAM on Mali, and the budget is only 6-9 % above the cap)
 the worker holds ~190 MB + its baseline (~45 MB), below the 268 MB budget. So chunked with 1 MiB chunks meets
 each profile's own failure: a refused allocation (alloc-error, Mali-G52), a failing enqueue on an overcommitted
 buffer (enqueue-error, Mali-T860), the OOM killer once the board's RAM, device buffers included, runs out
-(oom-kill, Mali-G610: libmali caps nothing below RAM, so the head's allocation passes the budget). Variants that
-hold more in RAM may be killed for RAM first, which is as much a correct outcome.
+(oom-kill, Mali-G610: libmali caps nothing below RAM, so the load passes the budget, which on that board is what it
+leaves a job, 234 MiB, and may end before the head). Variants that hold more in RAM may be killed for RAM first,
+which is as much a correct outcome.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def over_cap(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert inputs.final_bytes > cap, f"{spec}: the checkpoint fits the {cap}-byte cap"
         assert inputs.largest_final_bytes <= max_alloc or board.profile.over_max_alloc == "accept", spec
         assert inputs.final_bytes - HEAD_BYTES < cap, f"{spec}: the cap is crossed before the last tensor"
-        assert inputs.final_bytes - HEAD_BYTES + WORKER_BASELINE < board.ram_budget, f"{spec}: RAM would run out first"
+        if board.profile.oom_trigger is OomTrigger.BOTH:  # a driver that fails at the cap must meet it before RAM ends
+            assert inputs.final_bytes - HEAD_BYTES + WORKER_BASELINE < board.ram_budget, f"{spec}: RAM runs out first"
     return path
 
 

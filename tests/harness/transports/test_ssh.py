@@ -29,7 +29,7 @@ from mali_hil.runtime.verdict import OomEvidence
 from tests.harness.loaders import odd_loaders
 from tests.harness.transports.suite_verdicts import suite_verdicts
 from tests.interrupt import interruptible
-from tests.sshd import LoopbackBoard, sshd_available
+from tests.sshd import LoopbackBoard, running_board, sshd_available
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
@@ -39,17 +39,14 @@ EMULATE = "mali-g52:512MiB"
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("board-disk")
+def disk(board_disk: Path) -> Path:
+    return board_disk
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory, disk: Path) -> Iterator[LoopbackBoard]:
-    server = LoopbackBoard(tmp_path_factory.mktemp("sshd"), "a")
-    server.workdir = disk
-    server.start()
-    yield server
-    server.stop()
+    with running_board(tmp_path_factory.mktemp("sshd"), "a", disk) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +266,26 @@ def test_the_property_suite_gives_the_same_verdicts_over_ssh(board: LoopbackBoar
     here = suite_verdicts("emulated-mali:mali-g52:2GiB", tmp_path / "local.xml", tmp_path)
     assert over_ssh == here
     assert sum(outcome == "passed" for outcome in here.values()) >= 25, here
+
+
+def test_a_board_without_sftp_gets_its_files_through_the_ssh_channel(tmp_path: Path, disk: Path, tiny: Path) -> None:
+    """dropbear and minimal images have no SFTP subsystem: scp (SFTP since OpenSSH 9) fails there with
+    'Connection closed'; the checkpoint and a wheel-sized file still reach the board whole, through the channel."""
+    with running_board(tmp_path / "sshd", "nosftp", disk, sftp=False) as server:
+        plain = subprocess.run(["scp", "-F", str(server.ssh_config), "-o", "BatchMode=yes", str(tiny),
+                                f"{server.alias}:{tmp_path / 'x'}"], capture_output=True, text=True)  # fmt: skip
+        assert plain.returncode != 0 and "Connection closed" in plain.stderr  # the board really has no SFTP
+        fresh = tmp_path / "fresh.safetensors"  # content this module's boards have not had yet
+        make_checkpoint("tiny", fresh, seed=12345)
+        with make_device(server.url(emulate=EMULATE)) as device:
+            result = device.run(LoadJob(checkpoint=str(fresh)))
+            transport = device.transport
+            assert isinstance(transport, SshTransport)
+            blob = tmp_path / "blob.whl"
+            blob.write_bytes(bytes(range(256)) * 4099)
+            transport.copy(blob, f"{tmp_path}/copied.whl")
+        assert result.status is Status.OK, result.error_message
+        assert result.digests == expected_digests(fresh) and transport.sent_bytes == fresh.stat().st_size
+        assert transport.file_transfer == "ssh channel (cat)"
+        assert (tmp_path / "copied.whl").read_bytes() == blob.read_bytes()
+        assert not list(tmp_path.glob("copied.whl.part-*")), "a partial file was left behind"
