@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from mali_hil.errors import MaliHilError
-from mali_hil.harness.cli.args import seconds, share, size
-from mali_hil.harness.cli.run import _workers
+from mali_hil.harness.cli.args import seconds, share, size, whole_number
+from mali_hil.harness.cli.run import MAX_WORKERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     diff.add_argument("board", help="the board, e.g. ssh://host or labgrid:PLACE")
     diff.add_argument("twin", help="its twin, e.g. emulated-mali:profiles/HOST.toml")
     diff.add_argument("-o", "--output", type=Path, default=Path("board-diff"), help="folder (default board-diff)")
-    diff.add_argument("--workers", type=_workers, default=None, help="test processes per run (as mali-hil run's)")
+    diff.add_argument("--workers", type=whole_number(1, MAX_WORKERS), default=None,
+                      help="test processes per run (as mali-hil run's)")
     diff.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments for both runs")
     diff.set_defaults(func=_diff)
 
