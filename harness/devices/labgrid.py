@@ -10,6 +10,7 @@ start, at exit, on Ctrl-C and on SIGTERM; what a SIGKILL leaves, ``mali-hil farm
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import parse_qsl
 
 from mali_hil.errors import DeviceSpecError, MaliHilError
@@ -18,6 +19,9 @@ from mali_hil.harness.devices.spec import DeviceSpec
 from mali_hil.harness.transports.ssh_target import SshTarget
 
 LEASES_ENV = "MALI_HIL_FARM_LEASES"
+# in the environment of every process a labgrid device starts on its board: a later health check tells a process
+# left there by a run on this place from one of another place (loopback boards share one machine)
+PLACE_ENV = "MALI_HIL_PLACE"
 _coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
 
 
@@ -104,7 +108,8 @@ def make(spec: DeviceSpec) -> Device:
     try:
         target = SshTarget.of(service.address, service.username or None, service.port or None, options, spec.text)
         inner = ssh.on_target(spec, target)
-        device = LabgridDevice(inner.board, inner.transport, retries=inner.retries)
+        device = LabgridDevice(replace(inner.board, leased=True), inner.transport, env={PLACE_ENV: str(lease.place)},
+                               retries=inner.retries)  # fmt: skip
         device.lease = lease
         return device
     except BaseException as exc:

@@ -188,6 +188,66 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     assert diff(report, again) == {"new_failures": [], "fixed": [], "still_failing": [], "newly_missing": []}
 
 
+def _most_workers_at_once(board: LoopbackBoard, done: threading.Event, seen: list[int]) -> None:
+    """The most board-side supervisors (one per worker of ours) running at once on ``board``, sampled until
+    ``done``: each is a process under the board's sshd running ``mali_hil.runtime.remote supervise``."""
+    assert board._proc is not None
+    while not done.is_set():
+        tree = _children(board._proc.pid)
+        seen.append(sum(1 for pid in tree if b"mali_hil.runtime.remote\0supervise" in _cmdline(pid)))
+        time.sleep(0.05)
+
+
+def farm_run(farm: LabgridFarm, boards: dict[str, LoopbackBoard], out: Path, match: str, *pytest_args: str,
+             wait: float = 60, opts: dict[str, str] | None = None) -> tuple[int, dict]:  # fmt: skip
+    """``mali-hil farm run`` on the places matching ``match``, no retries; (exit status, summary.json)."""
+    device_options = [f"--device-option={k}={v}" for k, v in (opts or options(farm, boards)).items()]
+    argv = ["farm", "run", "--coordinator", farm.address, "--match", match, "--retries", "0", "--wait", f"{wait:g}",
+            "-o", str(out), *device_options, "--", *pytest_args]  # fmt: skip
+    code = main(argv)
+    return code, json.loads((out / "summary.json").read_text())
+
+
+def test_a_measured_board_test_runs_on_the_session_s_own_lease_one_worker_at_a_time(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path
+) -> None:
+    """test_declared_bounds_hold measures jobs on the session's own board: on a leased board that once meant a
+    second lease of the same place, which waited for the first (held by the same run) until it gave up. Now the
+    measured jobs run on the session's lease, in a fresh worker, never beside the session's."""
+    done, seen = threading.Event(), []
+    watcher = threading.Thread(target=_most_workers_at_once, args=(boards["healthy"], done, seen), daemon=True)
+    watcher.start()
+    try:
+        code, report = farm_run(farm, boards, tmp_path / "report", "name=healthy", "-k",
+                                "test_declared_bounds_hold or test_f32_edge_cases", "--loader=chunked",
+                                wait=30)  # fmt: skip
+    finally:
+        done.set()
+        watcher.join(5)
+    healthy = report["boards"]["healthy"]
+    assert healthy["status"] == "PASS" and code == 0, healthy
+    assert any("test_declared_bounds_hold" in name for name in healthy["tests"]), healthy["tests"]
+    assert len(healthy["attempts"][-1]["leases"]) == 1, healthy["attempts"][-1]["leases"]
+    assert seen and max(seen) == 1, f"workers on the board at once: {max(seen, default=0)}"
+    jobs = [json.loads(line) for line in Path(healthy["attempts"][-1]["junit"]).with_suffix(".results.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    measured = [job for job in jobs if "test_declared_bounds_hold" in job["test"]]
+    assert any(job["device"].startswith("labgrid:healthy") for job in measured), "no measured job on the lease"
+
+
+@pytest.mark.slow
+def test_the_whole_suite_passes_on_a_healthy_farm_board(farm: LabgridFarm, boards: dict[str, LoopbackBoard],
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """The whole property suite (no -k), every loader, on one leased board, as a new user runs it: it passes, on
+    one lease. Nightly: it takes minutes (README: the farm's time figure)."""
+    code, report = farm_run(farm, boards, tmp_path / "report", "name=healthy", wait=60,
+                            opts={**options(farm, boards), "emulate": "mali-g610:3GiB"})  # fmt: skip
+    healthy = report["boards"]["healthy"]
+    failing = {name: t for name, t in healthy["tests"].items() if t["status"] not in ("PASS", "SKIP")}
+    assert healthy["status"] == "PASS" and code == 0, failing or healthy
+    assert len(healthy["tests"]) > 100 and len(healthy["attempts"][-1]["leases"]) == 1
+
+
 def test_checking_a_labgrid_device_reserves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     from mali_hil.harness.devices.registry import check_device
 
