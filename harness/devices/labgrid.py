@@ -99,11 +99,16 @@ def check(spec: DeviceSpec) -> None:
 
 
 def make(spec: DeviceSpec) -> Device:
+    return on_lease(spec, _coordinator)
+
+
+def on_lease(spec: DeviceSpec, coordinator: str | None) -> LabgridDevice:
+    """The device for ``spec``, its board leased from ``coordinator`` (None: ``LG_COORDINATOR``) until it closes."""
     from mali_hil.harness.devices import ssh
     from mali_hil.harness.farm.lease import DEFAULT_WAIT, Lease
 
     selector, wait, options = parse_target(spec.target)
-    lease = Lease(selector, _coordinator, DEFAULT_WAIT if wait is None else wait)
+    lease = Lease(selector, coordinator, DEFAULT_WAIT if wait is None else wait)
     service = lease.acquire()
     try:
         target = SshTarget.of(service.address, service.username or None, service.port or None, options, spec.text)

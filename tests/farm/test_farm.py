@@ -1,6 +1,7 @@
 """The board farm against a real labgrid coordinator and exporter on 127.0.0.1 (tests/labgrid_farm.py), exporting
 boards that are real local sshds running the emulated Mali (``emulate=``): one healthy, one whose sshd is not
-running, one whose connection is cut mid-job, and a spare place for the lock tests.
+running, one whose connection is cut mid-job, one whose place names another GPU than it has (its health check
+fails), and a spare place for the lock tests.
 
 The suite on each board is one quick property (``-k test_f32_edge_cases --loader=chunked``), to keep CI short.
 """
@@ -24,16 +25,19 @@ import pytest
 from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.cli import main
 from mali_hil.harness.devices import DeviceSpec
+from mali_hil.harness.devices.labgrid import PLACE_ENV
 from mali_hil.harness.devices.labgrid import make as make_labgrid
-from mali_hil.harness.farm.client import LabgridClient
+from mali_hil.harness.farm import health
+from mali_hil.harness.farm.client import LabgridClient, Place
 from mali_hil.harness.farm.failures import CoordinatorError, ReservationTimeout
+from mali_hil.harness.farm.health import HEALTH_TAG, STREAK_TAG, check_board
 from mali_hil.harness.farm.janitor import sweep
 from mali_hil.harness.farm.lease import Lease
 from mali_hil.harness.farm.summary import diff
 from mali_hil.harness.transports.ssh import SshTransport
 from mali_hil.harness.transports.ssh_target import SshTarget
 from tests.labgrid_farm import LabgridFarm, labgrid_available
-from tests.sshd import LoopbackBoard, _children, _comm, board_python, sshd_available
+from tests.sshd import LoopbackBoard, _children, _cmdline, _comm, board_python, sshd_available, watch_workers
 
 pytestmark = [
     pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available())),
@@ -42,8 +46,10 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 EMULATE = "mali-g52:512MiB"
 SUBSET = ["-k", "test_f32_edge_cases", "--loader=chunked"]
-TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly"}, "down": {"gpu": "mali-g52", "role": "nightly"},
-        "flaky": {"gpu": "mali-g52", "role": "nightly"}, "spare": {"gpu": "mali-g610", "role": "spare"}}  # fmt: skip
+# "sick" runs the same emulated G52 as the others, but its place says gpu=mali-g610: its health check fails
+TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly", "shelf": "two"},
+        "down": {"gpu": "mali-g52", "role": "nightly"}, "flaky": {"gpu": "mali-g52", "role": "nightly"},
+        "spare": {"gpu": "mali-g610", "role": "spare"}, "sick": {"gpu": "mali-g610", "shelf": "two"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +133,6 @@ def _open_files(pid: int) -> str:
     return "\n".join(found)
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFarm, boards: dict[str, LoopbackBoard],
                                                                  tmp_path: Path, capsys) -> None:  # fmt: skip
     opts = options(farm, boards)
@@ -146,8 +145,10 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     cutter = threading.Thread(target=_cut_when_a_worker_runs, args=(boards["flaky"], done, cuts), daemon=True)
     cutter.start()
     out = tmp_path / "report"
+    # the health check is test_an_unhealthy_board_is_marked_then_skipped...'s: here the down board's tests are MISSes
     argv = ["farm", "run", "--coordinator", farm.address, "--match", "role=nightly", "--retries", "1", "--wait", "60",
-            "-o", str(out), *(f"--device-option={k}={v}" for k, v in opts.items()), "--", *SUBSET]  # fmt: skip
+            "--no-health-check", "-o", str(out), *(f"--device-option={k}={v}" for k, v in opts.items()), "--",
+            *SUBSET]  # fmt: skip
     try:
         code = main(argv)
     finally:
@@ -188,22 +189,13 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     assert diff(report, again) == {"new_failures": [], "fixed": [], "still_failing": [], "newly_missing": []}
 
 
-def _most_workers_at_once(board: LoopbackBoard, done: threading.Event, seen: list[int]) -> None:
-    """The most board-side supervisors (one per worker of ours) running at once on ``board``, sampled until
-    ``done``: each is a process under the board's sshd running ``mali_hil.runtime.remote supervise``."""
-    assert board._proc is not None
-    while not done.is_set():
-        tree = _children(board._proc.pid)
-        seen.append(sum(1 for pid in tree if b"mali_hil.runtime.remote\0supervise" in _cmdline(pid)))
-        time.sleep(0.05)
-
-
 def farm_run(farm: LabgridFarm, boards: dict[str, LoopbackBoard], out: Path, match: str, *pytest_args: str,
-             wait: float = 60, opts: dict[str, str] | None = None) -> tuple[int, dict]:  # fmt: skip
+             wait: float = 60, opts: dict[str, str] | None = None, run_args: tuple[str, ...] = ()
+             ) -> tuple[int, dict]:  # fmt: skip
     """``mali-hil farm run`` on the places matching ``match``, no retries; (exit status, summary.json)."""
     device_options = [f"--device-option={k}={v}" for k, v in (opts or options(farm, boards)).items()]
     argv = ["farm", "run", "--coordinator", farm.address, "--match", match, "--retries", "0", "--wait", f"{wait:g}",
-            "-o", str(out), *device_options, "--", *pytest_args]  # fmt: skip
+            "-o", str(out), *device_options, *run_args, "--", *pytest_args]  # fmt: skip
     code = main(argv)
     return code, json.loads((out / "summary.json").read_text())
 
@@ -215,7 +207,7 @@ def test_a_measured_board_test_runs_on_the_session_s_own_lease_one_worker_at_a_t
     second lease of the same place, which waited for the first (held by the same run) until it gave up. Now the
     measured jobs run on the session's lease, in a fresh worker, never beside the session's."""
     done, seen = threading.Event(), []
-    watcher = threading.Thread(target=_most_workers_at_once, args=(boards["healthy"], done, seen), daemon=True)
+    watcher = threading.Thread(target=watch_workers, args=(boards["healthy"], done, seen), daemon=True)
     watcher.start()
     try:
         code, report = farm_run(farm, boards, tmp_path / "report", "name=healthy", "-k",
@@ -246,6 +238,92 @@ def test_the_whole_suite_passes_on_a_healthy_farm_board(farm: LabgridFarm, board
     failing = {name: t for name, t in healthy["tests"].items() if t["status"] not in ("PASS", "SKIP")}
     assert healthy["status"] == "PASS" and code == 0, failing or healthy
     assert len(healthy["tests"]) > 100 and len(healthy["attempts"][-1]["leases"]) == 1
+
+
+# --- board health ---------------------------------------------------------------------------------------------
+def place_of(farm: LabgridFarm, name: str) -> Place:
+    return next(place for place in LabgridClient(farm.address).places() if place.name == name)
+
+
+def test_an_unhealthy_board_is_marked_then_skipped_with_its_reason_until_reset(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path, capsys
+) -> None:
+    """Before its run each board is checked: the healthy one passes every check (and a count of earlier
+    infrastructure errors goes back to zero); the sick one's device is not the GPU its place names, so it is not
+    run, and is marked in labgrid with the reason (a person's comment kept). The next run skips it and says why,
+    until `mali-hil farm health --reset` clears it."""
+    farm.client("set-comment", "rack 2, slot 4", place="sick")
+    farm.client("set-tags", f"{STREAK_TAG}=1", place="healthy")  # as if last night's run had missed
+    code, report = farm_run(farm, boards, tmp_path / "first", "shelf=two", *SUBSET)
+    healthy, sick = report["boards"]["healthy"], report["boards"]["sick"]
+    assert healthy["status"] == "PASS" and healthy["health"]["ok"], healthy
+    assert [c["name"] for c in healthy["health"]["checks"]] == ["reachable and ready", "no leftover processes",
+                                                                "tiny job"]  # fmt: skip
+    assert STREAK_TAG not in place_of(farm, "healthy").tags
+    assert sick["status"] == "MISS" and not sick["attempts"] and not sick["tests"], sick
+    assert "not a Mali-G610" in sick["health"]["reason"] and "health check failed" in sick["infra"]
+    assert code == 3
+    marked = place_of(farm, "sick")
+    assert marked.tags[HEALTH_TAG] == "unhealthy" and marked.tags["gpu"] == "mali-g610"
+    assert marked.comment.startswith("mali-hil: unhealthy since") and "not a Mali-G610" in marked.comment
+    assert marked.comment.endswith("|| was: rack 2, slot 4")
+    assert farm.holder("sick") is None and farm.holder("healthy") is None
+
+    code, report = farm_run(farm, boards, tmp_path / "second", "shelf=two", *SUBSET, run_args=("--no-health-check",))
+    sick = report["boards"]["sick"]
+    assert sick["status"] == "SKIP" and not sick["attempts"] and "not a Mali-G610" in sick["skipped"], sick
+    assert list(report["skipped_boards"]) == ["sick"] and report["boards"]["healthy"]["status"] == "PASS"
+    assert code == 0, report["status"]
+    markdown = (tmp_path / "second" / "summary.md").read_text()
+    assert "| sick | **SKIP** |" in markdown and "marked unhealthy" in markdown and "--reset sick" in markdown
+    capsys.readouterr()
+
+    assert main(["farm", "health", "--coordinator", farm.address]) == 0
+    shown = capsys.readouterr().out
+    assert "unhealthy  sick: mali-hil: unhealthy since" in shown and "ok         healthy" in shown
+    assert main(["farm", "health", "--coordinator", farm.address, "--reset", "sick"]) == 0
+    assert "reset      sick" in capsys.readouterr().out
+    cleared = place_of(farm, "sick")
+    assert HEALTH_TAG not in cleared.tags and cleared.comment == "rack 2, slot 4"
+
+
+def test_runs_that_keep_ending_in_infrastructure_errors_mark_the_board(farm: LabgridFarm,
+                                                                       boards: dict[str, LoopbackBoard],
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The down board, checked by nobody (--no-health-check): its second run in a row that the infrastructure
+    kept from running marks it, with the last run's reason."""
+    farm.client("set-tags", f"{STREAK_TAG}=1", place="down")
+    try:
+        code, report = farm_run(farm, boards, tmp_path / "report", "name=down", *SUBSET,
+                                run_args=("--no-health-check", "--unhealthy-after", "2"))  # fmt: skip
+        assert code == 3 and report["boards"]["down"]["status"] == "MISS"
+        place = place_of(farm, "down")
+        assert place.tags[HEALTH_TAG] == "unhealthy" and place.tags[STREAK_TAG] == "2"
+        assert "2 runs in a row ended in infrastructure errors" in place.comment
+        assert report["boards"]["down"]["marked_unhealthy"] in place.comment
+    finally:
+        health.reset(LabgridClient(farm.address), place_of(farm, "down"))
+    assert {HEALTH_TAG, STREAK_TAG}.isdisjoint(place_of(farm, "down").tags)
+
+
+def test_a_process_left_by_an_earlier_run_on_the_place_fails_its_health_check(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard]
+) -> None:
+    """A process on the board that carries the place's mark (as every process a run starts there does) is a
+    leftover; one of another place (loopback boards share this machine) is not."""
+    env = {**os.environ, PLACE_ENV: "healthy"}
+    left = subprocess.Popen(["sleep", "120"], env=env)
+    other = subprocess.Popen(["sleep", "120"], env={**os.environ, PLACE_ENV: "spare"})
+    try:
+        verdict = check_board(place_of(farm, "healthy"), farm.address, options(farm, boards))
+    finally:
+        for proc in (left, other):
+            proc.kill()
+            proc.wait()
+    assert not verdict.ok and verdict.judged
+    assert [c.name for c in verdict.checks if not c.ok] == ["no leftover processes"], verdict
+    assert f"pid {left.pid}: sleep 120" in verdict.reason and f"pid {other.pid}" not in verdict.reason
+    assert farm.holder("healthy") is None
 
 
 def test_checking_a_labgrid_device_reserves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
