@@ -124,4 +124,9 @@ def on_lease(spec: DeviceSpec, coordinator: str | None) -> LabgridDevice:
         raise
 
 
+def one_worker(spec: DeviceSpec) -> bool:
+    return True  # a leased board (Board.leased), whatever it runs: a second lease would wait for the first
+
+
 make.check = check  # type: ignore[attr-defined]  # see mali_hil.harness.devices.registry
+make.one_worker = one_worker  # type: ignore[attr-defined]
