@@ -76,8 +76,11 @@ def expected_gpu(place: Place, device_options: Mapping[str, str]) -> str | None:
     from mali_hil.emulator.profile import load_profile
 
     gpu = place.tags.get("gpu")
+    if not gpu:
+        return None
     try:
-        return load_profile(gpu).spec if gpu else None
+        load_profile(gpu)
+        return gpu
     except MaliHilError:
         return None  # a tag of the farm's own vocabulary, not a profile: nothing to hold the device to
 

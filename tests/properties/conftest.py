@@ -225,8 +225,7 @@ class MeasuredBoards:
             except DeviceUnavailable as exc:
                 pytest.fail(str(exc), pytrace=False)
         if self._jobs_after_measured.get(spec) != shared.jobs:
-            shared.stop()  # a session job ran in this worker: the measured job starts in a fresh one
-            shared.start()
+            shared.stop()  # a session job ran in this worker: the next measured job starts in a fresh one
         return shared
 
     def ran(self, spec: str, device: Device) -> None:
@@ -263,7 +262,7 @@ class BoardRunner:
         return result
 
     def device(self, spec: str) -> Device:
-        """The started measured board for ``spec``."""
+        """The measured board for ``spec`` (its facts known: started once)."""
         return self.boards.acquire(spec)
 
     def restart(self, spec: str) -> None:
