@@ -104,7 +104,7 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
     skipped = {place.name: health.why_unhealthy(place) for place in places if health.unhealthy(place)}
     for name, why in skipped.items():
         clear = f"mali-hil farm health --reset {name}"
-        boards[name].update(status="SKIP", skipped=why, infra=f"skipped, marked unhealthy: {why} (clear: {clear})")
+        boards[name].update(status="SKIP", skipped=why, infra=f"skipped, marked unhealthy (clear: {clear}): {why}")
     to_run = [place for place in places if place.name not in skipped]
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=options.parallel or max(1, len(to_run)), thread_name_prefix="farm-board")

@@ -46,10 +46,10 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 EMULATE = "mali-g52:512MiB"
 SUBSET = ["-k", "test_f32_edge_cases", "--loader=chunked"]
-# "sick" runs the same emulated G52 as the others, but its place says gpu=mali-g610: its health check fails
+# "sick" runs the same emulated G52 as the others, but its place says gpu=mali-t860: its health check fails
 TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly", "shelf": "two"},
         "down": {"gpu": "mali-g52", "role": "nightly"}, "flaky": {"gpu": "mali-g52", "role": "nightly"},
-        "spare": {"gpu": "mali-g610", "role": "spare"}, "sick": {"gpu": "mali-g610", "shelf": "two"}}  # fmt: skip
+        "spare": {"gpu": "mali-g610", "role": "spare"}, "sick": {"gpu": "mali-t860", "shelf": "two"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,7 @@ def test_a_measured_board_test_runs_on_the_session_s_own_lease_one_worker_at_a_t
     """test_declared_bounds_hold measures jobs on the session's own board: on a leased board that once meant a
     second lease of the same place, which waited for the first (held by the same run) until it gave up. Now the
     measured jobs run on the session's lease, in a fresh worker, never beside the session's."""
+    farm.client("set-tags", f"{STREAK_TAG}=1", place="healthy")  # as if last night's run had missed
     done, seen = threading.Event(), []
     watcher = threading.Thread(target=watch_workers, args=(boards["healthy"], done, seen), daemon=True)
     watcher.start()
@@ -221,6 +222,11 @@ def test_a_measured_board_test_runs_on_the_session_s_own_lease_one_worker_at_a_t
     assert any("test_declared_bounds_hold" in name for name in healthy["tests"]), healthy["tests"]
     assert len(healthy["attempts"][-1]["leases"]) == 1, healthy["attempts"][-1]["leases"]
     assert seen and max(seen) == 1, f"workers on the board at once: {max(seen, default=0)}"
+    # its health check before the run passed every check; a run that ran sets the count of missed runs back
+    assert healthy["health"]["ok"], healthy["health"]
+    assert [c["name"] for c in healthy["health"]["checks"]] == ["reachable and ready", "no leftover processes",
+                                                                "tiny job"]  # fmt: skip
+    assert STREAK_TAG not in place_of(farm, "healthy").tags
     jobs = [json.loads(line) for line in Path(healthy["attempts"][-1]["junit"]).with_suffix(".results.jsonl")
             .read_text().splitlines()]  # fmt: skip
     measured = [job for job in jobs if "test_declared_bounds_hold" in job["test"]]
@@ -248,34 +254,31 @@ def place_of(farm: LabgridFarm, name: str) -> Place:
 def test_an_unhealthy_board_is_marked_then_skipped_with_its_reason_until_reset(
     farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path, capsys
 ) -> None:
-    """Before its run each board is checked: the healthy one passes every check (and a count of earlier
-    infrastructure errors goes back to zero); the sick one's device is not the GPU its place names, so it is not
-    run, and is marked in labgrid with the reason (a person's comment kept). The next run skips it and says why,
-    until `mali-hil farm health --reset` clears it."""
+    """Before its run each board is checked (the healthy board's check: test_a_measured_board_test...): the sick
+    one's device is not the GPU its place names, so it is not run, and is marked in labgrid with the reason (a
+    person's comment kept). The next run skips it and says why, until `mali-hil farm health --reset` clears it."""
     farm.client("set-comment", "rack 2, slot 4", place="sick")
-    farm.client("set-tags", f"{STREAK_TAG}=1", place="healthy")  # as if last night's run had missed
-    code, report = farm_run(farm, boards, tmp_path / "first", "shelf=two", *SUBSET)
-    healthy, sick = report["boards"]["healthy"], report["boards"]["sick"]
-    assert healthy["status"] == "PASS" and healthy["health"]["ok"], healthy
-    assert [c["name"] for c in healthy["health"]["checks"]] == ["reachable and ready", "no leftover processes",
-                                                                "tiny job"]  # fmt: skip
-    assert STREAK_TAG not in place_of(farm, "healthy").tags
+    code, report = farm_run(farm, boards, tmp_path / "first", "name=sick", *SUBSET)
+    sick = report["boards"]["sick"]
     assert sick["status"] == "MISS" and not sick["attempts"] and not sick["tests"], sick
-    assert "not a Mali-G610" in sick["health"]["reason"] and "health check failed" in sick["infra"]
+    assert "not a Mali-T860" in sick["health"]["reason"] and "health check failed" in sick["infra"]
+    assert [c["name"] for c in sick["health"]["checks"]] == ["reachable and ready"]
     assert code == 3
     marked = place_of(farm, "sick")
-    assert marked.tags[HEALTH_TAG] == "unhealthy" and marked.tags["gpu"] == "mali-g610"
-    assert marked.comment.startswith("mali-hil: unhealthy since") and "not a Mali-G610" in marked.comment
+    assert marked.tags[HEALTH_TAG] == "unhealthy" and marked.tags["gpu"] == "mali-t860"
+    assert marked.comment.startswith("mali-hil: unhealthy since") and "not a Mali-T860" in marked.comment
     assert marked.comment.endswith("|| was: rack 2, slot 4")
-    assert farm.holder("sick") is None and farm.holder("healthy") is None
+    assert farm.holder("sick") is None
 
-    code, report = farm_run(farm, boards, tmp_path / "second", "shelf=two", *SUBSET, run_args=("--no-health-check",))
+    code, report = farm_run(farm, boards, tmp_path / "second", "name=sick", *SUBSET)
     sick = report["boards"]["sick"]
-    assert sick["status"] == "SKIP" and not sick["attempts"] and "not a Mali-G610" in sick["skipped"], sick
-    assert list(report["skipped_boards"]) == ["sick"] and report["boards"]["healthy"]["status"] == "PASS"
-    assert code == 0, report["status"]
+    assert sick["status"] == "SKIP" and not sick["attempts"] and "not a Mali-T860" in sick["skipped"], sick
+    assert "health" not in sick, "a marked board is not even checked"
+    assert list(report["skipped_boards"]) == ["sick"]
+    assert code == 3 and report["status"] == "MISS", "every board skipped: nothing ran, which is not a pass"
     markdown = (tmp_path / "second" / "summary.md").read_text()
-    assert "| sick | **SKIP** |" in markdown and "marked unhealthy" in markdown and "--reset sick" in markdown
+    assert "| sick | **SKIP** |" in markdown
+    assert "marked unhealthy (clear: mali-hil farm health --reset sick)" in markdown
     capsys.readouterr()
 
     assert main(["farm", "health", "--coordinator", farm.address]) == 0
