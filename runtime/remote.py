@@ -1,4 +1,4 @@
-"""The board's side of a remote transport: ``python -m mali_hil.runtime.remote health|opencl|supervise``.
+"""The board's side of a remote transport: ``python -m mali_hil.runtime.remote health|opencl|leftovers|supervise``.
 
 Runs in mali-hil's venv on the board. ``supervise`` is the small remote supervisor: it runs the worker under the
 same :class:`~mali_hil.runtime.supervisor.Supervised` as a local worker (its own session, the emulated board's
@@ -148,6 +148,32 @@ def health(workdir: Path, emulate: str | None, ram_budget: int | None) -> dict[s
     return facts
 
 
+def leftovers(mark: str) -> list[dict[str, Any]]:
+    """Processes on this board whose environment or command line carries ``mark`` (``NAME=VALUE``, which the
+    harness gives every process it starts here for one place), other than this one and its parents: what a run
+    left behind. Read from /proc (a Linux board); a process that ends while it is read is not counted."""
+    mine, pid = set(), os.getpid()
+    while pid > 1:  # this probe, the shell and sshd session that started it
+        mine.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    wanted, found = mark.encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        if wanted in environ or wanted in cmdline:
+            found.append({"pid": int(entry.name), "cmdline": b" ".join(cmdline).decode(errors="replace")[:300]})
+    return found
+
+
 def opencl(emulate: str | None) -> dict[str, Any]:
     """The first OpenCL device this board gives a process (through the emulated Mali's layer with ``emulate``)."""
     try:
@@ -178,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--ram-budget", type=int, default=None)
     probe = sub.add_parser("opencl")
     probe.add_argument("--emulate", default=None)
+    left = sub.add_parser("leftovers")
+    left.add_argument("--mark", required=True, metavar="NAME=VALUE")
     args = parser.parse_args(argv)
 
     if args.action == "supervise":
@@ -191,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(command, env, args.ram_budget)
     if args.action == "health":
         print(json.dumps(health(args.workdir, args.emulate, args.ram_budget)))
+    elif args.action == "leftovers":
+        print(json.dumps(leftovers(args.mark)))
     else:
         print(json.dumps(opencl(args.emulate)))
     return 0

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,23 @@ def running_board(root: Path, name: str, workdir: Path, **options: Any) -> Itera
         yield server
     finally:
         server.stop()
+
+
+def watch_workers(board: LoopbackBoard, done: threading.Event, seen: list[int]) -> None:
+    """Until ``done``: append how many workers of ours run on ``board`` at once, every 50 ms. Each worker runs
+    under one board-side supervisor (``mali_hil.runtime.remote supervise``) below the board's sshd."""
+    assert board._proc is not None
+    while not done.is_set():
+        tree = _children(board._proc.pid)
+        seen.append(sum(1 for pid in tree if b"mali_hil.runtime.remote\0supervise" in _cmdline(pid)))
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _user() -> str:

@@ -1,4 +1,4 @@
-"""`mali-hil farm run|janitor|expectations`: the nightly board farm on labgrid."""
+"""`mali-hil farm run|janitor|health|expectations`: the nightly board farm on labgrid."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="an SSH device option for every board (emulate=, ssh_config=, workdir=, python=, ...)",
     )
+    run.add_argument("--no-health-check", dest="health_check", action="store_false",
+                     help="do not check each board before its run (marked boards are still skipped)")  # fmt: skip
+    run.add_argument("--unhealthy-after", type=_positive, default=3, metavar="N",
+                     help="mark a board unhealthy after N runs in a row ended in infrastructure errors "
+                     "(default 3)")  # fmt: skip
     run.add_argument("--previous", type=Path, default=None,
                      help="the summary.json to diff against (default: the one already in -o)")  # fmt: skip
     run.add_argument("-o", "--out", type=Path, default=Path("farm-report"), help="report folder (default farm-report)")
@@ -52,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     janitor.add_argument("--coordinator", default=None, help="labgrid coordinator HOST:PORT (default: LG_COORDINATOR)")
     janitor.add_argument("--dry-run", action="store_true", help="say what would be freed; free nothing")
     janitor.set_defaults(func=_janitor)
+    check = groups.add_parser("health", help="show which boards are marked unhealthy and why; clear a mark")
+    check.add_argument("--coordinator", default=None, help="labgrid coordinator HOST:PORT (default: LG_COORDINATOR)")
+    check.add_argument("--reset", action="append", default=[], metavar="PLACE",
+                       help="clear PLACE's mark and its count of infrastructure errors (repeatable)")  # fmt: skip
+    check.set_defaults(func=_health)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         parallel=args.parallel, retries=args.retries, reruns=args.reruns, expectations=args.expectations,
         wait=args.wait, device_options=options,
         pytest_args=[a for a in args.pytest_args if a != "--"], previous=args.previous,
+        health_check=args.health_check, unhealthy_after=args.unhealthy_after,
     ))  # fmt: skip
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     print(f"reports: {args.out / 'summary.json'}, {args.out / 'summary.md'}, {args.out / 'kcidb.json'} (KCIDB), "
@@ -98,6 +109,34 @@ def _janitor(args: argparse.Namespace) -> int:
         print(f"{verdict.action:10} {verdict.place}: {verdict.holder} ({verdict.why})")
     if not verdicts:
         print("no place is locked")
+    sys.stdout.flush()
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from mali_hil.harness.farm import health
+    from mali_hil.harness.farm.client import LabgridClient
+    from mali_hil.harness.farm.failures import PlaceError
+
+    client = LabgridClient(args.coordinator)
+    places = {place.name: place for place in client.places()}
+    unknown = [name for name in args.reset if name not in places]
+    if unknown:
+        raise PlaceError(f"--reset: no place {', '.join(unknown)} at {client.where} (places: {', '.join(places)})")
+    for name in args.reset:
+        health.reset(client, places[name])
+        print(f"reset      {name}: its next run checks it again")
+    if args.reset:
+        places = {place.name: place for place in client.places()}
+    for name, place in sorted(places.items()):
+        streak = place.tags.get(health.STREAK_TAG)
+        after = f" ({streak} run(s) in a row ended in infrastructure errors)" if streak else ""
+        if health.unhealthy(place):
+            print(f"unhealthy  {name}: {health.why_unhealthy(place)}")
+        else:
+            print(f"ok         {name}{after}")
+    if not places:
+        print("no place at all")
     sys.stdout.flush()
     return 0
 

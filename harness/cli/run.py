@@ -53,6 +53,21 @@ def default_workers() -> int:
     return max(1, min(2, len(os.sched_getaffinity(0))))
 
 
+def choose_workers(given: int | None, devices: list[str]) -> int:
+    """``--workers``, else the default; one where a device's board takes one worker of ours at a time (a physical
+    or leased board): each test process is a session of its own, which would lease the board again (and wait for
+    the first lease) or put a second worker beside the first on the board's RAM. More than one is refused there."""
+    from mali_hil.harness.devices.registry import env_devices, one_worker
+
+    single = next((device for device in devices or env_devices() if one_worker(device)), None)
+    if single is None:
+        return given or default_workers()
+    if given is not None and given > 1:
+        raise MaliHilError(f"--workers {given}: {single} takes one worker at a time, which one test process holds "
+                           "(each process would lease the board again or share its RAM); use --workers 1")  # fmt: skip
+    return 1
+
+
 def parallel_args(workers: int) -> list[str]:
     """pytest-xdist's arguments for ``workers`` processes; the parallel plugin keeps each loader's tests in one."""
     if workers <= 1:
@@ -85,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     # The suite's folder is a package; pytest must import it under the name it is installed as.
     python, env = safe_python(sys.executable)
     argv = [*python, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rfEx"]
-    argv += parallel_args(args.workers or default_workers()) + progress_args(args.progress)
+    argv += parallel_args(choose_workers(args.workers, args.device)) + progress_args(args.progress)
     argv += [f"--device={d}" for d in args.device] + [f"--loader={loader}" for loader in args.loader]
     if args.profile:
         argv.append(f"--mali-hil-profile={args.profile}")

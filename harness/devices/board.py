@@ -22,7 +22,8 @@ class Board:
     ``emulate`` is the emulated Mali the worker puts itself on (its profile and RAM), and ``emulate_spec`` the
     text the worker is given for it; ``ram_budget`` is the RAM (host memory and device buffers together: one
     pool on a Mali) the worker may use, enforced by the transport; None leaves the machine's own RAM and OOM
-    killer in charge, as on a real board.
+    killer in charge, as on a real board. ``leased``: the board is held through a lease (a labgrid place) for
+    as long as the device lives.
     """
 
     spec: DeviceSpec
@@ -30,6 +31,14 @@ class Board:
     emulate: EmulatedBoard | None = None
     emulate_spec: str | None = None
     ram_budget: int | None = None
+    leased: bool = False
+
+    @property
+    def one_worker(self) -> bool:
+        """Only one worker of ours may be on this board at a time, so a run uses one device for it: a physical
+        board's RAM is the memory under test (a second worker's would sit in every measured baseline), and a
+        leased board is held once (a second lease of it would wait for the first, held by the same run)."""
+        return self.physical or self.leased
 
     @property
     def cap_bytes(self) -> int | None:
@@ -54,6 +63,7 @@ class DeviceFacts:
     cap_bytes: int | None
     ram_budget_bytes: int | None
     enforcement: Enforcement
+    one_worker: bool = False  # see Board.one_worker
     device_name: str | None = None
     backend: str | None = None
     fp16: Fp16Fidelity = Fp16Fidelity.UNKNOWN

@@ -53,6 +53,7 @@ class Device:
         self._spare: Channel | None = None  # a worker started ahead, not yet greeted (see _keep_spare)
         self.starts = 0  # workers put to work so far: one, unless jobs killed some (a spare counts when used)
         self.lost = 0  # workers the transport lost (dropped connections), each retried or reported
+        self.jobs = 0  # jobs run so far: who shares the device tells by it whether another ran a job meanwhile
 
     @property
     def spec(self) -> str:
@@ -64,7 +65,8 @@ class Device:
         return DeviceFacts(
             spec=self.spec, kind=board.spec.kind, physical=board.physical, emulated=board.emulate is not None,
             profile=board.profile, cap_bytes=board.cap_bytes, ram_budget_bytes=board.ram_budget,
-            enforcement=self.transport.enforcement(board.ram_budget), device_name=hello.get("device_name"),
+            enforcement=self.transport.enforcement(board.ram_budget), one_worker=board.one_worker,
+            device_name=hello.get("device_name"),
             backend=hello.get("backend") or None, fp16=Fp16Fidelity(hello.get("fp16", Fp16Fidelity.UNKNOWN)),
         )  # fmt: skip
 
@@ -152,6 +154,7 @@ class Device:
     # --- jobs ----------------------------------------------------------------------------------------------
     def run(self, job: LoadJob) -> LoadResult:
         """Run one job; always returns a result record (dead workers and timeouts included), never raises."""
+        self.jobs += 1
         for attempt in range(self.retries + 1):
             result = self._run_once(job)
             if result is not None:

@@ -10,6 +10,7 @@ start, at exit, on Ctrl-C and on SIGTERM; what a SIGKILL leaves, ``mali-hil farm
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import parse_qsl
 
 from mali_hil.errors import DeviceSpecError, MaliHilError
@@ -18,6 +19,9 @@ from mali_hil.harness.devices.spec import DeviceSpec
 from mali_hil.harness.transports.ssh_target import SshTarget
 
 LEASES_ENV = "MALI_HIL_FARM_LEASES"
+# in the environment of every process a labgrid device starts on its board: a later health check tells a process
+# left there by a run on this place from one of another place (loopback boards share one machine)
+PLACE_ENV = "MALI_HIL_PLACE"
 _coordinator: str | None = None  # --lg-coordinator, set by the pytest plugin; None: LG_COORDINATOR
 
 
@@ -95,16 +99,22 @@ def check(spec: DeviceSpec) -> None:
 
 
 def make(spec: DeviceSpec) -> Device:
+    return on_lease(spec, _coordinator)
+
+
+def on_lease(spec: DeviceSpec, coordinator: str | None) -> LabgridDevice:
+    """The device for ``spec``, its board leased from ``coordinator`` (None: ``LG_COORDINATOR``) until it closes."""
     from mali_hil.harness.devices import ssh
     from mali_hil.harness.farm.lease import DEFAULT_WAIT, Lease
 
     selector, wait, options = parse_target(spec.target)
-    lease = Lease(selector, _coordinator, DEFAULT_WAIT if wait is None else wait)
+    lease = Lease(selector, coordinator, DEFAULT_WAIT if wait is None else wait)
     service = lease.acquire()
     try:
         target = SshTarget.of(service.address, service.username or None, service.port or None, options, spec.text)
         inner = ssh.on_target(spec, target)
-        device = LabgridDevice(inner.board, inner.transport, retries=inner.retries)
+        device = LabgridDevice(replace(inner.board, leased=True), inner.transport, env={PLACE_ENV: str(lease.place)},
+                               retries=inner.retries)  # fmt: skip
         device.lease = lease
         return device
     except BaseException as exc:
@@ -114,4 +124,9 @@ def make(spec: DeviceSpec) -> Device:
         raise
 
 
+def one_worker(spec: DeviceSpec) -> bool:
+    return True  # a leased board (Board.leased), whatever it runs: a second lease would wait for the first
+
+
 make.check = check  # type: ignore[attr-defined]  # see mali_hil.harness.devices.registry
+make.one_worker = one_worker  # type: ignore[attr-defined]

@@ -3,7 +3,8 @@
 
 A kind is a factory ``f(spec: DeviceSpec) -> Device`` that starts nothing. A factory that must acquire something to
 make its device (labgrid's reserves and locks a board) carries ``f.check(spec)``: the same validation of the target
-without acquiring it, which :func:`check_device` uses. Adding a kind touches its own module (and one entry point
+without acquiring it, which :func:`check_device` uses; a kind whose boards may take one worker of ours at a time
+carries ``f.one_worker(spec)`` (:func:`one_worker`). Adding a kind touches its own module (and one entry point
 line), never this file.
 """
 
@@ -82,6 +83,14 @@ def check_device(spec: str | DeviceSpec) -> None:
         check(parsed)
     else:
         make_device(parsed).close()
+
+
+def one_worker(spec: str | DeviceSpec) -> bool:
+    """Whether ``spec``'s board takes one worker of ours at a time (``Board.one_worker``: a physical or a leased
+    board), told without making the device: the kind's ``one_worker`` where it has one, else False."""
+    parsed = DeviceSpec.parse(spec)
+    predicate = getattr(_factory(parsed), "one_worker", None)
+    return bool(predicate(parsed)) if callable(predicate) else False
 
 
 def _factory(parsed: DeviceSpec) -> DeviceFactory:

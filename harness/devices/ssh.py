@@ -22,12 +22,22 @@ def make(spec: DeviceSpec) -> Device:
 
 def on_target(spec: DeviceSpec, target: SshTarget) -> Device:
     """The device for a board at ``target`` (from an ``ssh://`` URL, or a labgrid place's service), named ``spec``."""
+    return Device(board_of(spec, target), SshTransport(target), retries=target.retries)
+
+
+def board_of(spec: DeviceSpec, target: SshTarget) -> Board:
     emulated = None
     if target.emulate is not None:
         profile = load_profile(target.emulate)  # an unknown profile fails here; the board's RAM is checked there
         emulated = EmulatedBoard(profile, profile.job_budget())
     if target.expect is not None:
         load_profile(target.expect)
-    board = Board(spec, physical=emulated is None, emulate=emulated, emulate_spec=target.emulate,
-                  ram_budget=None if emulated is None else emulated.ram_budget)  # fmt: skip
-    return Device(board, SshTransport(target), retries=target.retries)
+    return Board(spec, physical=emulated is None, emulate=emulated, emulate_spec=target.emulate,
+                 ram_budget=None if emulated is None else emulated.ram_budget)  # fmt: skip
+
+
+def one_worker(spec: DeviceSpec) -> bool:
+    return board_of(spec, SshTarget.parse(spec.target)).one_worker
+
+
+make.one_worker = one_worker  # type: ignore[attr-defined]  # see mali_hil.harness.devices.registry

@@ -33,6 +33,7 @@ class Place:
     tags: dict[str, str] = field(default_factory=dict)
     acquired: str | None = None  # the holder, ``HOST/USER``
     reservation: str | None = None
+    comment: str = ""
     resources: dict[str, dict[str, object]] = field(default_factory=dict)  # class -> params
 
     def matches(self, selector: Mapping[str, str]) -> bool:
@@ -190,6 +191,15 @@ class LabgridClient:
             if "is not acquired" not in exc.output:
                 raise
 
+    # --- a place's own data (persisted by the coordinator across restarts, unlike locks) -------------------------
+    def set_tags(self, place: str, tags: Mapping[str, str]) -> None:
+        """Set (or, with an empty value, delete) tags of ``place``."""
+        self.call("set-tags", *(f"{key}={value}" for key, value in tags.items()), place=place)
+
+    def set_comment(self, place: str, comment: str) -> None:
+        """Replace ``place``'s comment (one line: labgrid prints it on one)."""
+        self.call("set-comment", "--", " ".join(comment.split()) or "", place=place)
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Return once the coordinator answers (used after starting or restarting one)."""
         deadline = time.monotonic() + timeout
@@ -237,6 +247,8 @@ def parse_places(text: str) -> list[Place]:
                 places[-1].acquired = None if value == "None" else value
             elif key == "reservation":
                 places[-1].reservation = value or None
+            elif key == "comment":
+                places[-1].comment = value
         i += 1
     return places
 

@@ -15,6 +15,10 @@ Reruns: a test that FAILed or ERRORed with no entry in its board family's expect
 on the same board (``--reruns``); one that then passes is a FLAKE. The verdicts against the lists
 (harness/farm/expectations.py) decide each board's status; the run is written as summary.json, summary.md and, for
 dashboards, kcidb.json (harness/farm/kcidb.py).
+
+Health (:mod:`.health`): a place marked unhealthy in labgrid is skipped (SKIP, with the mark's reason); every
+other board is checked before its run, and one that fails the check is marked and not run (MISS); a board whose
+runs end in infrastructure errors ``--unhealthy-after`` times in a row is marked too.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from urllib.parse import urlencode
 
 from mali_hil.harness.devices.labgrid import LEASES_ENV
 from mali_hil.harness.farm import expectations as farm_expectations
-from mali_hil.harness.farm import kcidb, summary
-from mali_hil.harness.farm.client import LabgridClient
+from mali_hil.harness.farm import health, kcidb, summary
+from mali_hil.harness.farm.client import LabgridClient, Place
 from mali_hil.harness.farm.expectations import Expected
 from mali_hil.harness.farm.failures import CoordinatorError, FarmError, PlaceError
 from mali_hil.harness.farm.identity import RunIdentity
@@ -61,6 +65,8 @@ class FarmOptions:
     device_options: dict[str, str] = field(default_factory=dict)  # the SSH device's (emulate, ssh_config, ...)
     pytest_args: list[str] = field(default_factory=list)
     previous: Path | None = None
+    health_check: bool = True  # check each board before its run (health.check_board)
+    unhealthy_after: int = 3  # consecutive runs ending in infrastructure errors that mark a board unhealthy
 
 
 class _Children:
@@ -105,11 +111,16 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
         for place in places
     }
     expected = {place.name: _expectations_of(options, place.name, boards[place.name]) for place in places}
+    skipped = {place.name: health.why_unhealthy(place) for place in places if health.unhealthy(place)}
+    for name, why in skipped.items():
+        clear = f"mali-hil farm health --reset {name}"
+        boards[name].update(status="SKIP", skipped=why, infra=f"skipped, marked unhealthy (clear: {clear}): {why}")
+    to_run = [place for place in places if place.name not in skipped]
     interrupted = False
-    pool = ThreadPoolExecutor(max_workers=options.parallel or len(places), thread_name_prefix="farm-board")
+    pool = ThreadPoolExecutor(max_workers=options.parallel or max(1, len(to_run)), thread_name_prefix="farm-board")
     try:
-        futures = [pool.submit(_run_board, options, client, place.name, boards[place.name], children,
-                               expected[place.name]) for place in places]  # fmt: skip
+        futures = [pool.submit(_run_checked_board, options, client, place, boards[place.name], children,
+                               expected[place.name]) for place in to_run]  # fmt: skip
         for future in futures:
             future.result()
     except KeyboardInterrupt:
@@ -124,8 +135,10 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - wall0, 2), "children_cpu_s": round(_children_cpu() - cpu0, 2),
         "interrupted": interrupted, "boards": boards, "totals": summary.totals(boards),
     }  # fmt: skip
-    statuses = [board["status"] for board in boards.values()]
-    report["status"] = next((s for s in ("FAIL", "ERROR", "MISS") if s in statuses), "PASS")
+    report["skipped_boards"] = skipped
+    statuses = [board["status"] for name, board in boards.items() if name not in skipped]
+    # every matching board skipped: nothing ran, which is not a pass
+    report["status"] = next((s for s in ("FAIL", "ERROR", "MISS") if s in statuses), "PASS") if statuses else "MISS"
     report["previous"] = str(previous_path) if previous is not None else None
     report["diff"] = summary.diff(previous, report)
     report["proposed_flakes"] = farm_expectations.propose_flakes(boards, previous)
@@ -137,6 +150,26 @@ def run_farm(options: FarmOptions) -> dict[str, Any]:
     if interrupted:
         raise KeyboardInterrupt
     return report
+
+
+def _run_checked_board(options: FarmOptions, client: LabgridClient, place: Place, board: dict[str, Any],
+                       children: _Children, expected: Expected) -> None:  # fmt: skip
+    """The board's health check, its run if it passed, then its count of runs ended by the infrastructure."""
+    try:
+        if options.health_check:
+            verdict = health.check_board(place, client.coordinator, options.device_options,
+                                         min(options.wait, health.CHECK_WAIT))  # fmt: skip
+            board["health"] = verdict.to_dict()
+            if verdict.judged and not verdict.ok:
+                board["marked_unhealthy"] = health.mark(client, place, f"health check: {verdict.reason}")
+                board["infra"] = f"health check failed, marked unhealthy: {verdict.reason}"
+                return
+        _run_board(options, client, place.name, board, children, expected)
+        if not children.stopping:
+            infra = (board["infra"] or "tests missed") if board["status"] == "MISS" else None
+            board["marked_unhealthy"] = health.count_run(client, place, infra, options.unhealthy_after)
+    except CoordinatorError as exc:  # the mark could not be written: the run's own results still count
+        board["health_error"] = str(exc)
 
 
 def _run_board(options: FarmOptions, client: LabgridClient, place: str, board: dict[str, Any],

@@ -1,6 +1,7 @@
 """The board farm against a real labgrid coordinator and exporter on 127.0.0.1 (tests/labgrid_farm.py), exporting
 boards that are real local sshds running the emulated Mali (``emulate=``): one healthy, one whose sshd is not
-running, one whose connection is cut mid-job, and a spare place for the lock tests.
+running, one whose connection is cut mid-job, one whose place names another GPU than it has (its health check
+fails), and a spare place for the lock tests.
 
 The suite on each board is one quick property (``-k test_f32_edge_cases --loader=chunked``), to keep CI short.
 """
@@ -24,16 +25,19 @@ import pytest
 from mali_hil.errors import DeviceSpecError
 from mali_hil.harness.cli import main
 from mali_hil.harness.devices import DeviceSpec
+from mali_hil.harness.devices.labgrid import PLACE_ENV
 from mali_hil.harness.devices.labgrid import make as make_labgrid
-from mali_hil.harness.farm.client import LabgridClient
+from mali_hil.harness.farm import health
+from mali_hil.harness.farm.client import LabgridClient, Place
 from mali_hil.harness.farm.failures import CoordinatorError, ReservationTimeout
+from mali_hil.harness.farm.health import HEALTH_TAG, STREAK_TAG, check_board
 from mali_hil.harness.farm.janitor import sweep
 from mali_hil.harness.farm.lease import Lease
 from mali_hil.harness.farm.summary import diff
 from mali_hil.harness.transports.ssh import SshTransport
 from mali_hil.harness.transports.ssh_target import SshTarget
 from tests.labgrid_farm import LabgridFarm, labgrid_available
-from tests.sshd import LoopbackBoard, _children, _comm, board_python, sshd_available
+from tests.sshd import LoopbackBoard, _children, _cmdline, _comm, board_python, sshd_available, watch_workers
 
 pytestmark = [
     pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available())),
@@ -42,8 +46,10 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 EMULATE = "mali-g52:512MiB"
 SUBSET = ["-k", "test_f32_edge_cases", "--loader=chunked"]
-TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly"}, "down": {"gpu": "mali-g52", "role": "nightly"},
-        "flaky": {"gpu": "mali-g52", "role": "nightly"}, "spare": {"gpu": "mali-g610", "role": "spare"}}  # fmt: skip
+# "sick" runs the same emulated G52 as the others, but its place says gpu=mali-t860: its health check fails
+TAGS = {"healthy": {"gpu": "mali-g52", "role": "nightly", "shelf": "two"},
+        "down": {"gpu": "mali-g52", "role": "nightly"}, "flaky": {"gpu": "mali-g52", "role": "nightly"},
+        "spare": {"gpu": "mali-g610", "role": "spare"}, "sick": {"gpu": "mali-t860", "shelf": "two"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +133,6 @@ def _open_files(pid: int) -> str:
     return "\n".join(found)
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFarm, boards: dict[str, LoopbackBoard],
                                                                  tmp_path: Path, capsys) -> None:  # fmt: skip
     opts = options(farm, boards)
@@ -146,8 +145,10 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     cutter = threading.Thread(target=_cut_when_a_worker_runs, args=(boards["flaky"], done, cuts), daemon=True)
     cutter.start()
     out = tmp_path / "report"
+    # the health check is test_an_unhealthy_board_is_marked_then_skipped...'s: here the down board's tests are MISSes
     argv = ["farm", "run", "--coordinator", farm.address, "--match", "role=nightly", "--retries", "1", "--wait", "60",
-            "-o", str(out), *(f"--device-option={k}={v}" for k, v in opts.items()), "--", *SUBSET]  # fmt: skip
+            "--no-health-check", "-o", str(out), *(f"--device-option={k}={v}" for k, v in opts.items()), "--",
+            *SUBSET]  # fmt: skip
     try:
         code = main(argv)
     finally:
@@ -186,6 +187,146 @@ def test_farm_run_reports_each_board_and_loses_no_healthy_result(farm: LabgridFa
     # a second night against this one: the down board's tests are still missing, not newly; nothing new fails
     again = dict(report)
     assert diff(report, again) == {"new_failures": [], "fixed": [], "still_failing": [], "newly_missing": []}
+
+
+def farm_run(farm: LabgridFarm, boards: dict[str, LoopbackBoard], out: Path, match: str, *pytest_args: str,
+             wait: float = 60, opts: dict[str, str] | None = None, run_args: tuple[str, ...] = ()
+             ) -> tuple[int, dict]:  # fmt: skip
+    """``mali-hil farm run`` on the places matching ``match``, no retries; (exit status, summary.json)."""
+    device_options = [f"--device-option={k}={v}" for k, v in (opts or options(farm, boards)).items()]
+    argv = ["farm", "run", "--coordinator", farm.address, "--match", match, "--retries", "0", "--wait", f"{wait:g}",
+            "-o", str(out), *device_options, *run_args, "--", *pytest_args]  # fmt: skip
+    code = main(argv)
+    return code, json.loads((out / "summary.json").read_text())
+
+
+def test_a_measured_board_test_runs_on_the_session_s_own_lease_one_worker_at_a_time(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path
+) -> None:
+    """test_declared_bounds_hold measures jobs on the session's own board: on a leased board that once meant a
+    second lease of the same place, which waited for the first (held by the same run) until it gave up. Now the
+    measured jobs run on the session's lease, in a fresh worker, never beside the session's."""
+    farm.client("set-tags", f"{STREAK_TAG}=1", place="healthy")  # as if last night's run had missed
+    done, seen = threading.Event(), []
+    watcher = threading.Thread(target=watch_workers, args=(boards["healthy"], done, seen), daemon=True)
+    watcher.start()
+    try:
+        code, report = farm_run(farm, boards, tmp_path / "report", "name=healthy", "-k",
+                                "test_declared_bounds_hold or test_f32_edge_cases", "--loader=chunked",
+                                wait=30)  # fmt: skip
+    finally:
+        done.set()
+        watcher.join(5)
+    healthy = report["boards"]["healthy"]
+    assert healthy["status"] == "PASS" and code == 0, healthy
+    assert any("test_declared_bounds_hold" in name for name in healthy["tests"]), healthy["tests"]
+    assert len(healthy["attempts"][-1]["leases"]) == 1, healthy["attempts"][-1]["leases"]
+    assert seen and max(seen) == 1, f"workers on the board at once: {max(seen, default=0)}"
+    # its health check before the run passed every check; a run that ran sets the count of missed runs back
+    assert healthy["health"]["ok"], healthy["health"]
+    assert [c["name"] for c in healthy["health"]["checks"]] == ["reachable and ready", "no leftover processes",
+                                                                "tiny job"]  # fmt: skip
+    assert STREAK_TAG not in place_of(farm, "healthy").tags
+    jobs = [json.loads(line) for line in Path(healthy["attempts"][-1]["junit"]).with_suffix(".results.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    measured = [job for job in jobs if "test_declared_bounds_hold" in job["test"]]
+    assert any(job["device"].startswith("labgrid:healthy") for job in measured), "no measured job on the lease"
+
+
+@pytest.mark.slow
+def test_the_whole_suite_passes_on_a_healthy_farm_board(farm: LabgridFarm, boards: dict[str, LoopbackBoard],
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """The whole property suite (no -k), every loader, on one leased board, as a new user runs it: it passes, on
+    one lease. Nightly: it takes minutes (README: the farm's time figure)."""
+    code, report = farm_run(farm, boards, tmp_path / "report", "name=healthy", wait=60,
+                            opts={**options(farm, boards), "emulate": "mali-g610:3GiB"})  # fmt: skip
+    healthy = report["boards"]["healthy"]
+    failing = {name: t for name, t in healthy["tests"].items() if t["status"] not in ("PASS", "SKIP")}
+    assert healthy["status"] == "PASS" and code == 0, failing or healthy
+    assert len(healthy["tests"]) > 100 and len(healthy["attempts"][-1]["leases"]) == 1
+
+
+# --- board health ---------------------------------------------------------------------------------------------
+def place_of(farm: LabgridFarm, name: str) -> Place:
+    return next(place for place in LabgridClient(farm.address).places() if place.name == name)
+
+
+def test_an_unhealthy_board_is_marked_then_skipped_with_its_reason_until_reset(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard], tmp_path: Path, capsys
+) -> None:
+    """Before its run each board is checked (the healthy board's check: test_a_measured_board_test...): the sick
+    one's device is not the GPU its place names, so it is not run, and is marked in labgrid with the reason (a
+    person's comment kept). The next run skips it and says why, until `mali-hil farm health --reset` clears it."""
+    farm.client("set-comment", "rack 2, slot 4", place="sick")
+    code, report = farm_run(farm, boards, tmp_path / "first", "name=sick", *SUBSET)
+    sick = report["boards"]["sick"]
+    assert sick["status"] == "MISS" and not sick["attempts"] and not sick["tests"], sick
+    assert "not a Mali-T860" in sick["health"]["reason"] and "health check failed" in sick["infra"]
+    assert [c["name"] for c in sick["health"]["checks"]] == ["reachable and ready"]
+    assert code == 3
+    marked = place_of(farm, "sick")
+    assert marked.tags[HEALTH_TAG] == "unhealthy" and marked.tags["gpu"] == "mali-t860"
+    assert marked.comment.startswith("mali-hil: unhealthy since") and "not a Mali-T860" in marked.comment
+    assert marked.comment.endswith("|| was: rack 2, slot 4")
+    assert farm.holder("sick") is None
+
+    code, report = farm_run(farm, boards, tmp_path / "second", "name=sick", *SUBSET)
+    sick = report["boards"]["sick"]
+    assert sick["status"] == "SKIP" and not sick["attempts"] and "not a Mali-T860" in sick["skipped"], sick
+    assert "health" not in sick, "a marked board is not even checked"
+    assert list(report["skipped_boards"]) == ["sick"]
+    assert code == 3 and report["status"] == "MISS", "every board skipped: nothing ran, which is not a pass"
+    markdown = (tmp_path / "second" / "summary.md").read_text()
+    assert "| sick | **SKIP** |" in markdown
+    assert "marked unhealthy (clear: mali-hil farm health --reset sick)" in markdown
+    capsys.readouterr()
+
+    assert main(["farm", "health", "--coordinator", farm.address]) == 0
+    shown = capsys.readouterr().out
+    assert "unhealthy  sick: mali-hil: unhealthy since" in shown and "ok         healthy" in shown
+    assert main(["farm", "health", "--coordinator", farm.address, "--reset", "sick"]) == 0
+    assert "reset      sick" in capsys.readouterr().out
+    cleared = place_of(farm, "sick")
+    assert HEALTH_TAG not in cleared.tags and cleared.comment == "rack 2, slot 4"
+
+
+def test_runs_that_keep_ending_in_infrastructure_errors_mark_the_board(farm: LabgridFarm,
+                                                                       boards: dict[str, LoopbackBoard],
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The down board, checked by nobody (--no-health-check): its second run in a row that the infrastructure
+    kept from running marks it, with the last run's reason."""
+    farm.client("set-tags", f"{STREAK_TAG}=1", place="down")
+    try:
+        code, report = farm_run(farm, boards, tmp_path / "report", "name=down", *SUBSET,
+                                run_args=("--no-health-check", "--unhealthy-after", "2"))  # fmt: skip
+        assert code == 3 and report["boards"]["down"]["status"] == "MISS"
+        place = place_of(farm, "down")
+        assert place.tags[HEALTH_TAG] == "unhealthy" and place.tags[STREAK_TAG] == "2"
+        assert "2 runs in a row ended in infrastructure errors" in place.comment
+        assert report["boards"]["down"]["marked_unhealthy"] in place.comment
+    finally:
+        health.reset(LabgridClient(farm.address), place_of(farm, "down"))
+    assert {HEALTH_TAG, STREAK_TAG}.isdisjoint(place_of(farm, "down").tags)
+
+
+def test_a_process_left_by_an_earlier_run_on_the_place_fails_its_health_check(
+    farm: LabgridFarm, boards: dict[str, LoopbackBoard]
+) -> None:
+    """A process on the board that carries the place's mark (as every process a run starts there does) is a
+    leftover; one of another place (loopback boards share this machine) is not."""
+    env = {**os.environ, PLACE_ENV: "healthy"}
+    left = subprocess.Popen(["sleep", "120"], env=env)
+    other = subprocess.Popen(["sleep", "120"], env={**os.environ, PLACE_ENV: "spare"})
+    try:
+        verdict = check_board(place_of(farm, "healthy"), farm.address, options(farm, boards))
+    finally:
+        for proc in (left, other):
+            proc.kill()
+            proc.wait()
+    assert not verdict.ok and verdict.judged
+    assert [c.name for c in verdict.checks if not c.ok] == ["no leftover processes"], verdict
+    assert f"pid {left.pid}: sleep 120" in verdict.reason and f"pid {other.pid}" not in verdict.reason
+    assert farm.holder("healthy") is None
 
 
 def test_checking_a_labgrid_device_reserves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

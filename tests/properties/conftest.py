@@ -190,35 +190,84 @@ def _suite_hypothesis_profile(request: pytest.FixtureRequest) -> Iterator[None]:
 # --- boards of other sizes, for the memory properties (test_memory_bound, test_oom, test_fit) ---
 
 
-class BoardRunner:
-    """``run(spec, checkpoint, loader, **job_fields) -> LoadResult`` on a measured board, recorded for the report as
-    ``load()``'s results are; ``settle(spec)`` runs an empty job after a failed one, which checks that the worker
-    is back to an empty device before the next measured job.
+class MeasuredBoards:
+    """The boards measured jobs run on, by spec: ``acquire(spec)`` (started), ``restart(spec)``, ``close()``.
 
-    Measured boards come from a device pool of their own (``boards``): one warm worker per spec, apart from the
-    session's ``--device`` workers, so what the session's jobs leave in a worker never reaches a measured baseline.
+    A board that takes one worker at a time (``facts.one_worker``: a physical board, or one leased from labgrid)
+    is measured on the session's own device: the same lease and connection, never a second lease of the board (it
+    would wait for the first, held by this very run) nor a second worker beside the session's (its RAM would be in
+    every measured baseline). Its measured jobs start in a fresh worker whenever a job of the session ran on it
+    since the last measured one, so nothing a session job left in its worker reaches a measured baseline; the
+    session's next job then starts a worker of its own again only if a measured job left one that was retired.
+    Any other board (emulated, here or on a remote machine with a RAM budget of its own) gets a device of its own
+    in ``pool``: one warm worker per spec, apart from the session's.
     """
 
-    def __init__(self, boards: DevicePool, session: Any, nodeid: str, empty: Path) -> None:
+    def __init__(self, session: Any) -> None:
+        self.session, self.pool = session, DevicePool()
+        self._jobs_after_measured: dict[str, int] = {}  # shared spec -> its device's job count after our last job
+
+    def _shared(self, spec: str) -> Device | None:
+        """The session's own device for ``spec`` when it takes one worker at a time, else None."""
+        if spec not in self.session.devices:
+            return None
+        try:
+            device = self.session.pool.acquire(self.session.specs.get(spec, spec))
+        except DeviceUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        return device if device.facts.one_worker else None
+
+    def acquire(self, spec: str) -> Device:
+        shared = self._shared(spec)
+        if shared is None:
+            try:
+                return self.pool.acquire(spec)
+            except DeviceUnavailable as exc:
+                pytest.fail(str(exc), pytrace=False)
+        if self._jobs_after_measured.get(spec) != shared.jobs:
+            shared.stop()  # a session job ran in this worker: the next measured job starts in a fresh one
+        return shared
+
+    def ran(self, spec: str, device: Device) -> None:
+        """A measured job ended on ``device``: the next one may reuse its worker unless a session job intervenes."""
+        if device.facts.one_worker and spec in self.session.devices:
+            self._jobs_after_measured[spec] = device.jobs
+
+    def restart(self, spec: str) -> None:
+        shared = self._shared(spec)
+        if shared is not None:
+            shared.stop()
+        else:
+            self.pool.release(spec, restart=True)
+
+    def close(self) -> None:
+        self.pool.close()  # the session's own devices are the session's to close
+
+
+class BoardRunner:
+    """``run(spec, checkpoint, loader, **job_fields) -> LoadResult`` on a measured board (:class:`MeasuredBoards`),
+    recorded for the report as ``load()``'s results are; ``settle(spec)`` runs an empty job after a failed one,
+    which checks that the worker is back to an empty device before the next measured job."""
+
+    def __init__(self, boards: MeasuredBoards, session: Any, nodeid: str, empty: Path) -> None:
         self.boards, self._session, self._nodeid, self._empty = boards, session, nodeid, empty
 
     def __call__(self, spec: str, checkpoint: str | Path, loader: str, **job_fields: Any) -> LoadResult:
         job_fields.setdefault("timeout_s", self._session.job_timeout)
         job = LoadJob(checkpoint=str(Path(checkpoint).resolve()), loader=loader, **job_fields)
-        result = self.device(spec).run(job)
+        device = self.device(spec)
+        result = device.run(job)
+        self.boards.ran(spec, device)
         self._session.record(self._nodeid, result)
         return result
 
     def device(self, spec: str) -> Device:
-        """The started measured board for ``spec``."""
-        try:
-            return self.boards.acquire(spec)
-        except DeviceUnavailable as exc:
-            pytest.fail(str(exc), pytrace=False)
+        """The measured board for ``spec`` (its facts known: started once)."""
+        return self.boards.acquire(spec)
 
     def restart(self, spec: str) -> None:
         """Stop ``spec``'s worker; the next job starts a fresh one (a clean process for a baseline)."""
-        self.boards.release(spec, restart=True)
+        self.boards.restart(spec)
 
     def settle(self, spec: str) -> None:
         probe = self(spec, self._empty, "chunked", timeout_s=PROBE_TIMEOUT_S)
@@ -226,14 +275,16 @@ class BoardRunner:
 
 
 @pytest.fixture(scope="session")
-def boards() -> Iterator[DevicePool]:
-    pool = DevicePool()
-    yield pool
-    pool.close()
+def boards(request: pytest.FixtureRequest) -> Iterator[MeasuredBoards]:
+    from mali_hil.harness.plugin.session import SESSION_KEY
+
+    measured = MeasuredBoards(request.config.stash[SESSION_KEY])
+    yield measured
+    measured.close()
 
 
 @pytest.fixture
-def on_board(request: pytest.FixtureRequest, boards: DevicePool, empty_checkpoint: Path) -> BoardRunner:
+def on_board(request: pytest.FixtureRequest, boards: MeasuredBoards, empty_checkpoint: Path) -> BoardRunner:
     from mali_hil.harness.plugin.session import SESSION_KEY
 
     return BoardRunner(boards, request.config.stash[SESSION_KEY], request.node.nodeid, empty_checkpoint)

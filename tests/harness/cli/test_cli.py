@@ -192,3 +192,22 @@ def test_an_interrupted_run_writes_the_report_and_leaves_nothing_running(tmp_pat
     time.sleep(1)
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
     assert alive == [], f"processes {alive} of the run outlived it"
+
+
+def test_a_board_that_takes_one_worker_is_run_by_one_test_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A physical board (ssh:// without emulate=) or a leased one (labgrid:) is held by one session: several test
+    processes would each lease it again (and wait for the first) or put workers side by side on its RAM."""
+    from mali_hil.errors import MaliHilError
+    from mali_hil.harness.cli import main
+    from mali_hil.harness.cli.run import choose_workers
+
+    monkeypatch.delenv("MALI_HIL_DEVICE", raising=False)
+    assert choose_workers(None, ["ssh://pi@board"]) == 1
+    assert choose_workers(None, ["emulated-mali:mali-g52", "labgrid:rock5b-1?emulate=mali-g610"]) == 1
+    assert choose_workers(2, ["ssh://pi@board?emulate=mali-g52:2GiB"]) == 2  # an emulated board has its own budget
+    assert choose_workers(3, ["emulated-mali:mali-g52"]) == 3
+    monkeypatch.setenv("MALI_HIL_DEVICE", "ssh://pi@board")
+    assert choose_workers(None, []) == 1
+    with pytest.raises(MaliHilError, match="takes one worker at a time"):
+        choose_workers(2, ["ssh://pi@board"])
+    assert main(["run", "--device=labgrid:rock5b-1", "--workers", "2"]) == 2  # refused before any pytest starts

@@ -29,7 +29,7 @@ from mali_hil.runtime.verdict import OomEvidence
 from tests.harness.loaders import odd_loaders
 from tests.harness.transports.suite_verdicts import suite_verdicts
 from tests.interrupt import interruptible
-from tests.sshd import LoopbackBoard, running_board, sshd_available
+from tests.sshd import LoopbackBoard, running_board, sshd_available, watch_workers
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
@@ -289,3 +289,25 @@ def test_a_board_without_sftp_gets_its_files_through_the_ssh_channel(tmp_path: P
         assert transport.file_transfer == "ssh channel (cat)"
         assert (tmp_path / "copied.whl").read_bytes() == blob.read_bytes()
         assert not list(tmp_path.glob("copied.whl.part-*")), "a partial file was left behind"
+
+
+@pytest.mark.slow
+def test_the_whole_suite_passes_on_a_board_without_emulate(board: LoopbackBoard, tmp_path: Path) -> None:
+    """The whole property suite (no -k, every loader) on the board's own OpenCL device (PoCL here, standing in for
+    its Mali; no RAM budget of ours, the kernel's OOM killer): it passes, and the measured jobs run on the
+    session's device, one worker of ours on the board at a time (a second would sit in every measured baseline).
+    Nightly: it takes minutes."""
+    from mali_hil.harness.cli.run import suite_path
+
+    argv = [sys.executable, "-m", "pytest", str(suite_path()), f"--device={board.url()}", "-q", "-p",
+            "no:cacheprovider", "-p", "no:xdist", f"--junitxml={tmp_path / 'suite.xml'}"]  # fmt: skip
+    done, seen = threading.Event(), []
+    watcher = threading.Thread(target=watch_workers, args=(board, done, seen), daemon=True)
+    watcher.start()
+    try:
+        finished = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert finished.returncode == 0, finished.stdout[-4000:] + finished.stderr[-2000:]
+    assert seen and max(seen) == 1, f"workers on the board at once: {max(seen, default=0)}"
