@@ -40,7 +40,8 @@ class ReportInputs:
     sources: list[str] = field(default_factory=list)
 
     def count(self) -> int:
-        return len(self.clusters) + len(self.thresholds) + len(self.records) + len(self.properties)
+        return (len(self.clusters) + len(self.thresholds) + len(self.board_diffs) + len(self.records)
+                + len(self.properties))
 
 
 def read_inputs(paths: list[str]) -> ReportInputs:
