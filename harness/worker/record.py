@@ -93,6 +93,8 @@ def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, An
         credible = exit_file is not None and _layer_could_kill(exit_file, board, ram_growth)
         verdict = decide(Evidence(returncode=returncode, ended_in_job=True, layer=exit_file or layer,
                                   layer_killed=credible, in_process_kernels=emulated))  # fmt: skip
+        if verdict.error_type == "BackendCrash":  # the device's wording for a dead worker, the same words here
+            return replace(verdict, message=f"the job's process died (exit {returncode}, {verdict.message})")
         if verdict.error_type == "WorkerDied":
             return replace(verdict, message=f"the job's process ended ({verdict.message}) before its result")
         return verdict
