@@ -62,16 +62,19 @@ def _put_on_board() -> tuple[str, Any]:
 
 def _warm_imports() -> None:
     """What every job needs, imported once here so that each fork starts warm; nothing here opens a device."""
-    import numpy  # noqa: F401
+    import numpy
     import tinygrad
     import tinygrad.nn.state
-    import tinygrad.runtime.ops_cl  # noqa: F401
+    import tinygrad.runtime.ops_cl
 
     import mali_hil.harness.checkpoints
     import mali_hil.harness.worker.job  # noqa: F401
     from mali_hil.harness.loaders import registry
 
-    registry._load_builtins()  # the built-in variants' modules (definitions only: no load runs here)
+    registry.available()  # the built-in variants' modules (definitions only: no load runs) and the entry points'
+    # list (read, not loaded: importlib.metadata caches the scan, 30 ms a job otherwise)
+    import numpy.ctypeslib  # noqa: F401  (what the first job would import: tinygrad's CL device and numpy views)
+    import tinygrad.uop.upat  # noqa: F401
     _preload_opencl_libraries()
 
 
