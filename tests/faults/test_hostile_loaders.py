@@ -26,7 +26,7 @@ from mali_hil.runtime.verdict import OomEvidence
 from tests.faults.hostile_loaders import MIB, PIDFILE_ENV, POISON_ENV
 from tests.faults.test_process_tree import alive, gone_soon
 
-BOARD = "emulated-mali:mali-g610:1GiB"
+BOARD = "emulated-mali:mali-g610:512MiB"
 LOADERS = "tests.faults.hostile_loaders"
 FIGURE_SLACK = 24 * MIB  # RAM growth of two honest runs of the same job may differ by allocator noise
 
@@ -37,24 +37,34 @@ def job(tiny: Path, loader: str, timeout: float = 60) -> LoadJob:
 
 @pytest.fixture(scope="module")
 def clean(tiny: Path) -> dict[str, LoadResult]:
-    """The honest loader's record, and the cwd/env probe's, each on a device of its own that ran nothing else."""
-    records = {}
-    for loader in ("honest", "tells_cwd_and_env"):
-        with make_device(BOARD) as device:
-            records[loader] = device.run(job(tiny, loader))
+    """The honest loader's record, and the cwd/env probe's, on a device of their own that ran nothing else."""
+    with make_device(BOARD) as device:
+        records = {loader: device.run(job(tiny, loader)) for loader in ("honest", "tells_cwd_and_env")}
     assert records["honest"].status is Status.OK, records["honest"].error_message
     return records
 
 
-@pytest.fixture
-def device(pidfile: Path) -> Iterator[Device]:
+@pytest.fixture(scope="module")
+def pids(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hostile") / "pids"
+    path.touch()
+    return path
+
+
+@pytest.fixture(scope="module")
+def device(pids: Path) -> Iterator[Device]:
+    """One device for every attack, as a session would have it: each test runs an honest job after its attack."""
     device = make_device(BOARD)
-    device.env[PIDFILE_ENV] = str(pidfile)
+    device.env[PIDFILE_ENV] = str(pids)
     with device:
         yield device
-    for pid in [int(line) for line in pidfile.read_text().split()]:
+    for pid in left_by(pids):
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def left_by(pids: Path) -> list[int]:
+    return [int(line) for line in pids.read_text().split()]
 
 
 def assert_like_clean(after: LoadResult, clean: LoadResult) -> None:
@@ -79,11 +89,12 @@ ALTERING = ["patches_the_contract_check", "patches_the_digest", "resets_the_laye
 def test_a_loader_that_alters_the_harness_is_an_error_and_the_next_job_is_clean(
     device: Device, tiny: Path, clean: dict[str, LoadResult], loader: str
 ) -> None:
+    starts = device.starts
     hostile = device.run(job(tiny, loader))
     assert (hostile.status, hostile.error_type) == (Status.ERROR, "HarnessAltered"), hostile
     assert "the loader altered the harness" in (hostile.error_message or "")
     assert_like_clean(device.run(job(tiny, "honest")), clean["honest"])
-    assert device.starts == 1  # the worker was never replaced: it was never touched
+    assert device.starts == starts  # the worker was never replaced: it was never touched
 
 
 def test_a_loader_that_replaces_the_meter_is_measured_all_the_same(
@@ -92,8 +103,8 @@ def test_a_loader_that_replaces_the_meter_is_measured_all_the_same(
     hostile = device.run(job(tiny, "patches_the_meter_and_holds_memory"))
     assert hostile.status is Status.OK, hostile.error_message
     assert hostile.digests == clean["honest"].digests
-    assert (hostile.ram_growth_bytes or 0) >= 96 * MIB + clean["honest"].ram_growth_bytes
-    assert (hostile.device_peak_bytes or 0) >= 64 * MIB
+    assert (hostile.ram_growth_bytes or 0) >= 48 * MIB  # on main: its baseline, about 0
+    assert (hostile.device_peak_bytes or 0) >= 16 * MIB
     assert_like_clean(device.run(job(tiny, "honest")), clean["honest"])
 
 
@@ -118,32 +129,36 @@ def test_the_working_folder_and_environment_of_a_job_die_with_it(
 def test_descriptors_leaked_to_emfile_die_with_the_job(
     device: Device, tiny: Path, clean: dict[str, LoadResult]
 ) -> None:
+    starts = device.starts
     leaky = device.run(job(tiny, "leaks_descriptors_until_emfile"))
     assert leaky.status is Status.ERROR and "Too many open files" in (leaky.error_message or ""), leaky
     for _ in range(2):
         assert_like_clean(device.run(job(tiny, "honest")), clean["honest"])
-    assert device.starts == 1
+    assert device.starts == starts
 
 
 def test_a_daemon_holding_memory_counts_against_the_job_and_ends_with_it(
-    device: Device, tiny: Path, pidfile: Path, clean: dict[str, LoadResult]
+    device: Device, tiny: Path, pids: Path, clean: dict[str, LoadResult]
 ) -> None:
+    pids.write_text("")
     hostile = device.run(job(tiny, "daemon_holds_memory"))
     assert (hostile.status, hostile.oom_evidence) == (Status.OOM_KILLED, OomEvidence.ENFORCER), hostile
-    daemons = [int(line) for line in pidfile.read_text().split()]
+    daemons = left_by(pids)
     assert daemons and gone_soon(daemons), "the setsid'd grandchild outlived its job"
     assert_like_clean(device.run(job(tiny, "honest")), clean["honest"])
 
 
 def test_a_daemon_holding_the_pipes_neither_hangs_the_job_nor_outlives_it(
-    device: Device, tiny: Path, pidfile: Path, clean: dict[str, LoadResult]
+    device: Device, tiny: Path, pids: Path, clean: dict[str, LoadResult]
 ) -> None:
+    pids.write_text("")
+    starts = device.starts
     started = time.monotonic()
     hostile = device.run(job(tiny, "daemon_holds_the_pipes", timeout=5))
     took = time.monotonic() - started
     assert hostile.status is Status.OK, hostile.error_message
     assert took < 5, f"the job took {took:.1f} s: the daemon's pipes held it"
-    daemons = [int(line) for line in pidfile.read_text().split()]
+    daemons = left_by(pids)
     assert daemons and not any(alive(pid) for pid in daemons), "the setsid'd grandchild outlived its job"
     assert_like_clean(device.run(job(tiny, "honest")), clean["honest"])
-    assert device.starts == 1
+    assert device.starts == starts
