@@ -89,6 +89,7 @@ class JobMeter:
         self._job = MemoryPeaks()
         self._loading = False
         self.loaded_layer: LayerStats | None = None
+        self.cleaned_layer: LayerStats | None = None
         self.marks: dict[str, float] = {}
 
     def start(self) -> None:
@@ -106,6 +107,12 @@ class JobMeter:
             self.marks["loaded"] = time.monotonic()
             self._loading = False
             self.loaded_layer = self.layer.last
+
+    def cleaned(self) -> None:
+        """The child said ``cleaned``: its tensors and tinygrad's caches are dropped; what is live is held elsewhere."""
+        with self._lock:
+            self._sample_locked()
+            self.cleaned_layer = self.layer.last
 
     def stop(self) -> JobMemory | None:
         """The child exited; None when it never said ``ready``."""

@@ -41,8 +41,8 @@ BROKEN = (
 
 class ClaimWriter:
     """The child's end of its claims pipe: one JSON line per message, written whole (os.write loops). A mark
-    (``ready``, ``loaded``) waits for the parent's answer on ``acks``, so the parent measures the job at that very
-    point, not some time after it."""
+    (``ready``, ``loaded``, ``cleaned``) waits for the parent's answer on ``acks``, so the parent measures the job
+    at that very point, not some time after it."""
 
     def __init__(self, fd: int, acks: int | None = None) -> None:
         self.fd, self.acks = fd, acks
@@ -111,6 +111,8 @@ def run_job(job: LoadJob, facts: dict[str, str], claims: ClaimWriter) -> None:
         else:
             claim.update(exception=_exception(failure), trace=capped(trace))
         _cleanup(tensors)
+        _settle_layer()
+        mark("cleaned")  # the parent reads the device bytes still live: what the loader holds beyond its return
         claim["leaked"] = holdings.leaked() if holdings else {}  # after the cleanup: what the job alone still holds
     except Exception as exc:  # the process is the loader's: what it left (no descriptors, no memory) broke this
         claim = {"op": "claim", "exception": _exception(exc, BROKEN)}

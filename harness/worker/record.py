@@ -62,17 +62,23 @@ def assemble(job: LoadJob, facts: dict[str, str], status: int, messages: dict[st
         if verdict.status is Status.ERROR and claim is not None and claim.get("trace"):
             print(claim["trace"], file=sys.stderr)
         return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message,
-                          oom_evidence=verdict.oom_evidence, leaked=_leaked(claim), **base)  # fmt: skip
+                          oom_evidence=verdict.oom_evidence, leaked=_leaked(claim, meter), **base)  # fmt: skip
     data = {"status": Status.OK.value, "bytes_loaded": claim.get("bytes_loaded", 0),
             "tensors": claim.get("tensors", 0), "digests": claim.get("digests") or {},
-            "values": claim.get("values") or {}, "leaked": _leaked(claim)}  # fmt: skip
+            "values": claim.get("values") or {}, "leaked": _leaked(claim, meter)}  # fmt: skip
     result = LoadResult.from_dict({**data, **base})
     return replace(result, status=verdict.status)
 
 
-def _leaked(claim: dict[str, Any] | None) -> dict[str, int]:
+def _leaked(claim: dict[str, Any] | None, meter: JobMeter) -> dict[str, int]:
+    """What the job claims it left open, and the device bytes still live once its tensors and tinygrad's caches
+    were dropped (measured here: a loader that keeps tensors in a module-level list or cache holds them)."""
     leaked = (claim or {}).get("leaked") or {}
-    return {str(kind): int(count) for kind, count in leaked.items()} if isinstance(leaked, dict) else {}
+    counts = {str(kind): int(count) for kind, count in leaked.items()} if isinstance(leaked, dict) else {}
+    start, cleaned = meter.layer.first, meter.cleaned_layer
+    if start is not None and cleaned is not None and cleaned.live_bytes > start.live_bytes:
+        counts["device_bytes"] = cleaned.live_bytes - start.live_bytes
+    return counts
 
 
 def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, Any], meter: JobMeter, board: Any,
@@ -102,7 +108,9 @@ def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, An
     if isinstance(exception, dict):
         told = Claim(str(exception.get("error_type")), str(exception.get("message")),
                      bool(exception.get("memory_error")), bool(exception.get("runtime_error")))  # fmt: skip
-        return decide(Evidence(claim=told, layer=None if claim.get("refused") else layer))
+        # the counters as the loader left them (before the cleanup freed its tensors): what was live when it failed
+        at_failure = meter.layer.stats(meter.loaded_layer)
+        return decide(Evidence(claim=told, layer=None if claim.get("refused") else at_failure))
     return decide(Evidence())
 
 

@@ -228,7 +228,7 @@ def _reap_all() -> None:
             return
 
 
-_CLAIM_OPS = frozenset({"ready", "loaded", "claim", "facts"})
+_CLAIM_OPS = frozenset({"ready", "loaded", "cleaned", "claim", "facts"})
 
 
 class ClaimReader:
@@ -257,7 +257,9 @@ class ClaimReader:
                     self.meter.start()
                 elif op == "loaded":
                     self.meter.loaded()
-                if op in ("ready", "loaded"):  # the child waits for this: it was measured at its mark
+                elif op == "cleaned":
+                    self.meter.cleaned()
+                if op in ("ready", "loaded", "cleaned"):  # the child waits for this: it was measured at its mark
                     with contextlib.suppress(OSError):
                         os.write(self.acks, b"\n")
 
