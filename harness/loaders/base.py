@@ -251,13 +251,15 @@ DEFAULT_BOUND = "final_bytes + largest_source_bytes + largest_final_bytes"
 #: (`fix_bf16-host`) where a second in the same process grew 37-38 MiB, 48 MiB of it still held after the
 #: cleanup; a kernel of another shape run first (or a first load) absorbs all of it, a kernel on tinygrad's PYTHON
 #: device (no OpenCL, what the worker could run before it forks) only 2 MiB of it. 56 MiB: that figure, with room.
-#: Not every kernel path makes it: ``fix_bf16-device``'s first load held 65 000 more Python blocks, not 400 000.
+#: Not every kernel path makes as much: ``fix_bf16-device``'s casts (FIRST_CASTS_RAM) left 65 000 more Python
+#: blocks, 8-12 MiB held after the cleanup of a first load on the same checkpoint (12 MiB declared).
 FIRST_KERNELS_RAM = 56 << 20
+FIRST_CASTS_RAM = 12 << 20
 
 
-def first_kernels_ram(b: BoundInputs) -> int:
-    """FIRST_KERNELS_RAM when some selected tensor is converted (a converting variant runs kernels), else 0."""
-    return FIRST_KERNELS_RAM if b.converted_source_bytes else 0
+def first_kernels_ram(b: BoundInputs, held: int = FIRST_KERNELS_RAM) -> int:
+    """``held`` when some selected tensor is converted (a converting variant runs kernels), else 0."""
+    return held if b.converted_source_bytes else 0
 
 
 def default_bound(b: BoundInputs) -> int:

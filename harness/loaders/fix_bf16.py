@@ -23,6 +23,7 @@ from tinygrad.dtype import DType
 from tinygrad.nn.state import safe_dtypes, safe_load
 
 from mali_hil.harness.loaders.base import (
+    FIRST_CASTS_RAM,
     TARGETS,
     BoundInputs,
     Loader,
@@ -104,9 +105,9 @@ def device_bound_device(b: BoundInputs) -> int:
 
 def ram_bound_device(b: BoundInputs) -> int:
     """device bound + source_bytes: tinygrad copies a mapped source whose address is not 16-byte aligned into
-    an aligned host buffer and keeps it until the queue synchronizes, which exo's loop never asked for. (Its
-    casts do not make the state of base.FIRST_KERNELS_RAM: a first load held 65 000 more Python blocks, not 400 000.)"""
-    return device_bound_device(b) + b.source_bytes
+    an aligned host buffer and keeps it until the queue synchronizes, which exo's loop never asked for;
+    + the state the process's first cast kernels leave (base.FIRST_CASTS_RAM, less than FIRST_KERNELS_RAM)."""
+    return device_bound_device(b) + b.source_bytes + first_kernels_ram(b, FIRST_CASTS_RAM)
 
 
 def device_bound_host(b: BoundInputs) -> int:
