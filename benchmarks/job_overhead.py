@@ -1,9 +1,11 @@
 """Warm-worker overhead per job: what the harness adds around a load, on the emulated Mali.
 
-For each job, overhead = the device.run() wall time seen by the harness - the load's own elapsed time measured
-inside the worker (which includes validation, the loader, and the memory meter). So it counts the JSON
-protocol, the pipe round trip, result building, per-job stats resets and the worker's cleanup between jobs.
-Digest readback is turned off (it is work the job asked for, not overhead).
+For each job, overhead = the device.run() wall time seen by the harness - the load's own elapsed time (the
+worker's time from its job child's ``ready`` mark to its ``loaded`` mark: validation and the loader). So it counts
+the JSON protocol, the pipe round trip and result building, and, since each job runs in a fresh child of the warm
+worker (issue 25), the fork, the device opened in the child, the end of the child and of everything it started.
+The job wall time is the figure to compare across versions. Digest readback is turned off (it is work the job
+asked for, not overhead).
 
     python benchmarks/job_overhead.py [--device emulated-mali:mali-g610:3GiB] [--jobs 200] [--loader chunked]
 

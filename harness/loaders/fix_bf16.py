@@ -22,7 +22,16 @@ from tinygrad import Device, Tensor, dtypes
 from tinygrad.dtype import DType
 from tinygrad.nn.state import safe_dtypes, safe_load
 
-from mali_hil.harness.loaders.base import TARGETS, BoundInputs, Loader, LoadOptions, as_checkpoint, plan_load
+from mali_hil.harness.loaders.base import (
+    FIRST_CASTS_RAM,
+    TARGETS,
+    BoundInputs,
+    Loader,
+    LoadOptions,
+    as_checkpoint,
+    first_kernels_ram,
+    plan_load,
+)
 
 SUPPORT_BF16_ENV = "SUPPORT_BF16"
 HOST_DEVICE = "CPU"
@@ -96,8 +105,9 @@ def device_bound_device(b: BoundInputs) -> int:
 
 def ram_bound_device(b: BoundInputs) -> int:
     """device bound + source_bytes: tinygrad copies a mapped source whose address is not 16-byte aligned into
-    an aligned host buffer and keeps it until the queue synchronizes, which exo's loop never asked for."""
-    return device_bound_device(b) + b.source_bytes
+    an aligned host buffer and keeps it until the queue synchronizes, which exo's loop never asked for;
+    + the state the process's first cast kernels leave (base.FIRST_CASTS_RAM, less than FIRST_KERNELS_RAM)."""
+    return device_bound_device(b) + b.source_bytes + first_kernels_ram(b, FIRST_CASTS_RAM)
 
 
 def device_bound_host(b: BoundInputs) -> int:
@@ -108,9 +118,11 @@ def device_bound_host(b: BoundInputs) -> int:
 def ram_bound_host(b: BoundInputs) -> int:
     """final_bytes + distinct_converted_(source + final)_bytes + unconverted source bytes: the device buffers;
     the CPU device's copy of each source and its result, kept per byte size by the CPU's LRU cache; and
-    tinygrad's aligned staging copies of unconverted tensors, kept until the queue synchronizes."""
+    tinygrad's aligned staging copies of unconverted tensors, kept until the queue synchronizes;
+    + first_kernels_ram: the process's first kernels (tinygrad's state, base.FIRST_KERNELS_RAM)."""
     unconverted = b.source_bytes - b.converted_source_bytes
-    return b.final_bytes + b.distinct_converted_source_bytes + b.distinct_converted_final_bytes + unconverted
+    converted = b.distinct_converted_source_bytes + b.distinct_converted_final_bytes
+    return b.final_bytes + converted + unconverted + first_kernels_ram(b)
 
 
 DEVICE_LOADER = Loader(

@@ -31,6 +31,7 @@ from mali_hil.harness.loaders.base import (
     LoadOptions,
     TensorPlan,
     as_checkpoint,
+    first_kernels_ram,
     plan_load,
 )
 
@@ -137,8 +138,9 @@ def device_bound(b: BoundInputs) -> int:
 
 def ram_bound(b: BoundInputs) -> int:
     """device_bound: chunks go from mapped file pages (file-backed, reclaimable: not anonymous RAM) straight
-    to the device, so the unified RAM the loader adds is its device memory alone."""
-    return device_bound(b)
+    to the device, so the unified RAM the loader adds is its device memory alone; + first_kernels_ram: the
+    process's first conversion kernels (tinygrad's state, base.FIRST_KERNELS_RAM)."""
+    return device_bound(b) + first_kernels_ram(b)
 
 
 LOADER = Loader(

@@ -1,57 +1,51 @@
-"""The device-side worker: runs load jobs in its own process, so an OOM kill or a driver crash can't take the
-test process down. It speaks :mod:`mali_hil.harness.worker.protocol` on stdin and on the process's original
-stdout (everything the loaders print is sent to stderr instead), whatever transport carries it. A warm worker
-serves many jobs; between jobs it drops every tensor and tinygrad's buffer cache, so each job starts from the
-same baseline.
+"""The device-side worker: a pristine warm parent that runs each load job in a fresh child of its own (a zygote).
 
-When told to emulate (``MALI_HIL_EMULATE=PROFILE[:RAM]``), the worker puts itself on that emulated Mali before
-its first OpenCL call, on whatever machine it runs: the OpenCL layer is built and configured there.
+It speaks :mod:`mali_hil.harness.worker.protocol` on stdin and on the process's original stdout (everything the
+loaders print is sent to stderr instead), whatever transport carries it. The worker imports tinygrad, numpy and
+the harness once, opens no OpenCL device and never runs a loader's code; per job it forks a child that opens the
+device, runs the loader and reports its claims (:mod:`mali_hil.harness.worker.job`), then exits. So nothing a job
+does outlives it: not a patched module, a working folder or environment changed, descriptors leaked, nor a process
+it started (the worker is a child subreaper: a daemon's double fork lands here, and is killed at the job's end).
+
+The job's record is assembled here, outside the job's process, from evidence (:mod:`mali_hil.harness.worker.record`):
+how the child ended (``waitpid``, never the end of a pipe some descendant may hold), the memory of the child and
+every process it started, and the OpenCL layer's counters, both sampled from here (:mod:`mali_hil.runtime.meter`);
+the child's claims (names, shapes, digests, the loader's exception) only add what the job says of itself.
+
+When told to emulate (``MALI_HIL_EMULATE=PROFILE[:RAM]``), the worker configures the emulated Mali before any
+OpenCL library is initialised, and every job's child opens its device through the layer, on whatever machine it runs.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import ctypes
 import gc
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+from pathlib import Path
 from typing import IO, Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
-from mali_hil.errors import MaliHilError
 from mali_hil.harness.records.jobs import LoadJob
-from mali_hil.harness.records.results import LoadResult, TensorDigest
-from mali_hil.harness.values.digest import Digest
-from mali_hil.harness.worker.leaks import Holdings
+from mali_hil.harness.worker import record
 from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
-from mali_hil.runtime.meter import MemoryMeter
-from mali_hil.runtime.verdict import Claim, Evidence, Status, capped, decide, layer_fields, meter_fields
+from mali_hil.runtime.layer_stats import STATS_FILE_ENV
+from mali_hil.runtime.memory import tree_pids
+from mali_hil.runtime.meter import JobMeter, LayerWatch
 
-DEVICE = "CL"
-_DIGEST_CHUNK = 16 << 20
-_VALUES_LIMIT = 4 << 20  # values travel as base64 JSON: fine for test tensors, not for weights
-
-
-def _layer_stats() -> Any | None:
-    """The layer's counters, or None where no layer sits in front of the device (`--device=local`). On an
-    emulated board the layer was checked at the worker's start, so counters that cannot be read now are raised
-    (the job is then an ``infra-error``), never dropped: a job without its device figures would pass as one on a
-    device nobody measures."""
-    from mali_hil.runtime.layer_stats import read_layer_stats
-
-    try:
-        return read_layer_stats()
-    except MaliHilError:
-        if os.environ.get(EMULATE_ENV):
-            raise
-        return None
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+END_WAIT = 5.0  # seconds for a job's leftover processes to die once killed
 
 
 def _put_on_board() -> tuple[str, Any]:
-    """Put this process on the emulated Mali it was told to emulate, if any; returns the backend's description
-    and the board (None when the device is the machine's own)."""
+    """Configure the emulated Mali this worker was told to emulate, if any (environment only: each job's child
+    opens the device); returns the backend's description and the board (None when the device is the machine's)."""
     spec = os.environ.get(EMULATE_ENV)
     if not spec:
         return os.environ.get(BACKEND_ENV, ""), None
@@ -64,6 +58,56 @@ def _put_on_board() -> tuple[str, Any]:
     board = EmulatedBoard.from_spec(spec)
     board.activate()
     return os.environ[BACKEND_ENV], board
+
+
+def _warm_imports() -> None:
+    """What every job needs, imported once here so that each fork starts warm; nothing here opens a device."""
+    import numpy
+    import tinygrad
+    import tinygrad.nn.state
+    import tinygrad.runtime.ops_cl
+
+    import mali_hil.harness.checkpoints
+    import mali_hil.harness.worker.job  # noqa: F401
+    from mali_hil.harness.loaders import registry
+
+    registry.available()  # the built-in variants' modules (definitions only: no load runs) and the entry points'
+    # list (read, not loaded: importlib.metadata caches the scan, 30 ms a job otherwise)
+    import numpy.ctypeslib  # noqa: F401  (what the first job would import: tinygrad's CL device and numpy views)
+    import tinygrad.uop.upat  # noqa: F401
+    _preload_opencl_libraries()
+
+
+def _preload_opencl_libraries() -> None:
+    """Map the OpenCL driver (PoCL and its LLVM) and our layer, without calling into them: dynamic loading and
+    relocation were most of a job child's device open (about 0.1 s a job), and are the same for every job. No
+    OpenCL call is made, so no driver thread exists to be lost at the fork; each child initialises its own."""
+    names = [line.strip() for line in _read_lines(os.environ.get("OCL_ICD_VENDORS", ""))]
+    names += [path for path in os.environ.get("OPENCL_LAYERS", "").split(":") if path]
+    for name in names:
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(name)
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines() if path.endswith(".icd") else []
+    except OSError:
+        return []
+
+
+def _open_device(backend: str, board: Any) -> dict[str, str]:
+    """In a job's child: open the device and check it is the board asked for (BackendError if not)."""
+    from tinygrad import Device
+
+    from mali_hil.harness.worker.job import DEVICE
+
+    dev = Device[DEVICE]
+    fp16 = Fp16Fidelity.NATIVE if "cl_khr_fp16" in dev.device_exts else Fp16Fidelity.EMULATED
+    facts = {"device_name": dev.device_name, "fp16": fp16.value, "backend": backend}
+    if board is not None:
+        _check_on_board(board, facts)
+    return facts
 
 
 def _check_on_board(board: Any, facts: dict[str, str]) -> None:
@@ -85,196 +129,139 @@ def _check_on_board(board: Any, facts: dict[str, str]) -> None:
         )
 
 
-def _backend_facts(backend: str) -> dict[str, str]:
-    from tinygrad import Device
+class Zygote:
+    """The warm parent: forks one child per job, meters it from outside, ends everything it started."""
 
-    dev = Device[DEVICE]
-    fp16 = Fp16Fidelity.NATIVE if "cl_khr_fp16" in dev.device_exts else Fp16Fidelity.EMULATED
-    return {"device_name": dev.device_name, "fp16": fp16.value, "backend": backend}
+    def __init__(self, outbox: IO[str], backend: str, board: Any) -> None:
+        self.outbox, self.backend, self.board = outbox, backend, board
+        stats = os.environ.get(STATS_FILE_ENV)
+        self.stats_file = Path(stats) if stats and board is not None else None
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._prctl = libc.prctl
+        # orphans of a job (a daemon's double fork, a setsid) come back to this process, so they stay countable
+        # and killable; without it they would go to init and outlive the job
+        self._prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
+    def fork_job(self, job: LoadJob | None) -> tuple[int, dict[str, Any], JobMeter]:
+        """Run ``job`` (None: only open the device and say its facts) in a fresh child; returns the child's wait
+        status, its claims and the meter that watched it, once it and everything it started have ended."""
+        for suffix in ("", ".live"):  # the last job's files: this child's layer writes its own
+            if self.stats_file is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.stats_file}{suffix}")
+        read_end, write_end = os.pipe()
+        ack_read, ack_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            os.close(ack_write)
+            self._child(job, write_end, ack_read)  # never returns
+        os.close(write_end)
+        os.close(ack_read)
+        meter = JobMeter(pid, LayerWatch(self.stats_file))
+        claims = ClaimReader(read_end, ack_write, meter)
+        claims.thread.start()
+        _, status, _ = os.wait4(pid, 0)  # the job ends when its process does, whoever still holds its pipe
+        self.end_descendants()
+        claims.thread.join(END_WAIT)
+        os.close(ack_write)
+        meter.stop()
+        return status, claims.messages, meter
 
-def _digest(tensor: Any, keep: list[bytes] | None = None) -> TensorDigest:
-    """Read a device tensor back in bounded chunks and digest it (runs after the job's memory was measured).
-    With ``keep``, the bytes are also appended there (for jobs that asked for values)."""
-    import numpy as np
-    from tinygrad.dtype import _to_np_dtype
-    from tinygrad.nn.state import inverse_safe_dtypes
+    def _child(self, job: LoadJob | None, claims_fd: int, acks_fd: int) -> None:
+        """The job's process: off the protocol's pipes, dies with the worker, opens the device, runs the job."""
+        from mali_hil.harness.worker.job import ClaimWriter, run_job
 
-    from mali_hil.harness.checkpoints import numpy_dtype
-    from mali_hil.harness.loaders._device import read_at
-    from mali_hil.harness.loaders.base import LoaderError
+        code = 0
+        try:
+            os.close(self.outbox.fileno())  # the protocol is the parent's alone: nothing of the job may write on it
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            self._prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            claims = ClaimWriter(claims_fd, acks_fd)
+            try:
+                facts = _open_device(self.backend, self.board)
+            except Exception as exc:  # no device to run on: the harness's failure, not the loader's
+                claims.send({"op": "claim", "infra": f"{type(exc).__name__}: {exc}"})
+            else:
+                if job is None:
+                    claims.send({"op": "facts", **facts})
+                else:
+                    run_job(job, facts, claims)
+        except BaseException as exc:  # a bug of the harness itself, in the child: say so
+            traceback.print_exc(file=sys.stderr)
+            with contextlib.suppress(Exception):
+                ClaimWriter(claims_fd).send({"op": "claim", "infra": f"worker failed: {type(exc).__name__}: {exc}"})
+            code = 70
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
-    # as stored on the device: numpy's own name for tinygrad's bf16 would be float32 (what .numpy() converts to)
-    stored = inverse_safe_dtypes.get(tensor.dtype)
-    np_dtype = np.dtype(numpy_dtype(stored) if stored else _to_np_dtype(tensor.dtype))
-    digest = Digest()
-    try:
-        step = max(1, _DIGEST_CHUNK // np_dtype.itemsize) * np_dtype.itemsize
-        total = tensor.numel() * np_dtype.itemsize
-        for offset in range(0, total, step):
-            chunk = np.empty(min(step, total - offset) // np_dtype.itemsize, dtype=np_dtype)
-            digest.update(read_at(tensor, offset, chunk))
-            if keep is not None:
-                keep.append(chunk.tobytes())
-    except LoaderError:  # a view, not a whole buffer (a user's loader may return one): read it whole
-        digest, whole = Digest(), tensor.numpy().reshape(-1)
-        digest.update(whole)
-        if keep is not None:
-            keep[:] = [whole.tobytes()]
-    return TensorDigest(np_dtype.name, tuple(tensor.shape), digest.hexdigest(), digest.nbytes)
-
-
-def run_job(job: LoadJob, facts: dict[str, str]) -> LoadResult:
-    """Run one job in this process and describe it; never raises for anything the loader does."""
-    from tinygrad import Device
-    from tinygrad.helpers import Context
-
-    from mali_hil.harness.checkpoints import validate_checkpoint
-    from mali_hil.harness.checkpoints.validate import JOB_HEADER_LIMIT
-    from mali_hil.harness.loaders import LoadOptions, get_loader
-
-    base: dict[str, Any] = {
-        "loader": job.loader,
-        "device": facts["device_name"],
-        "checkpoint": job.checkpoint,
-        "shard": job.shard,
-        "lru_cache": job.lru,
-        "fp16": facts["fp16"],
-        "backend": facts["backend"],
-    }
-    started = time.monotonic()
-    before = _layer_stats()
-    if before is not None:  # a layer counts this device: this job's peak and event counters start here
-        from mali_hil.runtime.layer_stats import reset_layer_stats
-
-        reset_layer_stats()
-    try:
-        loader = get_loader(job.loader)
-        # before any device allocation; a header too large to parse within a board's RAM is the checkpoint's
-        # fault, refused here from its 8-byte prefix, not an OOM kill blamed on the loader
-        checkpoint = validate_checkpoint(job.checkpoint, JOB_HEADER_LIMIT)
-        options = LoadOptions(
-            shard=job.shard, chunk_bytes=job.chunk_bytes, target_dtype=job.target_dtype, keep=job.keep
-        )
-    except MaliHilError as exc:
-        verdict = decide(Evidence(claim=Claim.of(exc)))  # refused before the loader ran: its checkpoint's fault
-        return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
-                          **layer_fields(_layer_stats(), before))  # fmt: skip
-    holdings = Holdings.take(checkpoint.files)
-    meter = MemoryMeter().start()
-    tensors: dict[str, Any] = {}
-    loaded: Any = None
-    failure: BaseException | None = None
-    try:
-        with Context(LRU=int(job.lru)):
-            loaded = loader.load(checkpoint, DEVICE, options)
-            tensors = _check_loaded(loaded, checkpoint, job, loader.keeps_float_dtype)
-            Device[DEVICE].synchronize()
-    except Exception as exc:  # the loader is the system under test: anything it raises is a result
-        failure, trace = exc, "".join(traceback.format_exception(exc))
-        _drop_frames(exc)  # its frames hold the loader's tensors: they must not outlive the cleanup
-    loaded = None  # a rejected return value (tensors elsewhere, a list) must not outlive the cleanup either
-    memory = meter.stop()
-    elapsed = time.monotonic() - started
-    stats = _layer_stats()
-    figures: dict[str, Any] = {"elapsed_s": elapsed, **meter_fields(memory), **layer_fields(stats, before)}
-    if failure is None:
-        digests, values = _read_back(tensors, job) if job.digests or job.values else ({}, {})
-        loaded, count = sum(t.nbytes() for t in tensors.values()), len(tensors)
-    _cleanup(tensors)
-    figures["leaked"] = holdings.leaked() if holdings else {}  # after the cleanup: what the job alone still holds
-    if failure is not None:
-        verdict = decide(Evidence(claim=Claim.of(failure), layer=stats))
-        if verdict.status is Status.ERROR:
-            print(capped(trace), file=sys.stderr)
-        return LoadResult(verdict.status, error_type=verdict.error_type, error_message=verdict.message, **base,
-                          **figures)  # fmt: skip
-    return LoadResult(Status.OK, bytes_loaded=loaded, tensors=count, digests=digests, values=values, **base, **figures)
+    def end_descendants(self) -> bool:
+        """SIGKILL every process the job left (all descendants of this worker, the re-parented among them), reap
+        them, and wait until none is left (at most END_WAIT seconds); returns whether none is."""
+        me = os.getpid()
+        deadline = time.monotonic() + END_WAIT
+        while True:
+            left = [pid for pid in tree_pids(me, living=True) if pid != me]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap_all()
+            if not left or time.monotonic() >= deadline:
+                return not left
+            time.sleep(0.005)
 
 
-def _check_loaded(loaded: Any, checkpoint: Any, job: LoadJob, keeps_float_dtype: bool) -> dict[str, Any]:
-    """The loader's return value, if it keeps the loader contract; else LoaderContractError saying how not."""
-    from tinygrad import Device, Tensor
-    from tinygrad.nn.state import inverse_safe_dtypes
-
-    from mali_hil.harness.loaders.base import LoaderContractError, final_dtype
-
-    promise = f"a loader returns a dict of tensor name -> tinygrad Tensor on the device it is given ({DEVICE})"
-    if not isinstance(loaded, dict):
-        raise LoaderContractError(f"the loader returned {type(loaded).__name__}, not a dict: {promise}")
-    strangers = [f"{name!r}: {type(value).__name__}" for name, value in loaded.items()
-                 if not isinstance(name, str) or not isinstance(value, Tensor)]  # fmt: skip
-    if strangers:
-        raise LoaderContractError(f"{len(strangers)} entries are not tinygrad Tensors ({', '.join(strangers[:3])}):"
-                                  f" {promise}")  # fmt: skip
-    target = Device.canonicalize(DEVICE)
-    elsewhere = [f"{name} on {tensor.device}" for name, tensor in loaded.items()
-                 if not isinstance(tensor.device, str) or Device.canonicalize(tensor.device) != target]  # fmt: skip
-    if elsewhere:
-        raise LoaderContractError(f"{len(elsewhere)} tensors are not on the device under test {target} "
-                                  f"({', '.join(elsewhere[:3])}): their memory is not the board's")  # fmt: skip
-    # an unrealized tensor gets its memory when someone realizes it: after this job's figures, so it would look free
-    lazy = [name for name, tensor in loaded.items() if tensor.numel() and not tensor.uop.is_realized]
-    if lazy:
-        raise LoaderContractError(f"{len(lazy)} tensors are not realized ({', '.join(lazy[:3])}): a loader returns "
-                                  "realized tensors (Tensor.realize), whose memory this job then measures")  # fmt: skip
-    wrong = []
-    for name, tensor in loaded.items():
-        entry = checkpoint.tensors.get(name)  # names a loader made up are not judged here (the properties are)
-        if entry is None:
-            continue
-        stored = entry[1]
-        want = final_dtype(stored.dtype, job.target_dtype, keeps_float_dtype)
-        got = inverse_safe_dtypes.get(tensor.dtype, tensor.dtype.name)
-        if (got, tuple(tensor.shape)) != (want, tuple(stored.shape)):
-            wrong.append(f"{name} is {got}{list(tensor.shape)}, not {want}{list(stored.shape)}")
-    if wrong:
-        floats = "as stored" if keeps_float_dtype else f"in {job.target_dtype} as the job asked"
-        raise LoaderContractError(f"{len(wrong)} tensors are not in their stored shape and dtype (floats {floats},"
-                                  f" the rest as stored): {', '.join(wrong[:3])}")  # fmt: skip
-    return loaded
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
-def _read_back(tensors: dict[str, Any], job: LoadJob) -> tuple[dict[str, TensorDigest], dict[str, str]]:
-    # A function of its own, so no loop variable keeps the last tensor alive past the cleanup.
-    digests, values = {}, {}
-    for name, tensor in tensors.items():
-        keep: list[bytes] | None = [] if job.values and tensor.nbytes() <= _VALUES_LIMIT else None
-        digests[name] = _digest(tensor, keep)
-        if keep is not None:
-            values[name] = base64.b64encode(b"".join(keep)).decode("ascii")
-    return digests, values
+_CLAIM_OPS = frozenset({"ready", "loaded", "cleaned", "claim", "facts"})
 
 
-def _drop_frames(exc: BaseException | None) -> None:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__
+class ClaimReader:
+    """Reads the child's claims as they come: ``ready`` and ``loaded`` move the meter, the rest is kept. A message
+    sent twice, or one the child never sends, means something in the job wrote on the harness's pipe: kept as
+    ``conflict``."""
 
+    def __init__(self, fd: int, acks: int, meter: JobMeter) -> None:
+        self.fd, self.acks, self.meter = fd, acks, meter
+        self.messages: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, name="mali-hil-claims", daemon=True)
 
-def _cleanup(tensors: dict[str, Any]) -> None:
-    """Back to the state before the job: no tensors, and no buffers kept in any tinygrad cache (they count
-    against the next job's device memory, or its RAM for the CPU device of the SUPPORT_BF16=0 route)."""
-    from tinygrad import Device
-
-    tensors.clear()
-    gc.collect()
-    for name in sorted(Device._opened_devices):
-        device = Device[name]
-        device.synchronize()
-        if hasattr(device.allocator, "free_cache"):
-            device.allocator.free_cache()
-    _freeze_survivors()
-
-
-def _freeze_survivors() -> None:
-    """Take what is alive now (modules, tinygrad's caches: the worker's own state) out of the cyclic collector's
-    scans. A full ``gc.collect`` walked all of it after every job: 76 ms a job, 64 s of the main job's 186 s.
-    Reference counting still frees frozen objects; only a cycle among them is never collected, and everything
-    a job makes afterwards is collected as before, so no job's tensors can be kept by this."""
-    gc.freeze()
+    def _run(self) -> None:
+        with os.fdopen(self.fd, "rb") as pipe:
+            for raw in pipe:
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    message = None
+                op = message.get("op") if isinstance(message, dict) else None
+                if op not in _CLAIM_OPS or op in self.messages:
+                    self.messages.setdefault("conflict", raw[:200].decode("utf-8", errors="replace"))
+                    continue
+                self.messages[op] = message
+                if op == "ready":
+                    self.meter.start()
+                elif op == "loaded":
+                    self.meter.loaded()
+                elif op == "cleaned":
+                    self.meter.cleaned()
+                if op in ("ready", "loaded", "cleaned"):  # the child waits for this: it was measured at its mark
+                    with contextlib.suppress(OSError):
+                        os.write(self.acks, b"\n")
 
 
 def serve(inbox: IO[str], outbox: IO[str]) -> None:
@@ -284,13 +271,17 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
 
     try:
         backend, board = _put_on_board()
-        facts = _backend_facts(backend)
-        if board is not None:
-            _check_on_board(board, facts)
+        _warm_imports()
+        zygote = Zygote(outbox, backend, board)
+        _, messages, _ = zygote.fork_job(None)  # the device opens in a child as each job's will: say its facts
+        facts = messages.get("facts")
+        if not isinstance(facts, dict):
+            raise RuntimeError(messages.get("claim", {}).get("infra") or "the device probe ended without its facts")
+        facts = {key: facts[key] for key in ("device_name", "fp16", "backend")}
     except Exception as exc:  # no device to serve on: say why in the hello, where the harness reads it
         send({"op": "hello", "protocol": PROTOCOL, "error": f"{type(exc).__name__}: {exc}"})
         return
-    _freeze_survivors()  # the imports and the device: the first job's cleanup need not walk them
+    gc.freeze()  # what every child inherits: its collector need not walk it, and its pages stay shared
     send({"op": "hello", "protocol": PROTOCOL, "pid": os.getpid(), **facts})
     for line in inbox:
         try:
@@ -303,27 +294,22 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
         if request.get("op") == "exit":
             break
         if request.get("op") == "load":
-            send({"op": "result", "id": request.get("id"), "result": _serve_job(request.get("job"), facts)})
+            send({"op": "result", "id": request.get("id"), "result": _serve_job(zygote, request.get("job"), facts)})
         else:
             send({"op": "error", "id": request.get("id"), "message": f"unknown op {request.get('op')!r}"})
 
 
-def _serve_job(data: Any, facts: dict[str, str]) -> dict[str, Any]:
+def _serve_job(zygote: Zygote, data: Any, facts: dict[str, str]) -> dict[str, Any]:
     try:
         job = LoadJob.from_dict(data)
     except (TypeError, ValueError, AttributeError) as exc:
-        return _infra("", facts, "", type(exc).__name__, f"malformed job {str(data)[:200]!r}: {exc}")
+        return record.infra(None, facts, type(exc).__name__, f"malformed job {str(data)[:200]!r}: {exc}")
     try:
-        return run_job(job, facts).to_dict()
+        status, messages, meter = zygote.fork_job(job)
+        return record.assemble(job, facts, status, messages, meter, zygote.board).to_dict()
     except Exception as exc:  # a bug of the harness itself, not of the loader: say so, keep serving
         traceback.print_exc(file=sys.stderr)
-        return _infra(job.loader, facts, job.checkpoint, type(exc).__name__, f"worker failed: {exc}")
-
-
-def _infra(loader: str, facts: dict[str, str], checkpoint: str, error_type: str, message: str) -> dict[str, Any]:
-    verdict = decide(Evidence(infra=Claim(error_type, message)))
-    return LoadResult(verdict.status, loader, facts["device_name"], checkpoint, error_type=verdict.error_type,
-                      error_message=verdict.message).to_dict()  # fmt: skip
+        return record.infra(job, facts, type(exc).__name__, f"worker failed: {exc}")
 
 
 def _extend_loader_path() -> None:

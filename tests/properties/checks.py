@@ -162,6 +162,13 @@ def check_same_job_twice(first: LoadResult, second: LoadResult, idle_after: int 
     assert first.ok, failed(first)
     assert second.ok, failed(second)
     assert second.digests == first.digests, f"{first.loader} loaded other values the second time"
+    for result in (first, second):  # each job runs in a fresh process: what it holds is measured in the job itself
+        held = result.leaked.get("device_bytes")
+        if held:
+            raise AssertionError(
+                f"{first.loader}: {held} device bytes were still live once the job's tensors and tinygrad's caches "
+                "were dropped, so they are held elsewhere (a module-level list or cache)"
+            )
     idle = first.device_live_before
     if idle is None:
         return False
