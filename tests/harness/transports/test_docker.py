@@ -153,6 +153,8 @@ def test_no_image_for_this_build_is_a_clear_error(engine: Engine, monkeypatch: p
     device.close()
 
 
+# nightly: CI's docker job runs the whole suite on docker:mali-g610:3GiB on every push already
+@pytest.mark.slow
 def test_the_property_suite_gives_the_same_verdicts_in_a_container(image: BuiltImage, tmp_path: Path) -> None:
     """numerics, shards, idempotence and corrupt input for two variants, derandomized: the same verdicts in a
     container whose memory limit is the board's RAM as on this machine's emulated Mali of the same board."""

@@ -259,6 +259,9 @@ def test_the_pool_remembers_an_unreachable_board(tmp_path: Path) -> None:
     pool.close()
 
 
+# a minute of the default run's 15: nightly, beside the whole suite over ssh:// (CI's every push keeps the
+# ssh tests of one load, an OOM kill, retries and Ctrl-C)
+@pytest.mark.slow
 def test_the_property_suite_gives_the_same_verdicts_over_ssh(board: LoopbackBoard, tmp_path: Path) -> None:
     """numerics, shards, idempotence and corrupt-input for two variants: the same examples (derandomized), the
     same verdicts on the board over SSH as on this machine's emulated Mali of the same profile and size."""
