@@ -63,9 +63,10 @@ def check_within_cap(result: LoadResult) -> None:
 def run_twice(run: Any, spec: str, checkpoint: str | Path, loader: str, digests: bool = False,
               **job: Any) -> tuple[LoadResult, LoadResult]:  # fmt: skip
     """memory-bound's protocol on a measured board (conftest ``BoardRunner``): the same job twice, the second is
-    judged. The first compiles the variant's kernels for these shapes (tinygrad keeps them in the worker) and frees
-    what an earlier job left behind; it never reads digests. The judged job reads them with ``digests``, after its
-    memory figures are taken. Each is checked within the cap, and the board settled after a failed one."""
+    judged. The first compiles the variant's kernels for these shapes into the disk caches (each job runs in a fresh
+    process, so the judged one builds nothing from source); it never reads digests. The judged job reads them
+    with ``digests``, after its memory figures are taken. Each is checked within the cap, and the board settled
+    after a failed one."""
     warm = run(spec, checkpoint, loader, digests=False, **job)
     check_within_cap(warm)
     if not warm.ok:

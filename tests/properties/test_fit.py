@@ -4,8 +4,9 @@ budget), and
 the load agrees: ``ok`` when predicted to fit, ``device-oom`` or ``oom-killed`` when not.
 
 How the numbers are made comparable:
-- the baseline is measured once per variant, from a tiny job of that variant in a fresh worker (after a first
-  tiny job paid the variant's one-off start costs: tinygrad's CPU device, the first kernel compile);
+- the baseline is measured once per variant, from a tiny job of that variant (after a first tiny job filled the
+  disk caches); every job runs in a fresh process, so a first kernel's one-off cost is in each job and in the
+  converting variants' declared bounds (``FIRST_KERNELS_RAM``, mali_hil.harness.loaders.base);
 - bounds are upper bounds and the RAM watchdog samples, so a prediction near a limit says little: examples
   within ``CLEAR_CUT`` of either limit (as a share of it) are skipped with ``assume``. 10 % is about what the
   measured peaks scatter around the formulas of the tight variants here (chunked, mmap: within 2 %), plus the
