@@ -91,6 +91,7 @@ class JobMeter:
         self.loaded_layer: LayerStats | None = None
         self.cleaned_layer: LayerStats | None = None
         self.marks: dict[str, float] = {}
+        self.oom_kills: tuple[int, int] = (0, 0)  # the kernel's and the container cgroup's, while the job ran
 
     def start(self) -> None:
         """The child said ``ready``: its baseline is now, sampling starts."""

@@ -276,6 +276,12 @@ def _container_limit() -> tuple[int, Path] | None:
     return None
 
 
+def container_oom_kills() -> int | None:
+    """The OOM-kill count of the memory cgroup of the container we run in, or None outside one."""
+    found = _container_limit()
+    return _oom_kills(found[1]) if found else None
+
+
 def container_memory_limit() -> int | None:
     """The memory limit of the container we run in (``docker run --memory``), or None outside one."""
     found = _container_limit()

@@ -205,7 +205,8 @@ def describe_oom(evidence: OomEvidence | None, memory: RamVerdict | None) -> str
     if evidence is OomEvidence.LAYER:
         return "SIGKILLed by the device's OOM behaviour (profile failure: oom-kill)"
     if evidence is OomEvidence.CONTAINER:
-        return "SIGKILLed by the kernel's OOM killer in the container's memory cgroup (the engine: OOMKilled)"
+        return ("SIGKILLed by the kernel's OOM killer in the container's memory cgroup (the engine's OOMKilled, or the "
+                "cgroup's oom_kill counter)")
     if evidence is OomEvidence.KERNEL:
         return "SIGKILLed by the kernel's OOM killer (its oom_kill counter went up meanwhile)"
     if evidence is OomEvidence.METER:

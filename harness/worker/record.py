@@ -25,7 +25,7 @@ from mali_hil.harness.records.jobs import LoadJob
 from mali_hil.harness.records.results import LoadResult
 from mali_hil.runtime.layer_stats import LayerStats, read_stats_file
 from mali_hil.runtime.meter import JobMeter
-from mali_hil.runtime.verdict import Claim, Evidence, Status, Verdict, decide, layer_fields, meter_fields
+from mali_hil.runtime.verdict import Claim, Evidence, OomEvidence, Status, Verdict, decide, layer_fields, meter_fields
 
 ALTERED = "the loader altered the harness"
 LAYER_SLACK = 16 << 20  # device bytes a layer may count beyond what the job's RAM showed (pages not yet touched)
@@ -97,8 +97,11 @@ def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, An
         killed = returncode == -signal.SIGKILL
         exit_file = _layer_exit_file(meter) if killed else None
         credible = exit_file is not None and _layer_could_kill(exit_file, board, ram_growth)
+        kernel_kills, container_kills = meter.oom_kills
         verdict = decide(Evidence(returncode=returncode, ended_in_job=True, layer=exit_file or layer,
-                                  layer_killed=credible, in_process_kernels=emulated))  # fmt: skip
+                                  layer_killed=credible, in_process_kernels=emulated,
+                                  word=OomEvidence.CONTAINER if killed and container_kills else None,
+                                  kernel_oom_kills=kernel_kills))  # fmt: skip
         if verdict.error_type == "BackendCrash":  # the device's wording for a dead worker, the same words here
             return replace(verdict, message=f"the job's process died (exit {returncode}, {verdict.message})")
         if verdict.error_type == "WorkerDied":

@@ -153,6 +153,7 @@ class Zygote:
         ack_read, ack_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        kills_before = _oom_kill_counts()
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
@@ -164,6 +165,8 @@ class Zygote:
         claims = ClaimReader(read_end, ack_write, meter)
         claims.thread.start()
         _, status, _ = os.wait4(pid, 0)  # the job ends when its process does, whoever still holds its pipe
+        meter.oom_kills = tuple(max(0, after - before) if None not in (before, after) else 0
+                                for before, after in zip(kills_before, _oom_kill_counts(), strict=True))
         self.end_descendants()
         claims.thread.join(END_WAIT)
         os.close(ack_write)
@@ -216,6 +219,16 @@ class Zygote:
             if not left or time.monotonic() >= deadline:
                 return not left
             time.sleep(0.005)
+
+
+def _oom_kill_counts() -> tuple[int | None, int | None]:
+    """The OOM kills counted by the kernel (all of it) and by our container's memory cgroup (None outside one):
+    evidence from outside the job that a SIGKILL came from the OOM killer (a kill inside a container leaves the
+    container, and so the engine's word, untouched: only the job's process died)."""
+    from mali_hil.runtime.ram import container_oom_kills
+    from mali_hil.runtime.supervisor import kernel_oom_kills
+
+    return kernel_oom_kills(), container_oom_kills()
 
 
 def _reap_all() -> None:
