@@ -205,7 +205,10 @@ class Device:
             result = LoadResult.from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:
             return self._infra(job, "WorkerError", f"the worker's result is malformed: {exc}")
-        if result.leaked:  # the leak stays with this job: the next one starts in a fresh worker (worker.leaks)
+        # the leak stays with this job: the next one starts in a fresh worker (worker.leaks); and after the kernel's
+        # OOM killer acted in the worker's cgroup (a container's), the next job gets a fresh one too, as a board
+        # rebooted after an OOM kill would, rather than a cgroup that has just been reclaiming under pressure
+        if result.leaked or result.oom_evidence is OomEvidence.CONTAINER:
             self.stop()
         return self._missed_by_watchdog(result) or result
 
