@@ -38,6 +38,9 @@ class JobMemory:
     baseline: ProcessMemory  # at the job's start: the interpreter, tinygrad, PoCL opened
     peaks: MemoryPeaks  # over the load (or the whole job, when the marks cannot be believed)
     hwm_bytes: int  # the highest unified figure over the whole job, read-back included
+    #: the worker's own at the job's start: the board holds it too, and the job's process, which shares it at
+    #: first, copies as much of it as its Python writes to (reference counts), up to all of it
+    worker: ProcessMemory = dataclasses.field(default_factory=ProcessMemory)
 
 
 #: the layer's counters that only grow within a job (a fresh process per job: nobody resets them but a loader)
@@ -85,6 +88,7 @@ class JobMeter:
         self._others: list[int] = []
         self._scanned = 0.0
         self.baseline: ProcessMemory | None = None
+        self.worker = ProcessMemory()
         self._load = MemoryPeaks()
         self._job = MemoryPeaks()
         self._loading = False
@@ -98,6 +102,8 @@ class JobMeter:
         with self._lock:
             self.marks["ready"] = time.monotonic()
             self.baseline = self._sample_locked()
+            with contextlib.suppress(ProcessLookupError):
+                self.worker = read_process_memory(self._owner)
             self._loading = True
         self._thread.start()
 
@@ -126,7 +132,7 @@ class JobMeter:
         peaks = self._load
         if self._job.unified_bytes > self._load.unified_bytes + READBACK_ALLOWANCE:
             peaks = self._job  # the read-back cannot need this much: the loaded mark came early
-        return JobMemory(self.baseline, peaks, self._job.unified_bytes)
+        return JobMemory(self.baseline, peaks, self._job.unified_bytes, self.worker)
 
     def _run(self) -> None:
         while not self._stop.wait(INTERVAL):

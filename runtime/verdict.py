@@ -255,4 +255,5 @@ def meter_fields(memory: JobMemory) -> dict[str, Any]:
     """The worker's own meter over one job, as result fields."""
     peaks = memory.peaks
     return {"peak_anon_bytes": peaks.anon_bytes, "peak_file_bytes": peaks.file_bytes,
-            "peak_unified_bytes": peaks.unified_bytes, "ram_baseline_bytes": memory.baseline.unified}  # fmt: skip
+            "peak_unified_bytes": peaks.unified_bytes, "ram_baseline_bytes": memory.baseline.unified,
+            "ram_worker_bytes": memory.worker.unified}  # fmt: skip

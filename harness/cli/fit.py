@@ -40,13 +40,14 @@ def _fit(args: argparse.Namespace) -> int:
         empty = Path(tmp) / "empty.safetensors"
         save_file({}, str(empty))
         probe = device.run(LoadJob(checkpoint=str(empty), digests=False, timeout_s=120))
-        if not probe.ok or probe.ram_baseline_bytes is None:
+        baseline = probe.board_baseline_bytes
+        if not probe.ok or baseline is None:
             raise MaliHilError(f"could not measure the worker's baseline on {device.spec}: {probe.error_message}")
         print(f"{device.spec}: device memory {cap} bytes, RAM budget {budget} bytes, "
-              f"idle worker {probe.ram_baseline_bytes} bytes")  # fmt: skip
+              f"idle worker {baseline} bytes")  # fmt: skip
         for name in args.loader or BUILTIN_NAMES:
             loader = get_loader(name)
             prediction = predict_fit(loader.bounds(args.checkpoint, options), cap=cap, budget=budget,
-                                     baseline=probe.ram_baseline_bytes)  # fmt: skip
+                                     baseline=baseline)  # fmt: skip
             print(f"  {name:<16} {prediction.describe() if prediction else 'no declared bounds: cannot predict'}")
     return 0

@@ -243,23 +243,19 @@ BoundFn = Callable[[BoundInputs], int]
 
 DEFAULT_BOUND = "final_bytes + largest_source_bytes + largest_final_bytes"
 
-#: What a fresh process holds once it has run its first tinygrad kernels on the OpenCL device: tinygrad's own state
-#: for its CL backend (about 400 000 Python blocks, still held after the job's tensors and caches are dropped), made
-#: on the first kernel of any shape. Each job runs in a fresh process (the worker forks one per job), as a board's
-#: process loading once does, so a variant that converts with kernels pays it in every job. Measured on the emulated
-#: G610 (BF16, 37 MB of Llama-3-8B shapes, 4 layers): a first load grew 83-86 MiB (`mmap`) and 85-88 MiB
-#: (`fix_bf16-host`) where a second in the same process grew 37-38 MiB, 48 MiB of it still held after the
-#: cleanup; a kernel of another shape run first (or a first load) absorbs all of it, a kernel on tinygrad's PYTHON
-#: device (no OpenCL, what the worker could run before it forks) only 2 MiB of it. 56 MiB: that figure, with room.
-#: Not every kernel path makes as much: ``fix_bf16-device``'s casts (FIRST_CASTS_RAM) left 65 000 more Python
-#: blocks, 8-12 MiB held after the cleanup of a first load on the same checkpoint (12 MiB declared).
-FIRST_KERNELS_RAM = 56 << 20
-FIRST_CASTS_RAM = 12 << 20
+#: What a fresh process keeps of its first tinygrad kernels past the job's cleanup (tinygrad's caches of the
+#: kernels it scheduled and compiled, a few MiB), beyond what a variant's formula counts. Each job runs in a fresh
+#: child of the worker, as a board's process loading once does, so a variant that converts with kernels pays it in
+#: every job; the worker pays the one-off part before it forks (tinygrad's imports, its compiled rewrite rules and
+#: its default device: mali_hil.harness.worker.warm), which had been 48 MiB of it. Measured on the emulated G610
+#: (BF16; tiny, and Llama-3.2-1B and Llama-3-8B shapes at 5-10 %): growth past the formula 2.3-2.7 MiB (`mmap`),
+#: 2.9-3.6 MiB (`fix_bf16-host`), 5.2 MiB (`fix_bf16-device`). 8 MiB: the largest, with room.
+FIRST_KERNELS_RAM = 8 << 20
 
 
-def first_kernels_ram(b: BoundInputs, held: int = FIRST_KERNELS_RAM) -> int:
-    """``held`` when some selected tensor is converted (a converting variant runs kernels), else 0."""
-    return held if b.converted_source_bytes else 0
+def first_kernels_ram(b: BoundInputs) -> int:
+    """FIRST_KERNELS_RAM when some selected tensor is converted (a converting variant runs kernels), else 0."""
+    return FIRST_KERNELS_RAM if b.converted_source_bytes else 0
 
 
 def default_bound(b: BoundInputs) -> int:

@@ -23,7 +23,6 @@ from tinygrad.dtype import DType
 from tinygrad.nn.state import safe_dtypes, safe_load
 
 from mali_hil.harness.loaders.base import (
-    FIRST_CASTS_RAM,
     TARGETS,
     BoundInputs,
     Loader,
@@ -106,8 +105,8 @@ def device_bound_device(b: BoundInputs) -> int:
 def ram_bound_device(b: BoundInputs) -> int:
     """device bound + source_bytes: tinygrad copies a mapped source whose address is not 16-byte aligned into
     an aligned host buffer and keeps it until the queue synchronizes, which exo's loop never asked for;
-    + the state the process's first cast kernels leave (base.FIRST_CASTS_RAM, less than FIRST_KERNELS_RAM)."""
-    return device_bound_device(b) + b.source_bytes + first_kernels_ram(b, FIRST_CASTS_RAM)
+    + what the process's first cast kernels leave (base.FIRST_KERNELS_RAM)."""
+    return device_bound_device(b) + b.source_bytes + first_kernels_ram(b)
 
 
 def device_bound_host(b: BoundInputs) -> int:

@@ -51,6 +51,9 @@ class LoadResult:
     peak_file_bytes: int | None = None  # RssFile: mmap'd checkpoint pages, reclaimable
     peak_unified_bytes: int | None = None  # anon + shmem, the figure the RAM budget is enforced on
     ram_baseline_bytes: int | None = None  # unified bytes when the job started (interpreter, tinygrad, PoCL)
+    # the worker's own unified bytes beside the job's process (a warm parent it was forked from): the board holds
+    # both, and the job's process may copy up to all of the worker's pages it shares (see board_baseline_bytes)
+    ram_worker_bytes: int | None = None
     ram_budget_bytes: int | None = None
     lru_cache: bool = True  # whether tinygrad's LRU buffer cache was on (it counts against device memory too)
     fp16: Fp16Fidelity = Fp16Fidelity.UNKNOWN
@@ -105,6 +108,16 @@ class LoadResult:
         if self.peak_unified_bytes is None or self.ram_baseline_bytes is None:
             return None
         return self.peak_unified_bytes - self.ram_baseline_bytes
+
+    @property
+    def board_baseline_bytes(self) -> int | None:
+        """What the board may hold besides the load, at most: the job's process at its start, and the worker beside
+        it, whose pages the job's process shares at first and may copy, up to all of them, as its Python runs (a
+        loader that runs much Python copies nearly all: measured, the RAM enforcer's figure of the worker's tree
+        then equals ``peak_unified_bytes + ram_worker_bytes``). What a fit is predicted from."""
+        if self.ram_baseline_bytes is None:
+            return None
+        return self.ram_baseline_bytes + (self.ram_worker_bytes or 0)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -193,7 +193,8 @@ def _bisect(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
 
 
 def idle_baseline(spec: str) -> int:
-    """The worker's own RAM on this board before any load (what fit adds to a loader's RAM bound)."""
+    """The RAM the board may hold besides a load (the worker and the job's process: ``board_baseline_bytes``),
+    what fit adds to a loader's RAM bound."""
     import tempfile
     from pathlib import Path
 
@@ -203,9 +204,10 @@ def idle_baseline(spec: str) -> int:
         empty = Path(tmp) / "empty.safetensors"
         save_file({}, str(empty))
         probe = device.run(LoadJob(checkpoint=str(empty), digests=False, timeout_s=120))
-    if not probe.ok or probe.ram_baseline_bytes is None:
+    baseline = probe.board_baseline_bytes
+    if not probe.ok or baseline is None:
         raise MaliHilError(f"could not measure the worker's idle RAM on {spec}: {probe.error_message}")
-    return probe.ram_baseline_bytes
+    return baseline
 
 
 def run_threshold(

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from mali_hil.emulator.backend import Fp16Fidelity
 from mali_hil.harness.records.jobs import LoadJob
-from mali_hil.harness.worker import record
+from mali_hil.harness.worker import record, warm
 from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PATH_ENV, PROTOCOL
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 from mali_hil.runtime.memory import tree_pids
@@ -58,42 +58,6 @@ def _put_on_board() -> tuple[str, Any]:
     board = EmulatedBoard.from_spec(spec)
     board.activate()
     return os.environ[BACKEND_ENV], board
-
-
-def _warm_imports() -> None:
-    """What every job needs, imported once here so that each fork starts warm; nothing here opens a device."""
-    import numpy
-    import tinygrad
-    import tinygrad.nn.state
-    import tinygrad.runtime.ops_cl
-
-    import mali_hil.harness.checkpoints
-    import mali_hil.harness.worker.job  # noqa: F401
-    from mali_hil.harness.loaders import registry
-
-    registry.available()  # the built-in variants' modules (definitions only: no load runs) and the entry points'
-    # list (read, not loaded: importlib.metadata caches the scan, 30 ms a job otherwise)
-    import numpy.ctypeslib  # noqa: F401  (what the first job would import: tinygrad's CL device and numpy views)
-    import tinygrad.uop.upat  # noqa: F401
-    _preload_opencl_libraries()
-
-
-def _preload_opencl_libraries() -> None:
-    """Map the OpenCL driver (PoCL and its LLVM) and our layer, without calling into them: dynamic loading and
-    relocation were most of a job child's device open (about 0.1 s a job), and are the same for every job. No
-    OpenCL call is made, so no driver thread exists to be lost at the fork; each child initialises its own."""
-    names = [line.strip() for line in _read_lines(os.environ.get("OCL_ICD_VENDORS", ""))]
-    names += [path for path in os.environ.get("OPENCL_LAYERS", "").split(":") if path]
-    for name in names:
-        with contextlib.suppress(OSError):
-            ctypes.CDLL(name)
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines() if path.endswith(".icd") else []
-    except OSError:
-        return []
 
 
 def _open_device(backend: str, board: Any) -> dict[str, str]:
@@ -284,7 +248,7 @@ def serve(inbox: IO[str], outbox: IO[str]) -> None:
 
     try:
         backend, board = _put_on_board()
-        _warm_imports()
+        warm.warm_imports()
         zygote = Zygote(outbox, backend, board)
         _, messages, _ = zygote.fork_job(None)  # the device opens in a child as each job's will: say its facts
         facts = messages.get("facts")
@@ -332,6 +296,7 @@ def _extend_loader_path() -> None:
 
 
 def main() -> None:
+    warm.choose_default_device()  # before anything imports tinygrad
     _extend_loader_path()
     # The protocol owns the real stdout; loaders and tinygrad print progress, which goes to stderr instead.
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
