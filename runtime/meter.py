@@ -27,6 +27,7 @@ from pathlib import Path
 from mali_hil.errors import BackendError
 from mali_hil.runtime.layer_stats import LayerStats, read_live_stats_file
 from mali_hil.runtime.memory import MemoryPeaks, ProcessMemory, read_private_memory, read_process_memory, tree_pids
+from mali_hil.runtime.oom_counters import OomKillCounts
 
 INTERVAL = 0.002  # seconds between samples
 RESCAN_INTERVAL = 0.050  # seconds between scans of /proc for the job's other processes (a scan costs ~3 ms)
@@ -95,7 +96,7 @@ class JobMeter:
         self.loaded_layer: LayerStats | None = None
         self.cleaned_layer: LayerStats | None = None
         self.marks: dict[str, float] = {}
-        self.oom_kills: tuple[int, int] = (0, 0)  # the kernel's and the container cgroup's, while the job ran
+        self.oom_kills = OomKillCounts()  # how much the OOM killer's counters rose while the job ran
 
     def start(self) -> None:
         """The child said ``ready``: its baseline is now, sampling starts."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import itertools
 import os
 import signal
@@ -265,6 +266,7 @@ _CONTAINER_FILES = (
 )
 
 
+@functools.cache  # a process does not change containers; read per job otherwise (twice)
 def _container_limit() -> tuple[int, Path] | None:
     from mali_hil.runtime.memory import host_ram_bytes
 

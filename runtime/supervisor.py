@@ -47,16 +47,22 @@ from typing import IO, Any
 
 from mali_hil.errors import BackendError, MaliHilError
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
+from mali_hil.runtime.oom_counters import kernel_oom_kills, rise
 from mali_hil.runtime.ram import RamEnforcer, RamVerdict, kill_job
 from mali_hil.runtime.verdict import Evidence, OomEvidence, Status, Verdict, decide, describe_oom
 
 CLEANUP_WAIT = 5.0  # seconds for SIGKILLed leftovers to finish exiting (a big process unmaps for a while)
-_VMSTAT = Path("/proc/vmstat")
 _PR_SET_PDEATHSIG = 1
 #: flags for every Python that mali-hil starts itself (workers, probes, the board's supervisor): ``-P`` keeps the
 #: current folder off ``sys.path``, so a ``./base64.py`` there cannot stand in for the standard library. Not
 #: ``-I``: that would also drop PYTHONPATH and the user's site-packages, where users' loaders may live.
 ISOLATED = ("-P",)
+
+
+def safe_python(executable: str) -> tuple[list[str], dict[str, str]]:
+    """The interpreter's argv and the environment that keep the current folder off ``sys.path``, for it and for
+    every Python it starts (``-P`` alone does not pass to pytest-xdist's workers)."""
+    return [executable, *ISOLATED], {**os.environ, "PYTHONSAFEPATH": "1"}
 
 
 class RunStatus(enum.StrEnum):
@@ -171,18 +177,6 @@ def _prctl() -> Any:
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-
-
-def kernel_oom_kills() -> int | None:
-    """The kernel's count of OOM kills since boot (``oom_kill`` in /proc/vmstat, Linux >= 4.13), or None."""
-    try:
-        for line in _VMSTAT.read_text(encoding="ascii").splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 class Supervised:
@@ -309,10 +303,9 @@ class Supervised:
                 self.proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen knows it is reaped
         device = self._read_layer_stats()
         self._cleanup_private()
-        after = kernel_oom_kills()
-        rose = after - self._oom_kills_before if after is not None and self._oom_kills_before is not None else 0
+        rose = rise(self._oom_kills_before, kernel_oom_kills())
         evidence = Evidence(returncode=self.proc.returncode, timed_out=self._timed_out, enforcer=verdict, layer=device,
-                            layer_killed=self._layer_wrote_exit_file, kernel_oom_kills=max(0, rose))  # fmt: skip
+                            layer_killed=self._layer_wrote_exit_file, kernel_oom_kills=rose)  # fmt: skip
         ended = ProcessEnd.judged(evidence, usage.ru_maxrss * 1024, elapsed)
         with self._lock:
             self._ended = ended

@@ -10,7 +10,6 @@ from mali_hil.harness.cli.args import whole_number
 from mali_hil.harness.devices.registry import DEFAULT_DEVICE
 
 INTERRUPT_GRACE = 60.0  # seconds an interrupted suite gets to stop its workers and write its reports
-SUITE_PACKAGE = "mali_hil.properties"  # the property suite ships inside the package, so a wheel can run it
 # plugins loaded into the child pytest only: nobody else's pytest gets them
 PROGRESS_PLUGIN = "mali_hil.harness.plugin.progress_line"
 PARALLEL_PLUGIN = "mali_hil.harness.plugin.parallel"
@@ -89,8 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
-    from mali_hil.harness.cli.suite_process import check_tests_ran, run_child, safe_python
+    from mali_hil.harness.cli.suite_process import check_tests_ran, run_child
+    from mali_hil.harness.plugin.suite import suite_path
     from mali_hil.harness.records.results_file import check_writable
+    from mali_hil.runtime.supervisor import safe_python
 
     for what, output in (("--junitxml", args.junitxml), ("--results", args.results)):
         if output:
@@ -114,11 +115,3 @@ def _run(args: argparse.Namespace) -> int:
         return check_tests_ran(junit, asked=bool(args.junitxml)) if code == 0 else code
 
 
-def suite_path() -> Path:
-    """The installed property suite's folder (in a checkout, tests/properties; in a wheel, inside mali_hil)."""
-    from importlib.util import find_spec
-
-    spec = find_spec(SUITE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MaliHilError(f"the property suite ({SUITE_PACKAGE}) is not installed: reinstall mali-hil")
-    return Path(next(iter(spec.submodule_search_locations)))

@@ -35,14 +35,6 @@ EXIT_NO_TESTS = 5
 _POLL = 1.0  # seconds between checks that the child is still alive, when no SIGCHLD woke us
 
 
-def safe_python(executable: str) -> tuple[list[str], dict[str, str]]:
-    """The interpreter's argv and the environment that keep the current folder off ``sys.path``, for it and for
-    every Python it starts (``-P`` alone does not pass to pytest-xdist's workers)."""
-    from mali_hil.runtime.supervisor import ISOLATED
-
-    return [executable, *ISOLATED], {**os.environ, "PYTHONSAFEPATH": "1"}
-
-
 def run_child(argv: Sequence[str], env: Mapping[str, str], grace: float) -> int:
     """Run ``argv`` to its end; 128 + the signal's number when a SIGINT or SIGTERM stopped it (130, 143)."""
     from mali_hil.runtime.supervisor import with_parent_death_signal

@@ -252,7 +252,7 @@ def _child(client: LabgridClient, device: str, folder: Path, label: str, selecti
     run is stopping and it was not started)."""
     outcomes = folder / f"{label}.outcomes.jsonl"
     outcomes.unlink(missing_ok=True)
-    from mali_hil.harness.cli.suite_process import safe_python
+    from mali_hil.runtime.supervisor import safe_python
 
     python, safe_env = safe_python(sys.executable)  # the current folder off sys.path, as for `mali-hil run`
     argv = [*python, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider",
@@ -352,7 +352,7 @@ def _tail(path: Path, limit: int = 300) -> str:
 
 
 def _suite() -> Path:
-    from mali_hil.harness.cli.run import suite_path
+    from mali_hil.harness.plugin.suite import suite_path
 
     return suite_path()
 

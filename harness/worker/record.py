@@ -28,6 +28,7 @@ from mali_hil.runtime.meter import JobMeter
 from mali_hil.runtime.verdict import Claim, Evidence, OomEvidence, Status, Verdict, decide, layer_fields, meter_fields
 
 ALTERED = "the loader altered the harness"
+OUTPUT = "output"  # among the messages: the last of what the job printed, kept by the worker (never a claim)
 LAYER_SLACK = 16 << 20  # device bytes a layer may count beyond what the job's RAM showed (pages not yet touched)
 
 
@@ -97,15 +98,16 @@ def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, An
         killed = returncode == -signal.SIGKILL
         exit_file = _layer_exit_file(meter) if killed else None
         credible = exit_file is not None and _layer_could_kill(exit_file, board, ram_growth)
-        kernel_kills, container_kills = meter.oom_kills
+        kills = meter.oom_kills
         verdict = decide(Evidence(returncode=returncode, ended_in_job=True, layer=exit_file or layer,
                                   layer_killed=credible, in_process_kernels=emulated,
-                                  word=OomEvidence.CONTAINER if killed and container_kills else None,
-                                  kernel_oom_kills=kernel_kills))  # fmt: skip
+                                  word=OomEvidence.CONTAINER if killed and kills.container else None,
+                                  kernel_oom_kills=kills.kernel or 0))  # fmt: skip
+        said = _last_words(messages)
         if verdict.error_type == "BackendCrash":  # the device's wording for a dead worker, the same words here
-            return replace(verdict, message=f"the job's process died (exit {returncode}, {verdict.message})")
+            return replace(verdict, message=f"the job's process died (exit {returncode}, {verdict.message}){said}")
         if verdict.error_type == "WorkerDied":
-            return replace(verdict, message=f"the job's process ended ({verdict.message}) before its result")
+            return replace(verdict, message=f"the job's process ended ({verdict.message}) before its result{said}")
         return verdict
     exception = claim.get("exception")
     if isinstance(exception, dict):
@@ -115,6 +117,12 @@ def _judge(returncode: int, claim: dict[str, Any] | None, messages: dict[str, An
         at_failure = meter.layer.stats(meter.loaded_layer)
         return decide(Evidence(claim=told, layer=None if claim.get("refused") else at_failure))
     return decide(Evidence())
+
+
+def _last_words(messages: dict[str, Any]) -> str:
+    """The end of what a job whose process died printed, for its message (the job's own words, quoted as such)."""
+    output = str(messages.get(OUTPUT) or "").strip()
+    return f"; the last it printed: {output[-1200:]}" if output else ""
 
 
 def _layer_exit_file(meter: JobMeter) -> LayerStats | None:

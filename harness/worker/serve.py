@@ -38,6 +38,7 @@ from mali_hil.harness.worker.protocol import BACKEND_ENV, EMULATE_ENV, LOADER_PA
 from mali_hil.runtime.layer_stats import STATS_FILE_ENV
 from mali_hil.runtime.memory import tree_pids
 from mali_hil.runtime.meter import JobMeter, LayerWatch
+from mali_hil.runtime.oom_counters import OomKillCounts
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 END_WAIT = 5.0  # seconds for a job's leftover processes to die once killed
@@ -115,29 +116,35 @@ class Zygote:
                     os.unlink(f"{self.stats_file}{suffix}")
         read_end, write_end = os.pipe()
         ack_read, ack_write = os.pipe()
+        output_read, output_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        kills_before = _oom_kill_counts()
+        kills_before = OomKillCounts.read()
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
             os.close(ack_write)
-            self._child(job, write_end, ack_read)  # never returns
+            os.close(output_read)
+            self._child(job, write_end, ack_read, output_write)  # never returns
         os.close(write_end)
         os.close(ack_read)
+        os.close(output_write)
         meter = JobMeter(pid, LayerWatch(self.stats_file))
         claims = ClaimReader(read_end, ack_write, meter)
+        output = OutputTail(output_read)
         claims.thread.start()
+        output.thread.start()
         _, status, _ = os.wait4(pid, 0)  # the job ends when its process does, whoever still holds its pipe
-        meter.oom_kills = tuple(max(0, after - before) if None not in (before, after) else 0
-                                for before, after in zip(kills_before, _oom_kill_counts(), strict=True))
+        meter.oom_kills = OomKillCounts.read().since(kills_before)
         self.end_descendants()
         claims.thread.join(END_WAIT)
+        output.thread.join(END_WAIT)
         os.close(ack_write)
         meter.stop()
-        return status, claims.messages, meter
+        messages = {**claims.messages, record.OUTPUT: output.tail()}  # a key no claim can take (not in _CLAIM_OPS)
+        return status, messages, meter
 
-    def _child(self, job: LoadJob | None, claims_fd: int, acks_fd: int) -> None:
+    def _child(self, job: LoadJob | None, claims_fd: int, acks_fd: int, output_fd: int) -> None:
         """The job's process: off the protocol's pipes, dies with the worker, opens the device, runs the job."""
         from mali_hil.harness.worker.job import ClaimWriter, run_job
 
@@ -147,6 +154,9 @@ class Zygote:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
+            for fd in (1, 2):  # what the job prints goes through the worker, which keeps its end for the record
+                os.dup2(output_fd, fd)
+            os.close(output_fd)
             self._prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             claims = ClaimWriter(claims_fd, acks_fd)
             try:
@@ -185,16 +195,6 @@ class Zygote:
             time.sleep(0.005)
 
 
-def _oom_kill_counts() -> tuple[int | None, int | None]:
-    """The OOM kills counted by the kernel (all of it) and by our container's memory cgroup (None outside one):
-    evidence from outside the job that a SIGKILL came from the OOM killer (a kill inside a container leaves the
-    container, and so the engine's word, untouched: only the job's process died)."""
-    from mali_hil.runtime.ram import container_oom_kills
-    from mali_hil.runtime.supervisor import kernel_oom_kills
-
-    return kernel_oom_kills(), container_oom_kills()
-
-
 def _reap_all() -> None:
     while True:
         try:
@@ -206,6 +206,28 @@ def _reap_all() -> None:
 
 
 _CLAIM_OPS = frozenset({"ready", "loaded", "cleaned", "claim", "facts"})
+OUTPUT_TAIL = 2000  # bytes kept of what the job printed
+
+
+class OutputTail:
+    """Passes what the job's process prints on to the worker's stderr as it comes, keeping the last of it: a job
+    whose process dies says why in its output (a fault handler's traceback, a driver's complaint), and the record
+    of the death quotes it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._tail = b""
+        self.thread = threading.Thread(target=self._run, name="mali-hil-output", daemon=True)
+
+    def _run(self) -> None:
+        with os.fdopen(self.fd, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                with contextlib.suppress(OSError):
+                    os.write(2, chunk)
+                self._tail = (self._tail + chunk)[-OUTPUT_TAIL:]
+
+    def tail(self) -> str:
+        return self._tail.decode("utf-8", errors="replace")
 
 
 class ClaimReader:

@@ -87,6 +87,7 @@ def test_a_crashing_worker_is_an_error_with_its_cause(board: Device, tiny: Path)
     # out-of-bounds write ends in glibc's abort), not the loader's
     assert (result.status, result.error_type) == (Status.ERROR, "BackendCrash")
     assert "exit -6, SIGABRT, a backend fault" in (result.error_message or "")
+    assert "the last it printed: pocl: Assertion `data != NULL' failed" in (result.error_message or "")
     _ok_after(board, tiny)
 
 

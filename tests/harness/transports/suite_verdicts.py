@@ -10,7 +10,7 @@ from pathlib import Path
 
 def suite_verdicts(device: str, junit: Path, cwd: Path) -> dict[str, str]:
     """Run part of the property suite on ``device``; test name (device left out) -> outcome."""
-    from mali_hil.harness.cli.run import suite_path
+    from mali_hil.harness.plugin.suite import suite_path
 
     argv = [sys.executable, "-m", "pytest", str(suite_path()), f"--device={device}", "--loader=chunked",
             "--loader=naive", "--mali-hil-profile=ci", "-k", "numerics or shards or idempotence or corrupt",

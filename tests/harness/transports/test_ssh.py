@@ -300,7 +300,7 @@ def test_the_whole_suite_passes_on_a_board_without_emulate(board: LoopbackBoard,
     its Mali; no RAM budget of ours, the kernel's OOM killer): it passes, and the measured jobs run on the
     session's device, one worker of ours on the board at a time (a second would sit in every measured baseline).
     Nightly: it takes minutes."""
-    from mali_hil.harness.cli.run import suite_path
+    from mali_hil.harness.plugin.suite import suite_path
 
     argv = [sys.executable, "-m", "pytest", str(suite_path()), f"--device={board.url()}", "-q", "-p",
             "no:cacheprovider", "-p", "no:xdist", f"--junitxml={tmp_path / 'suite.xml'}"]  # fmt: skip
