@@ -107,6 +107,19 @@ static void *own_storage(size_t size, const void *copy, cl_int *err)
     return NULL;
 }
 
+/* The largest buffer the backend under the layer creates on the context's (first) device; 0 when it does not
+ * say. A request past it goes to the backend as it is, for its own refusal, before the layer commits pages for
+ * it: committing first spent 30 s and the size in RAM on a request PoCL then refused (an 8 GiB buffer). */
+static cl_ulong backend_max_alloc(cl_context c)
+{
+    cl_device_id dev = NULL;
+    cl_ulong most = 0;
+    if (next.clGetContextInfo(c, CL_CONTEXT_DEVICES, sizeof dev, &dev, NULL) != CL_SUCCESS || dev == NULL ||
+        next.clGetDeviceInfo(dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof most, &most, NULL) != CL_SUCCESS)
+        return 0;
+    return most;
+}
+
 typedef cl_mem (*create_fn)(cl_context, const cl_mem_properties *, cl_mem_flags, size_t, void *, cl_int *);
 
 static cl_mem create_plain(cl_context c, const cl_mem_properties *p, cl_mem_flags f, size_t size, void *host,
@@ -125,6 +138,9 @@ static cl_mem create_buffer(create_fn create, cl_context c, const cl_mem_propert
     int copies = (f & CL_MEM_COPY_HOST_PTR) != 0;
     /* malformed requests (a host pointer without its flag, or the reverse) go to PoCL for its own error */
     if (size < COMMIT_MIN || (ticket & OVER_BIT) || (f & CL_MEM_USE_HOST_PTR) || (copies != (host != NULL)))
+        return create(c, props, f, size, host, err);
+    cl_ulong most = backend_max_alloc(c);
+    if (most != 0 && size > most) /* the backend refuses it: no pages to commit first */
         return create(c, props, f, size, host, err);
     struct owned *o = calloc(1, sizeof *o);
     void *storage = o ? own_storage(size, host, err) : NULL;

@@ -26,7 +26,7 @@ live_one = live()
 if one is not None:
     one.release()
 blocks = []
-while len(blocks) < 64 and (block := svm(128 * MiB)) is not None:
+while len(blocks) < dev.global_mem_size // (128 * MiB) + 2 and (block := svm(128 * MiB)) is not None:  # past it
     blocks.append(block)
 live_all = live()
 for block in blocks:
