@@ -103,8 +103,7 @@ class JobMeter:
         with self._lock:
             self.marks["ready"] = time.monotonic()
             self.baseline = self._sample_locked()
-            with contextlib.suppress(ProcessLookupError):
-                self.worker = read_process_memory(self._owner)
+            self.worker = read_process_memory(self._owner)  # this process: it exists
             self._loading = True
         self._thread.start()
 

@@ -20,15 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
-
-    from safetensors.numpy import save_file
-
     from mali_hil.harness.devices import make_device
     from mali_hil.harness.loaders import BUILTIN_NAMES, LoadOptions, get_loader
-    from mali_hil.harness.records.jobs import LoadJob, parse_shard
+    from mali_hil.harness.records.jobs import parse_shard
     from mali_hil.harness.sizing.predict import predict_fit
+    from mali_hil.harness.sizing.threshold_search import measure_baseline
 
     device = make_device(args.device)
     cap, budget = device.facts.cap_bytes, device.facts.ram_budget_bytes
@@ -36,13 +32,8 @@ def _fit(args: argparse.Namespace) -> int:
         raise MaliHilError(f"fit predicts for boards whose device memory and RAM budget are known (emulated ones); "
                            f"{device.spec} states no cap or budget")  # fmt: skip
     options = LoadOptions(shard=parse_shard(args.shard) if args.shard else None, chunk_bytes=args.chunk)
-    with tempfile.TemporaryDirectory() as tmp, device:
-        empty = Path(tmp) / "empty.safetensors"
-        save_file({}, str(empty))
-        probe = device.run(LoadJob(checkpoint=str(empty), digests=False, timeout_s=120))
-        baseline = probe.board_baseline_bytes
-        if not probe.ok or baseline is None:
-            raise MaliHilError(f"could not measure the worker's baseline on {device.spec}: {probe.error_message}")
+    with device:
+        baseline = measure_baseline(device)
         print(f"{device.spec}: device memory {cap} bytes, RAM budget {budget} bytes, "
               f"idle worker {baseline} bytes")  # fmt: skip
         for name in args.loader or BUILTIN_NAMES:

@@ -193,20 +193,26 @@ def _bisect(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
 
 
 def idle_baseline(spec: str) -> int:
+    """``measure_baseline`` on a device of ``spec`` started for it."""
+    with make_device(spec) as device:
+        return measure_baseline(device)
+
+
+def measure_baseline(device: Any) -> int:
     """The RAM the board may hold besides a load (the worker and the job's process: ``board_baseline_bytes``),
-    what fit adds to a loader's RAM bound."""
+    what fit adds to a loader's RAM bound, from a job of an empty checkpoint on the started ``device``."""
     import tempfile
     from pathlib import Path
 
     from safetensors.numpy import save_file
 
-    with tempfile.TemporaryDirectory() as tmp, make_device(spec) as device:
+    with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.safetensors"
         save_file({}, str(empty))
         probe = device.run(LoadJob(checkpoint=str(empty), digests=False, timeout_s=120))
     baseline = probe.board_baseline_bytes
     if not probe.ok or baseline is None:
-        raise MaliHilError(f"could not measure the worker's idle RAM on {spec}: {probe.error_message}")
+        raise MaliHilError(f"could not measure the worker's idle RAM on {device.spec}: {probe.error_message}")
     return baseline
 
 
